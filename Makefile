@@ -1,0 +1,34 @@
+# `make demo` and `make test` set everything up on a fresh machine (a venv in $(VENV)).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The torch/torchvision pair that installs from local disk on this project's machines (x86_64, Python 3.11).
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/rf-bench rf --family resnet50_rfpool
+	$(VENV)/bin/rf-bench rf --family vgg19_rfpool
+
+# Every test, slow ones included, on two workers.
+test: install
+	$(PY) -m pytest -n 2 -m "slow or not slow" $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

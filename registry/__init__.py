@@ -1,0 +1,1 @@
+"""Published-checkpoint manifests (JSON, one per model), installed as ``rf_bench.registry``."""

@@ -1,0 +1,120 @@
+"""``rf-bench``: the command line. Each sub-command is a thin layer over one module."""
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import timm
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .models import RFPOOL_KS
+from .rf import gradient_rf, layer_receptive_fields, receptive_field
+
+console = Console()
+err_console = Console(stderr=True)
+
+# The paper's gradient-measured RFs (PAPER.md), by family and k.
+PAPER_RF = {
+    "resnet50_rfpool": {1: 110, 2: 213, 3: 318, 4: 423},
+    "vgg19_rfpool": {1: 181, 2: 359, 3: 537, 4: 715},
+}
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def create_model_checked(name: str, **kwargs: Any) -> torch.nn.Module:
+    """``timm.create_model`` with a one-line error that suggests close names for an unknown model."""
+    import rf_bench  # noqa: F401  (registers the rfpool models)
+
+    arch = name.split(".")[0]
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models('*rfpool*')"
+        raise CliError(f"unknown model {name!r}{hint}")
+    return timm.create_model(name, **kwargs)
+
+
+def _measure_size(rf_size: int, stride: int, min_size: int) -> int:
+    """An input large enough to hold the centre unit's whole RF with a margin on every side."""
+    return max(rf_size + 2 * stride + 8, min_size)
+
+
+def _cmd_rf(args: argparse.Namespace) -> None:
+    torch.set_grad_enabled(True)
+    model_kwargs = dict(width_mult=args.width_mult) if args.width_mult is not None else {}
+    if args.family:
+        _rf_family_table(args.family, args.ks, model_kwargs, measure=not args.no_gradient)
+        return
+    if not args.model:
+        raise CliError("name a MODEL (e.g. resnet50_rfpool3) or a --family (resnet50_rfpool, vgg19_rfpool)")
+    model = create_model_checked(args.model, **model_kwargs).eval()
+    input_size = tuple(args.input_size) if args.input_size else None
+    rows = layer_receptive_fields(model, input_size)
+    table = Table(title=f"{args.model}: receptive field per layer, input {input_size or 'default'}")
+    for col in ("layer", "op", "output shape", "RF size", "jump", "offset"):
+        table.add_column(col, justify="right" if col not in ("layer", "op") else "left")
+    for row in rows:
+        table.add_row(row.name, row.op, "x".join(map(str, row.shape[1:])), str(row.rf.size), str(row.rf.stride),
+                      f"{row.rf.offset:g}")
+    console.print(table)
+    final = receptive_field(model, input_size, layer=args.layer)
+    console.print(f"[bold]{args.layer or 'forward_features'}[/]: RF {final.size} px, jump {final.stride}, "
+                  f"offset {final.offset:g}")
+
+
+def _rf_family_table(family: str, ks: Sequence[int], model_kwargs: Dict[str, Any], measure: bool) -> None:
+    family = family.rstrip("0123456789")
+    if family not in PAPER_RF:
+        raise CliError(f"unknown family {family!r}; choose one of {', '.join(PAPER_RF)}")
+    table = Table(title=f"{family}{{k}}: receptive field vs k")
+    for col in ("k", "analytic RF", "gradient RF", "paper (measured)", "jump", "params"):
+        table.add_column(col, justify="right")
+    for k in ks:
+        model = create_model_checked(f"{family}{k}", **model_kwargs).eval()
+        rf = receptive_field(model, (3, 256, 256))
+        grad = "-"
+        if measure:
+            size = _measure_size(rf.size, rf.stride, k * getattr(model, "min_size_after_pool", 1))
+            with console.status(f"measuring {family}{k} on a {size}x{size} input"):
+                grad = str(gradient_rf(model, (3, size, size), n=2))
+        params = sum(p.numel() for p in model.parameters())
+        table.add_row(str(k), str(rf.size), grad, str(PAPER_RF[family].get(k, "-")), str(rf.stride), f"{params / 1e6:.2f}M")
+    console.print(table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rf-bench", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"rf-bench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("rf", help="receptive fields: per layer of one model, or k vs RF for a family")
+    p.add_argument("model", nargs="?", help="any timm CNN, e.g. resnet50_rfpool3 or resnet18")
+    p.add_argument("--family", help="resnet50_rfpool or vgg19_rfpool: table of k vs RF next to the paper's")
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4], choices=RFPOOL_KS, metavar="K")
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"))
+    p.add_argument("--layer", help="module name whose output's RF to report (default: forward_features)")
+    p.add_argument("--width-mult", type=float, help="rfpool models only: channel width multiplier")
+    p.add_argument("--no-gradient", action="store_true", help="family table: skip the gradient measurement")
+    p.set_defaults(func=_cmd_rf)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (CliError, ValueError, FileNotFoundError, NotImplementedError) as e:
+        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""rfpool model families; importing this registers them in timm's model registry."""
+from ._registry import RFPOOL_KS
+from .resnet import RfPoolResNet
+from .vgg import RfPoolVGG
+
+__all__ = ["RFPOOL_KS", "RfPoolResNet", "RfPoolVGG"]

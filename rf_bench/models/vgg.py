@@ -1,0 +1,212 @@
+"""CIFAR-style VGG19-BN with an rfpool after the first conv, no pooling after blocks 4 and 5.
+
+``conv64, rfpool(k), conv64, M, conv128 x2, M, conv256 x4, M, conv512 x4, conv512 x4``, then
+global average pooling and one linear layer. This is the only VGG19 layout whose analytic receptive
+field, ``178 k + 2``, matches the paper's measured figures (PAPER.md).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import torch
+from timm.layers import create_classifier, get_act_layer, get_norm_layer
+from timm.models import build_model_with_cfg, register_model
+from timm.models._features import feature_take_indices
+from torch import nn
+from torch.nn import functional as F
+
+from ._registry import RFPOOL_KS, rfpool_default_cfgs
+from ._rfpool import check_rfpool_input, create_rfpool
+
+# the input-size check is a leaf call in torch.fx graphs, not control flow on a proxy
+torch.fx.wrap("check_rfpool_input")
+
+__all__ = ["RfPoolVGG", "VGG19_RFPOOL_CFG"]
+
+RFPOOL = "R"  # the rfpool slot
+MAXPOOL = "M"  # a standard 2x2/2 max-pool
+VGG19_RFPOOL_CFG: Tuple[Union[int, str], ...] = (
+    64, RFPOOL, 64, MAXPOOL,
+    128, 128, MAXPOOL,
+    256, 256, 256, 256, MAXPOOL,
+    512, 512, 512, 512,
+    512, 512, 512, 512,
+)
+_BLOCK_ENDS = (2, 4, 8, 12)  # after which conv (1-based) a block ends, the last block ends the net
+
+
+class RfPoolVGG(nn.Module):
+    """VGG with BatchNorm whose first conv is followed by ``MaxPool2d(rf_pool, stride=rf_pool)``."""
+
+    def __init__(
+            self,
+            cfg: Sequence[Union[int, str]] = VGG19_RFPOOL_CFG,
+            rf_pool: int = 1,
+            num_classes: int = 10,
+            in_chans: int = 3,
+            width_mult: float = 1.0,
+            global_pool: str = "avg",
+            drop_rate: float = 0.0,
+            act_layer: Union[str, Type[nn.Module]] = nn.ReLU,
+            norm_layer: Union[str, Type[nn.Module]] = nn.BatchNorm2d,
+    ) -> None:
+        """
+        Args:
+            cfg: Layer plan: ints are 3x3 conv widths, ``"R"`` the rfpool, ``"M"`` a 2x2 max-pool.
+            rf_pool: Kernel and stride of the rfpool; the only difference between variants.
+            num_classes: Classifier outputs (0 for none).
+            in_chans: Input channels.
+            width_mult: Scales every conv width (tiny models for tests and demos).
+            global_pool: timm pooling type for the head.
+            drop_rate: Dropout before the classifier.
+            act_layer: Activation layer.
+            norm_layer: Normalization layer.
+        """
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.rf_pool = rf_pool
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        act_layer = get_act_layer(act_layer)
+        norm_layer = get_norm_layer(norm_layer)
+
+        layers: List[nn.Module] = []
+        self.feature_info: List[Dict[str, Any]] = []
+        self.feature_ends: List[int] = []  # index into self.features of each feature_info tap
+        prev_chs, reduction, num_convs, num_max_pools = in_chans, 1, 0, 0
+        for v in cfg:
+            if v == RFPOOL:
+                self._add_tap(prev_chs, reduction, len(layers) - 1)  # the stem, before the intervention
+                layers.append(create_rfpool(rf_pool))
+                reduction *= rf_pool
+            elif v == MAXPOOL:
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+                reduction *= 2
+                num_max_pools += 1
+            else:
+                chs = max(1, int(round(int(v) * width_mult)))
+                layers += [nn.Conv2d(prev_chs, chs, kernel_size=3, padding=1), norm_layer(chs), act_layer(inplace=True)]
+                prev_chs = chs
+                num_convs += 1
+                if num_convs in _BLOCK_ENDS:
+                    self._add_tap(prev_chs, reduction, len(layers) - 1)
+        self._add_tap(prev_chs, reduction, len(layers) - 1)
+        self.features = nn.Sequential(*layers)
+        self.min_size_after_pool = 2 ** num_max_pools
+
+        self.num_features = self.head_hidden_size = prev_chs
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.init_weights()
+
+    def _add_tap(self, num_chs: int, reduction: int, index: int) -> None:
+        self.feature_info.append(dict(num_chs=num_chs, reduction=reduction, module=f"features.{index}"))
+        self.feature_ends.append(index)
+
+    @property
+    def _variant(self) -> str:
+        return getattr(self, "pretrained_cfg", {}).get("architecture", type(self).__name__)
+
+    @torch.jit.ignore
+    def init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(stem=r"^features\.0", blocks=r"^features\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        assert not enable, "gradient checkpointing not supported"
+
+    @torch.jit.ignore
+    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
+        return "fc" if name_only else self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stem (before rfpool) and block outputs, timm's ``forward_intermediates`` contract."""
+        assert output_fmt == "NCHW", "Output shape must be NCHW."
+        take_indices, max_index = feature_take_indices(len(self.feature_ends), indices)
+        check_rfpool_input(x, self.rf_pool, self.min_size_after_pool, self._variant)
+        last = self.feature_ends[max_index] if stop_early else len(self.features) - 1
+        taps = {self.feature_ends[i]: i for i in take_indices}
+        intermediates = []
+        for i, layer in enumerate(self.features[: last + 1]):
+            x = layer(x)
+            if i in taps:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        take_indices, max_index = feature_take_indices(len(self.feature_ends), indices)
+        self.features = self.features[: self.feature_ends[max_index] + 1]
+        self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or max_index < len(self.feature_ends) - 1:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_rfpool_input(x, self.rf_pool, self.min_size_after_pool, self._variant)
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _create_vgg(variant: str, pretrained: bool = False, **kwargs: Any) -> RfPoolVGG:
+    out_indices = kwargs.pop("out_indices", tuple(range(6)))
+    return build_model_with_cfg(
+        RfPoolVGG, variant, pretrained,
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        **kwargs,
+    )
+
+
+default_cfgs = rfpool_default_cfgs("vgg19_rfpool", first_conv="features.0", classifier="fc")
+
+
+def _register_vgg19(k: int) -> None:
+    name = f"vgg19_rfpool{k}"
+
+    def model_fn(pretrained: bool = False, **kwargs: Any) -> RfPoolVGG:
+        model_args = dict(cfg=VGG19_RFPOOL_CFG, rf_pool=k)
+        return _create_vgg(name, pretrained, **dict(model_args, **kwargs))
+
+    model_fn.__name__ = name
+    model_fn.__qualname__ = name
+    model_fn.__doc__ = f"CIFAR VGG19-BN with MaxPool2d({k}, stride={k}) after the first conv; analytic RF {178 * k + 2}."
+    globals()[name] = register_model(model_fn)
+
+
+for _k in RFPOOL_KS:
+    _register_vgg19(_k)

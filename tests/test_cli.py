@@ -1,0 +1,38 @@
+"""The `rf-bench` command line."""
+import subprocess
+import sys
+
+from rf_bench.cli import main
+
+
+def test_rf_family_table(capsys):
+    assert main(["rf", "--family", "resnet50_rfpool", "--ks", "1", "2", "--width-mult", "0.125"]) == 0
+    out = capsys.readouterr().out
+    for line_start, analytic, paper in (("│ 1", "107", "110"), ("│ 2", "212", "213")):
+        row = next(line for line in out.splitlines() if line.startswith(line_start))
+        cells = [c.strip() for c in row.strip("│").split("│")]
+        assert cells[1] == analytic and cells[2] == analytic and cells[3] == paper
+
+
+def test_rf_per_layer_table_any_timm_model(capsys):
+    assert main(["rf", "resnet18", "--input-size", "3", "64", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "layer4.1.act2" in out and "RF 435 px, jump 32" in out
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "rf_bench.cli", *args], capture_output=True, text=True)
+
+
+def test_unknown_model_is_one_line_with_suggestions():
+    proc = _run("rf", "resnet50_rfpol3")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "unknown model 'resnet50_rfpol3'" in proc.stderr and "resnet50_rfpool3" in proc.stderr
+
+
+def test_too_large_k_is_one_line():
+    proc = _run("rf", "vgg19_rfpool5", "--width-mult", "0.125")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "use k <= 4" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
