@@ -1,0 +1,710 @@
+"""Data: every source decoded once into uint8 tensors ``(N, C, H, W)``, cached, and batched on device.
+
+Sources (``load(name, split, data_dir=None)``):
+
+- ``cifar10``: the Hub dataset ``uoft-cs/cifar10`` through ``datasets``, or offline from ``data_dir``:
+  a ``save_to_disk`` folder, a local copy of the Hub repo's parquet files, ``cifar-10-python.tar.gz``
+  or its extracted ``cifar-10-batches-py/`` folder.
+- ``tiny-imagenet``: the Hub dataset ``zh-plus/tiny-imagenet`` (its ``valid`` split is the test set),
+  or offline: ``save_to_disk``, parquet copy, the original ``tiny-imagenet-200/`` folder or ``.zip``.
+- ``digits``: scikit-learn's 8x8 digits, upscaled to 32x32 RGB, fixed stratified split (no network).
+- ``synthetic``: seeded, learnable class templates plus noise, any size (tests).
+
+Every offline format of a data set yields identical tensors: images are decoded by one function from
+the same bytes, classes are in the Hub's order (CIFAR's label order; sorted WordNet ids).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+__all__ = [
+    "ImageSet", "load", "DATASETS", "TensorLoader", "augment_batch", "normalize", "default_cache_dir",
+    "DATA_DIR_ENV", "CACHE_DIR_ENV", "IGNORE_INDEX",
+]
+
+DATA_DIR_ENV = "RF_BENCH_DATA_DIR"
+CACHE_DIR_ENV = "RF_BENCH_CACHE"
+_CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IGNORE_INDEX = -100  # label of padding slots in a sharded eval split (cross_entropy ignores it)
+TINY_MEAN, TINY_STD = (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)
+
+
+@dataclass
+class ImageSet:
+    """A decoded split: uint8 images ``(N, C, H, W)``, int64 labels, class names, normalisation stats."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: List[str]
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    name: str = ""
+    split: str = ""
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"{len(self.labels)} labels for {self.images.shape[0]} images")
+        self.labels = self.labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_size(self) -> Tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> "ImageSet":
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return ImageSet(self.images[idx], self.labels[idx], self.classes, self.mean, self.std,
+                        self.name, self.split, self.source)
+
+
+# ----------------------------------------------------------------------------------------- decoding
+
+def _decode(data: bytes, origin: str) -> np.ndarray:
+    """One encoded image -> HWC uint8 RGB. Grayscale and palette images become RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ValueError(f"corrupt image in {origin}: {e}; re-download that file") from None
+
+
+def _stack(arrays: Sequence[np.ndarray], origin: str) -> torch.Tensor:
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"images of different shapes {sorted(shapes)[:3]} in {origin}; is it the right data set?")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def _progress(total: int, description: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), transient=True)
+    return progress, progress.add_task(description, total=total)
+
+
+def _decode_all(blobs: Sequence[bytes], origin: str) -> torch.Tensor:
+    progress, task = _progress(len(blobs), f"decoding {origin}")
+    arrays = []
+    with progress:
+        for i, blob in enumerate(blobs):
+            arrays.append(_decode(blob, origin))
+            if i % 512 == 0:
+                progress.update(task, completed=i)
+    return _stack(arrays, origin)
+
+
+# ----------------------------------------------------------------------------- Hub-style (datasets)
+
+def _from_hf_dataset(ds, image_col: str, label_col: str, origin: str) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+    """A ``datasets.Dataset`` -> tensors, decoding the raw bytes ourselves (identical to the file formats)."""
+    from datasets import Image as HFImage
+
+    classes = list(ds.features[label_col].names) if hasattr(ds.features[label_col], "names") else []
+    raw = ds.cast_column(image_col, HFImage(decode=False))
+    blobs = []
+    for item in raw[image_col]:
+        if item.get("bytes") is None:
+            blobs.append(Path(item["path"]).read_bytes())
+        else:
+            blobs.append(item["bytes"])
+    labels = torch.tensor(raw[label_col], dtype=torch.int64)
+    return _decode_all(blobs, origin), labels, classes
+
+
+@dataclass(frozen=True)
+class _HubSpec:
+    repo: str
+    config: Optional[str]
+    image_col: str
+    label_col: str
+    splits: Dict[str, str]  # our split -> Hub split
+    parquet_dirs: Tuple[str, ...]  # where a local copy of the repo keeps its parquet files
+
+
+# -------------------------------------------------------------------------------- source registry
+
+@dataclass(frozen=True)
+class _Source:
+    """How one local format is found and read. ``find`` returns the path to read, or None."""
+
+    layout: str  # shown in the "no local copy" error
+    find: Callable[[Path, str], Optional[Path]]
+    read: Callable[[Path, str], Tuple[torch.Tensor, torch.Tensor, List[str]]]
+
+
+def _find_save_to_disk(root: Path, split: str) -> Optional[Path]:
+    for cand in (root, *(p.parent for p in root.glob("*/dataset_dict.json"))):
+        if (cand / "dataset_dict.json").is_file() or (cand / split / "state.json").is_file():
+            return cand
+    return None
+
+
+def _find_parquet(spec: _HubSpec) -> Callable[[Path, str], Optional[Path]]:
+    def find(root: Path, split: str) -> Optional[Path]:
+        hub_split = spec.splits[split]
+        for sub in ("",) + spec.parquet_dirs:
+            if sorted((root / sub).glob(f"{hub_split}-*.parquet")):
+                return root / sub
+        return None
+    return find
+
+
+def _read_save_to_disk(spec: _HubSpec) -> Callable:
+    def read(path: Path, split: str):
+        import datasets
+
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as e:  # datasets raises several types for damaged folders
+            raise ValueError(f"cannot read the save_to_disk folder {path}: {e}") from None
+        hub_split = spec.splits[split]
+        if isinstance(ds, datasets.DatasetDict):
+            if hub_split not in ds:
+                raise ValueError(f"{path} has splits {list(ds)}, not {hub_split!r}")
+            ds = ds[hub_split]
+        return _from_hf_dataset(ds, spec.image_col, spec.label_col, str(path))
+    return read
+
+
+def _read_parquet(spec: _HubSpec) -> Callable:
+    def read(path: Path, split: str):
+        import datasets
+
+        files = sorted(str(p) for p in path.glob(f"{spec.splits[split]}-*.parquet"))
+        try:
+            ds = datasets.load_dataset("parquet", data_files={"split": files}, split="split")
+        except Exception as e:
+            raise ValueError(f"cannot read parquet files {files}: {e}") from None
+        return _from_hf_dataset(ds, spec.image_col, spec.label_col, files[0])
+    return read
+
+
+# CIFAR-10, original python pickles ------------------------------------------------------------
+
+_CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Only what CIFAR's pickles hold (dicts, bytes, numpy arrays): no arbitrary code on load."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _unpickle(data: bytes, origin: str) -> dict:
+    try:
+        return _ArrayUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as e:
+        raise ValueError(f"corrupt CIFAR batch {origin}: {e}; re-download cifar-10-python.tar.gz") from None
+
+
+def _cifar_batches(read_member: Callable[[str], bytes], split: str, origin: str):
+    meta = _unpickle(read_member("batches.meta"), f"{origin}/batches.meta")
+    classes = [c.decode() for c in meta[b"label_names"]]
+    images, labels = [], []
+    for name in _CIFAR_FILES[split]:
+        batch = _unpickle(read_member(name), f"{origin}/{name}")
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"{origin}/{name} holds {data.shape}, not (N, 3072) CIFAR rows; re-download it")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.extend(batch[b"labels"])
+    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64), classes
+
+
+def _find_cifar_folder(root: Path, split: str) -> Optional[Path]:
+    for cand in (root / "cifar-10-batches-py", root):
+        if (cand / "batches.meta").is_file():
+            return cand
+    return None
+
+
+def _read_cifar_folder(path: Path, split: str):
+    def member(name: str) -> bytes:
+        f = path / name
+        if not f.is_file():
+            raise ValueError(f"{f} is missing; the folder must hold batches.meta, data_batch_1..5 and test_batch")
+        return f.read_bytes()
+    return _cifar_batches(member, split, str(path))
+
+
+def _find_cifar_tar(root: Path, split: str) -> Optional[Path]:
+    f = root / "cifar-10-python.tar.gz"
+    return f if f.is_file() else None
+
+
+def _read_cifar_tar(path: Path, split: str):
+    # members are read in memory: nothing is extracted, so no path in the archive can escape
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+
+            def member(name: str) -> bytes:
+                if name not in members:
+                    raise ValueError(f"{path} has no {name}; is it cifar-10-python.tar.gz?")
+                return tar.extractfile(members[name]).read()
+
+            return _cifar_batches(member, split, str(path))
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ValueError(f"corrupt archive {path}: {e}; re-download it") from None
+
+
+# Tiny ImageNet, original folder / zip ------------------------------------------------------------
+
+class _TinyFiles:
+    """The original tiny-imagenet-200 layout, read from a folder or a zip without extracting it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if path.suffix == ".zip":
+            try:
+                self._zip = zipfile.ZipFile(path)
+            except (zipfile.BadZipFile, OSError) as e:
+                raise ValueError(f"corrupt archive {path}: {e}; re-download it") from None
+            names = [n for n in self._zip.namelist() if not n.endswith("/")]
+            prefix = next((n[: n.index("wnids.txt")] for n in names if n.endswith("wnids.txt")), None)
+            if prefix is None:
+                raise ValueError(f"{path} has no wnids.txt; is it tiny-imagenet-200.zip?")
+            self._names = {n[len(prefix):]: n for n in names if n.startswith(prefix)}
+        else:
+            self._zip = None
+            self._names = None
+
+    def list(self, folder: str) -> List[str]:
+        if self._zip is not None:
+            return sorted(n for n in self._names if n.startswith(folder + "/") and "/" not in n[len(folder) + 1:])
+        d = self.path / folder
+        return sorted(f"{folder}/{p.name}" for p in d.iterdir() if p.is_file()) if d.is_dir() else []
+
+    def read(self, name: str) -> bytes:
+        try:
+            if self._zip is not None:
+                return self._zip.read(self._names[name])
+            return (self.path / name).read_bytes()
+        except (KeyError, FileNotFoundError):
+            raise ValueError(f"{self.path} has no {name}; is it the original tiny-imagenet-200 layout?") from None
+        except (zipfile.BadZipFile, OSError) as e:
+            raise ValueError(f"corrupt member {name} of {self.path}: {e}") from None
+
+
+def _read_tiny_original(path: Path, split: str):
+    files = _TinyFiles(path)
+    classes = sorted(files.read("wnids.txt").decode().split())  # the Hub copy's label order
+    index = {wnid: i for i, wnid in enumerate(classes)}
+    items: List[Tuple[int, str]] = []
+    if split == "train":
+        for wnid in classes:
+            items += [(index[wnid], name) for name in files.list(f"train/{wnid}/images")]
+    else:
+        for line in files.read("val/val_annotations.txt").decode().splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2:
+                items.append((index[parts[1]], f"val/images/{parts[0]}"))
+    items.sort()  # class-major, then file name: the Hub copy's order
+    if not items:
+        raise ValueError(f"{path} holds no {split} images; is it the original tiny-imagenet-200 layout?")
+    blobs = [files.read(name) for _, name in items]
+    labels = torch.tensor([label for label, _ in items], dtype=torch.int64)
+    return _decode_all(blobs, str(path)), labels, classes
+
+
+def _find_tiny_original(root: Path, split: str) -> Optional[Path]:
+    for cand in (root / "tiny-imagenet-200", root):
+        if (cand / "wnids.txt").is_file():
+            return cand
+    zipped = root / "tiny-imagenet-200.zip"
+    return zipped if zipped.is_file() else None
+
+
+# ------------------------------------------------------------------------------- data set specs
+
+@dataclass(frozen=True)
+class _DatasetSpec:
+    hub: Optional[_HubSpec]
+    local: Tuple[_Source, ...]
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    classes: Tuple[str, ...] = ()  # fallback when a format carries no names
+    builder: Optional[Callable[..., ImageSet]] = None  # generated/embedded data sets
+
+
+_CIFAR_HUB = _HubSpec("uoft-cs/cifar10", "plain_text", "img", "label", {"train": "train", "test": "test"},
+                      ("plain_text",))
+_TINY_HUB = _HubSpec("zh-plus/tiny-imagenet", None, "image", "label", {"train": "train", "test": "valid"},
+                     ("data",))
+
+
+def _hub_sources(spec: _HubSpec) -> Tuple[_Source, ...]:
+    return (
+        _Source("a `datasets` save_to_disk folder (dataset_dict.json)", _find_save_to_disk, _read_save_to_disk(spec)),
+        _Source(f"a copy of the Hub repo {spec.repo} ({'/'.join(spec.parquet_dirs)}/<split>-*.parquet)",
+                _find_parquet(spec), _read_parquet(spec)),
+    )
+
+
+def _digits(split: str, **kwargs) -> ImageSet:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images).float()[:, None] / 16.0  # (1797, 1, 8, 8), values 0..16
+    x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    images = (x * 255).round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    labels = torch.from_numpy(bunch.target).long()
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=0.25, random_state=0,
+                                           stratify=bunch.target)
+    mean, std = _stats(images[torch.from_numpy(train_idx)])
+    idx = torch.from_numpy(train_idx if split == "train" else test_idx)
+    return ImageSet(images[idx], labels[idx], [str(d) for d in range(10)], mean, std, "digits", split, "sklearn")
+
+
+def _synthetic(split: str, n: Optional[int] = None, num_classes: int = 10, size: int = 32, channels: int = 3,
+               seed: int = 0, noise: float = 0.35) -> ImageSet:
+    """Class templates (smooth random patterns, fixed by ``seed``) plus per-image noise: learnable."""
+    g = torch.Generator().manual_seed(seed)
+    templates = F.interpolate(torch.rand(num_classes, channels, 4, 4, generator=g), size=(size, size),
+                              mode="bilinear", align_corners=False)
+    n = n if n is not None else (50 * num_classes if split == "train" else 10 * num_classes)
+    gs = torch.Generator().manual_seed(seed * 7919 + (1 if split == "train" else 2))
+    labels = torch.arange(n) % num_classes
+    labels = labels[torch.randperm(n, generator=gs)]
+    x = templates[labels] + noise * torch.randn(n, channels, size, size, generator=gs)
+    images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    return ImageSet(images, labels, [f"class{i}" for i in range(num_classes)], (0.5,) * channels,
+                    (0.25,) * channels, "synthetic", split, f"synthetic(seed={seed})")
+
+
+def _stats(images: torch.Tensor) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    x = images.double() / 255
+    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist())
+
+
+DATASETS: Dict[str, _DatasetSpec] = {
+    "cifar10": _DatasetSpec(
+        _CIFAR_HUB,
+        _hub_sources(_CIFAR_HUB) + (
+            _Source("cifar-10-python.tar.gz", _find_cifar_tar, _read_cifar_tar),
+            _Source("its extracted cifar-10-batches-py/ folder", _find_cifar_folder, _read_cifar_folder),
+        ),
+        CIFAR10_MEAN, CIFAR10_STD, CIFAR10_CLASSES,
+    ),
+    "tiny-imagenet": _DatasetSpec(
+        _TINY_HUB,
+        _hub_sources(_TINY_HUB) + (
+            _Source("the original tiny-imagenet-200/ folder or tiny-imagenet-200.zip",
+                    _find_tiny_original, _read_tiny_original),
+        ),
+        TINY_MEAN, TINY_STD,
+    ),
+    "digits": _DatasetSpec(None, (), (), (), builder=_digits),
+    "synthetic": _DatasetSpec(None, (), (), (), builder=_synthetic),
+}
+_SPLITS = {"train": "train", "test": "test", "valid": "test", "val": "test", "validation": "test"}
+
+
+# ------------------------------------------------------------------------------------------ cache
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "rf_bench" / "data")
+
+
+def _source_fingerprint(path: Path) -> str:
+    """Paths, sizes and mtimes of the source files: changes when the local copy does."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    h = hashlib.sha256(str(path.resolve()).encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if f != path else f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _digest(images: torch.Tensor, labels: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    h.update(images.contiguous().numpy().data)
+    h.update(labels.contiguous().numpy().data)
+    return h.hexdigest()
+
+
+def _cache_path(cache_dir: Path, name: str, split: str, key: str) -> Path:
+    return cache_dir / f"{name}-{split}-{key[:16]}.safetensors"
+
+
+def _read_cache(path: Path) -> Optional[ImageSet]:
+    """The cached split, or None if it is missing, truncated or does not match its checksum."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            images, labels = f.get_tensor("images"), f.get_tensor("labels")
+        if meta.get("sha256") != _digest(images, labels):
+            raise ValueError("checksum mismatch")
+        info = json.loads(meta["info"])
+    except (SafetensorError, ValueError, KeyError, OSError, RuntimeError) as e:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[yellow]warning:[/] cache {path} is corrupt ({e}); rebuilding it")
+        return None
+    return ImageSet(images, labels, info["classes"], tuple(info["mean"]), tuple(info["std"]), info["name"],
+                    info["split"], info["source"])
+
+
+def _write_cache(path: Path, data: ImageSet) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = dict(classes=data.classes, mean=data.mean, std=data.std, name=data.name, split=data.split,
+                source=data.source)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({"images": data.images.contiguous(), "labels": data.labels.contiguous()}, str(tmp),
+              metadata={"sha256": _digest(data.images, data.labels), "info": json.dumps(info),
+                        "version": str(_CACHE_VERSION)})
+    os.replace(tmp, path)  # readers see the old file or the whole new one, never half of it
+
+
+def _cached(cache_dir: Path, name: str, split: str, key: str, build: Callable[[], ImageSet]) -> ImageSet:
+    """Load from the cache or build it once; a file lock makes concurrent processes (DDP ranks) wait."""
+    from filelock import FileLock
+
+    path = _cache_path(cache_dir, name, split, key)
+    data = _read_cache(path)
+    if data is not None:
+        return data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        data = _read_cache(path)  # another process may have built it while we waited
+        if data is None:
+            data = build()
+            _write_cache(path, data)
+    return data
+
+
+# ------------------------------------------------------------------------------------------- load
+
+def _resolve(name: str, split: str) -> Tuple[str, _DatasetSpec, str]:
+    key = name.lower().replace("_", "-")
+    if key not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    if split not in _SPLITS:
+        raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
+    return key, DATASETS[key], _SPLITS[split]
+
+
+def _no_local_copy_error(name: str, spec: _DatasetSpec, data_dir: Optional[Path], reason: str) -> FileNotFoundError:
+    layouts = "; ".join(s.layout for s in spec.local)
+    where = f"nothing usable in {data_dir}" if data_dir else f"no --data-dir / ${DATA_DIR_ENV} given"
+    return FileNotFoundError(
+        f"cannot load {name}: {reason}, and {where}. Point --data-dir (or ${DATA_DIR_ENV}) at a folder holding "
+        f"one of: {layouts}"
+    )
+
+
+def _load_hub(name: str, spec: _DatasetSpec, split: str) -> ImageSet:
+    import datasets
+
+    hub = spec.hub
+    try:
+        ds = datasets.load_dataset(hub.repo, hub.config, split=hub.splits[split])
+    except Exception as e:  # offline, DNS, HTTP: datasets raises many types; all mean "no Hub copy"
+        raise _no_local_copy_error(name, spec, None, f"the Hub is unreachable ({type(e).__name__})") from None
+    images, labels, classes = _from_hf_dataset(ds, hub.image_col, hub.label_col, hub.repo)
+    return ImageSet(images, labels, classes or list(spec.classes), spec.mean, spec.std, name, split, hub.repo)
+
+
+def load(name: str, split: str, data_dir: Optional[str | os.PathLike] = None,
+         cache_dir: Optional[str | os.PathLike] = None, **kwargs) -> ImageSet:
+    """Load a split as uint8 tensors, decoding it only the first time (then from the cache).
+
+    ``data_dir`` (or ``$RF_BENCH_DATA_DIR``) points at a local copy; without one, the Hub is used
+    through ``datasets``. ``split`` is ``train`` or ``test`` (Tiny ImageNet's ``valid`` is its test).
+    ``kwargs`` go to generated data sets (``synthetic``: n, num_classes, size, channels, seed).
+    """
+    name, spec, split = _resolve(name, split)
+    if spec.builder is not None:
+        return spec.builder(split, **kwargs)
+    if kwargs:
+        raise ValueError(f"{name} takes no options, got {sorted(kwargs)}")
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    if data_dir:
+        root = Path(data_dir).expanduser()
+        for source in spec.local:
+            for base in (root / name, root):
+                path = source.find(base, split) if base.is_dir() else None
+                if path is None:
+                    continue
+                key = f"v{_CACHE_VERSION}:{source.layout}:{_source_fingerprint(path)}"
+
+                def build(source=source, path=path) -> ImageSet:
+                    images, labels, classes = source.read(path, split)
+                    return ImageSet(images, labels, classes or list(spec.classes), spec.mean, spec.std, name,
+                                    split, str(path))
+                return _cached(cache, name, split, hashlib.sha256(key.encode()).hexdigest(), build)
+        raise _no_local_copy_error(name, spec, root, "no local copy found")
+    key = hashlib.sha256(f"v{_CACHE_VERSION}:{spec.hub.repo}:{spec.hub.config}:{split}".encode()).hexdigest()
+    return _cached(cache, name, split, key, lambda: _load_hub(name, spec, split))
+
+
+# ----------------------------------------------------------------------------------------- loader
+
+def _mix(*ints: int) -> int:
+    """A 63-bit seed from several ints (so (seed, epoch, step, rank) streams never collide)."""
+    h = hashlib.blake2b(",".join(map(str, ints)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def _random_crop_flip(padded: torch.Tensor, idx: torch.Tensor, out_hw: Tuple[int, int], padding: int, flip: bool,
+                      generator: torch.Generator) -> torch.Tensor:
+    """Samples ``idx`` of a zero-padded uint8 set, each cropped at a random offset and maybe mirrored.
+
+    One ``take`` with a flat index does crop, flip and batch gather together (3x faster than
+    padding, advanced indexing and ``where`` per batch on a CPU).
+    """
+    n, device = idx.shape[0], padded.device
+    h, w = out_hw
+    c, hp, wp = padded.shape[1:]
+    draw = dict(generator=generator, device=generator.device)
+    dy = torch.randint(0, 2 * padding + 1, (n,), **draw).to(device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), **draw).to(device)
+    ar_h, ar_w = torch.arange(h, device=device), torch.arange(w, device=device)
+    cols = ar_w.expand(n, w)
+    if flip:
+        mirrored = (torch.rand(n, **draw) < 0.5).to(device)
+        cols = torch.where(mirrored[:, None], ar_w.flip(0), ar_w)
+    rows = dy[:, None] + ar_h
+    cols = dx[:, None] + cols
+    flat = ((idx * (c * hp * wp))[:, None, None, None] + (torch.arange(c, device=device) * (hp * wp))[None, :, None, None]
+            + (rows * wp)[:, None, :, None] + cols[:, None, None, :])
+    return padded.reshape(-1).take(flat)
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random crop with zero padding and horizontal flip of a uint8 batch, on its own device."""
+    padded = F.pad(x, (padding,) * 4) if padding else x
+    idx = torch.arange(x.shape[0], device=x.device)
+    return _random_crop_flip(padded.contiguous(), idx, tuple(x.shape[-2:]), padding, flip, generator)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 -> ``(x / 255 - mean) / std`` in ``dtype``, as one fused multiply-add."""
+    scale = 1.0 / (torch.tensor(std, device=x.device, dtype=torch.float64) * 255)
+    shift = -torch.tensor(mean, device=x.device, dtype=torch.float64) / torch.tensor(std, device=x.device,
+                                                                                      dtype=torch.float64)
+    return torch.addcmul(shift.to(dtype).view(1, -1, 1, 1), x.to(dtype), scale.to(dtype).view(1, -1, 1, 1))
+
+
+@dataclass
+class TensorLoader:
+    """Batches of an ``ImageSet`` on ``device``, augmented there; no workers, no PIL.
+
+    The order is a pure function of ``(seed, epoch)`` and each batch's augmentation of
+    ``(seed, epoch, step, rank)``, so a resumed run sees the same batches. With ``num_replicas`` > 1,
+    each rank takes a disjoint interleaved slice (as ``DistributedSampler`` does) and every rank takes
+    the same number of steps.
+    """
+
+    data: ImageSet
+    batch_size: int
+    train: bool = True
+    seed: int = 0
+    device: torch.device | str = "cpu"
+    augment: bool = True
+    padding: int = 4
+    flip: bool = True
+    num_replicas: int = 1
+    rank: int = 0
+    drop_last: Optional[bool] = None
+    channels_last: bool = False
+    epoch: int = 0
+    _images: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.device = torch.device(self.device)
+        if self.drop_last is None:
+            self.drop_last = self.train
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {self.rank} outside 0..{self.num_replicas - 1}")
+        # the whole split lives on the device as uint8 (150 MB for CIFAR10 train), padded once for cropping
+        images = self.data.images.to(self.device)
+        self._augmenting = self.train and self.augment
+        if self._augmenting and self.padding:
+            images = F.pad(images, (self.padding,) * 4)
+        self._images = images.contiguous()
+        self._labels = self.data.labels.to(self.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.data)
+        if self.train:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch)))
+        else:
+            order = torch.arange(n)
+        per_rank = n // self.num_replicas if self.drop_last else -(-n // self.num_replicas)
+        total = per_rank * self.num_replicas
+        if total > n:  # pad with -1 so every rank has equal work; padded slots get label IGNORE_INDEX
+            order = torch.cat([order, torch.full((total - n,), -1, dtype=order.dtype)])
+        return order[:total][self.rank::self.num_replicas]
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        per_rank = n // self.num_replicas if self.drop_last else -(-n // self.num_replicas)
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start_step: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``start_step..`` of the current epoch (mid-epoch resume skips without computing)."""
+        indices = self._indices().to(self.device)
+        for step in range(start_step, len(self)):
+            idx = indices[step * self.batch_size:(step + 1) * self.batch_size]
+            labels = torch.where(idx >= 0, self._labels[idx.clamp(min=0)], IGNORE_INDEX)
+            if self._augmenting:
+                g = torch.Generator(device=self.device).manual_seed(_mix(self.seed, self.epoch, step, self.rank))
+                x = _random_crop_flip(self._images, idx.clamp(min=0), self.data.images.shape[-2:], self.padding,
+                                      self.flip, g)
+            else:
+                x = self._images[idx.clamp(min=0)]
+            x = normalize(x, self.data.mean, self.data.std)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, labels
