@@ -14,6 +14,7 @@ from rich.table import Table
 from . import __version__
 from .models import RFPOOL_KS
 from .rf import gradient_rf, layer_receptive_fields, receptive_field
+from .train import NonFiniteLossError, add_train_args
 
 console = Console()
 err_console = Console(stderr=True)
@@ -89,6 +90,13 @@ def _rf_family_table(family: str, ks: Sequence[int], model_kwargs: Dict[str, Any
     console.print(table)
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .train import run_from_args
+
+    run_dir = run_from_args(args)
+    console.print(f"run directory: {run_dir}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rf-bench", description=__doc__)
     parser.add_argument("--version", action="version", version=f"rf-bench {__version__}")
@@ -103,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width-mult", type=float, help="rfpool models only: channel width multiplier")
     p.add_argument("--no-gradient", action="store_true", help="family table: skip the gradient measurement")
     p.set_defaults(func=_cmd_rf)
+
+    p = sub.add_parser("train", help="train one run (same as `accelerate launch rf_bench/train.py`)")
+    add_train_args(p)
+    p.set_defaults(func=_cmd_train)
     return parser
 
 
@@ -110,7 +122,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (CliError, ValueError, FileNotFoundError, NotImplementedError) as e:
+    except (CliError, ValueError, OSError, NotImplementedError, NonFiniteLossError) as e:
         err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2
     return 0

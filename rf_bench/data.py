@@ -583,15 +583,25 @@ def load(name: str, split: str, data_dir: Optional[str | os.PathLike] = None,
 
 # ----------------------------------------------------------------------------------------- loader
 
-def _mix(*ints: int) -> int:
-    """A 63-bit seed from several ints (so (seed, epoch, step, rank) streams never collide)."""
-    h = hashlib.blake2b(",".join(map(str, ints)).encode(), digest_size=8).digest()
+def _mix(*parts: object) -> int:
+    """A 63-bit seed from several values, so different streams (order, augmentation) never collide."""
+    h = hashlib.blake2b(",".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
-def _random_crop_flip(padded: torch.Tensor, idx: torch.Tensor, out_hw: Tuple[int, int], padding: int, flip: bool,
-                      generator: torch.Generator) -> torch.Tensor:
-    """Samples ``idx`` of a zero-padded uint8 set, each cropped at a random offset and maybe mirrored.
+def _draw_crop_flip(n: int, padding: int, flip: bool, generator: torch.Generator,
+                    device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Random crop offsets (dy, dx) in ``0..2 padding`` and flip flags for ``n`` images."""
+    draw = dict(generator=generator, device=generator.device)
+    dy = torch.randint(0, 2 * padding + 1, (n,), **draw).to(device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), **draw).to(device)
+    mirrored = (torch.rand(n, **draw) < 0.5).to(device) if flip else None
+    return dy, dx, mirrored
+
+
+def _crop_flip(padded: torch.Tensor, idx: torch.Tensor, out_hw: Tuple[int, int], dy: torch.Tensor,
+               dx: torch.Tensor, mirrored: Optional[torch.Tensor]) -> torch.Tensor:
+    """Samples ``idx`` of a zero-padded uint8 set, cropped at ``(dy, dx)`` and mirrored where asked.
 
     One ``take`` with a flat index does crop, flip and batch gather together (3x faster than
     padding, advanced indexing and ``where`` per batch on a CPU).
@@ -599,14 +609,8 @@ def _random_crop_flip(padded: torch.Tensor, idx: torch.Tensor, out_hw: Tuple[int
     n, device = idx.shape[0], padded.device
     h, w = out_hw
     c, hp, wp = padded.shape[1:]
-    draw = dict(generator=generator, device=generator.device)
-    dy = torch.randint(0, 2 * padding + 1, (n,), **draw).to(device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), **draw).to(device)
     ar_h, ar_w = torch.arange(h, device=device), torch.arange(w, device=device)
-    cols = ar_w.expand(n, w)
-    if flip:
-        mirrored = (torch.rand(n, **draw) < 0.5).to(device)
-        cols = torch.where(mirrored[:, None], ar_w.flip(0), ar_w)
+    cols = ar_w.expand(n, w) if mirrored is None else torch.where(mirrored[:, None], ar_w.flip(0), ar_w)
     rows = dy[:, None] + ar_h
     cols = dx[:, None] + cols
     flat = ((idx * (c * hp * wp))[:, None, None, None] + (torch.arange(c, device=device) * (hp * wp))[None, :, None, None]
@@ -618,7 +622,8 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int = 4,
     """Random crop with zero padding and horizontal flip of a uint8 batch, on its own device."""
     padded = F.pad(x, (padding,) * 4) if padding else x
     idx = torch.arange(x.shape[0], device=x.device)
-    return _random_crop_flip(padded.contiguous(), idx, tuple(x.shape[-2:]), padding, flip, generator)
+    dy, dx, mirrored = _draw_crop_flip(x.shape[0], padding, flip, generator, x.device)
+    return _crop_flip(padded.contiguous(), idx, tuple(x.shape[-2:]), dy, dx, mirrored)
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float],
@@ -634,8 +639,8 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float],
 class TensorLoader:
     """Batches of an ``ImageSet`` on ``device``, augmented there; no workers, no PIL.
 
-    The order is a pure function of ``(seed, epoch)`` and each batch's augmentation of
-    ``(seed, epoch, step, rank)``, so a resumed run sees the same batches. With ``num_replicas`` > 1,
+    The order is a pure function of ``(seed, epoch)`` and each sample's crop and flip of
+    ``(seed, epoch, sample)``, so a resumed run sees the same batches, and so do 1 or N processes. With ``num_replicas`` > 1,
     each rank takes a disjoint interleaved slice (as ``DistributedSampler`` does) and every rank takes
     the same number of steps.
     """
@@ -695,15 +700,20 @@ class TensorLoader:
     def iter_from(self, start_step: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start_step..`` of the current epoch (mid-epoch resume skips without computing)."""
         indices = self._indices().to(self.device)
+        if self._augmenting:
+            # one draw per sample and epoch: a sample's crop depends on (seed, epoch, sample), not on which
+            # rank or batch it lands in, so 1 and N processes see the same augmented global batch
+            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, "augment"))
+            dy, dx, mirrored = _draw_crop_flip(len(self.data), self.padding, self.flip, g, self.device)
         for step in range(start_step, len(self)):
             idx = indices[step * self.batch_size:(step + 1) * self.batch_size]
-            labels = torch.where(idx >= 0, self._labels[idx.clamp(min=0)], IGNORE_INDEX)
+            safe = idx.clamp(min=0)
+            labels = torch.where(idx >= 0, self._labels[safe], IGNORE_INDEX)
             if self._augmenting:
-                g = torch.Generator(device=self.device).manual_seed(_mix(self.seed, self.epoch, step, self.rank))
-                x = _random_crop_flip(self._images, idx.clamp(min=0), self.data.images.shape[-2:], self.padding,
-                                      self.flip, g)
+                x = _crop_flip(self._images, safe, self.data.images.shape[-2:], dy[safe], dx[safe],
+                               None if mirrored is None else mirrored[safe])
             else:
-                x = self._images[idx.clamp(min=0)]
+                x = self._images[safe]
             x = normalize(x, self.data.mean, self.data.std)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

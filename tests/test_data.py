@@ -214,6 +214,7 @@ def test_two_ranks_shard_one_permutation(train):
     else:  # eval: everything exactly once, padding marked to be ignored
         assert sorted(real.tolist()) == list(range(103))
     # the union of both ranks' step-t batches is the 1-process global batch of step t (same seed, epoch)
+    # and so are the augmented images: a sample's crop/flip does not depend on its rank
     if train:
         single = D.TensorLoader(data, 16, train=True, seed=1)
         single.set_epoch(2)
@@ -221,6 +222,12 @@ def test_two_ranks_shard_one_permutation(train):
         both = torch.stack([torch.cat(b) for b in batches])  # (2, steps * 8)
         interleaved = both.t().reshape(-1)
         assert torch.equal(interleaved[: len(perm)], perm[: len(interleaved)])
+        single_x = {int(y): x for xb, yb in single for x, y in zip(xb, yb)}
+        for loader in ranks:
+            for xb, yb in loader:
+                for x, y in zip(xb, yb):
+                    if int(y) in single_x:
+                        assert torch.equal(x, single_x[int(y)])
 
 
 def test_normalize_matches_torchvision():
