@@ -13,17 +13,14 @@ from rich.table import Table
 
 from . import __version__
 from .models import RFPOOL_KS
+from .paper import MEASURED_RF
 from .rf import gradient_rf, layer_receptive_fields, receptive_field
 from .train import NonFiniteLossError, add_train_args
 
 console = Console()
 err_console = Console(stderr=True)
 
-# The paper's gradient-measured RFs (PAPER.md), by family and k.
-PAPER_RF = {
-    "resnet50_rfpool": {1: 110, 2: 213, 3: 318, 4: 423},
-    "vgg19_rfpool": {1: 181, 2: 359, 3: 537, 4: 715},
-}
+PAPER_RF = MEASURED_RF
 
 
 class CliError(Exception):
@@ -97,6 +94,27 @@ def _cmd_train(args: argparse.Namespace) -> None:
     console.print(f"run directory: {run_dir}")
 
 
+def _cmd_probe(args: argparse.Namespace) -> None:
+    from .probes.base import apply_overrides, resolve_suite, run_suite
+    from .results import find_runs
+
+    probes = resolve_suite(args.suite)
+    configs = apply_overrides(probes, args.set)
+    runs = find_runs(args.runs)
+    if not runs:
+        raise CliError(f"no run directories match {' '.join(args.runs)}")
+    written = run_suite(probes, runs, args.results, configs, force=args.force, data_dir=args.data_dir,
+                        progress=not args.no_progress, log=console.print)
+    console.print(f"{len(written)} results in {args.results}")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from .report import write_report
+
+    path = write_report(args.results, args.out)
+    console.print(f"report: {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rf-bench", description=__doc__)
     parser.add_argument("--version", action="version", version=f"rf-bench {__version__}")
@@ -115,6 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one run (same as `accelerate launch rf_bench/train.py`)")
     add_train_args(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("probe", help="run a suite of probes over finished runs")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, globs, or folders of runs")
+    p.add_argument("--suite", default="all", help="all, or probe names separated by commas")
+    p.add_argument("--results", default="results", help="results folder (shared by many runs)")
+    p.add_argument("--set", action="append", default=[], metavar="[PROBE.]KEY=VALUE", help="probe setting (JSON value)")
+    p.add_argument("--force", action="store_true", help="recompute results that exist")
+    p.add_argument("--data-dir", help="local copy of the runs' data set")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_probe)
+
+    p = sub.add_parser("report", help="REPORT.md with the paper's tables and figures from a results folder")
+    p.add_argument("results", nargs="?", default="results")
+    p.add_argument("--out", default="report")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -51,6 +51,9 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     sync_bn: bool = True  # SyncBatchNorm when several GPUs train one run (GPU only)
+    init_from: Optional[str] = None  # start from these weights (safetensors) instead of a fresh init
+    init_sha256: Optional[str] = None  # filled in from init_from, so changed weights make another run
+    prune_rate: Optional[float] = None  # global magnitude pruning of init weights; pruned weights stay zero
 
     def identity(self) -> Dict[str, Any]:
         """The fields that make two runs the same run (all of them: paths and logging are not fields)."""
@@ -64,6 +67,9 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     # The usual fast CIFAR recipe: a 1000x larger lr with nesterov, warm-up and per-step cosine, stronger
     # weight decay, no clipping (0.1 would cap the step at lr 0.1); meant to reach the paper's dense
     # accuracies in 30 epochs instead of 200 (to be measured on a GPU).
+    # PAPER.md's masked fine-tune after pruning (the schedule is not given: decision, a constant lr).
+    "finetune": dict(epochs=10, batch_size=128, lr=1e-4, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                     clip_grad=0.1, warmup_epochs=0.0, schedule="constant", label_smoothing=0.0),
     "fast": dict(epochs=30, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
                  clip_grad=None, warmup_epochs=1.0, schedule="cosine_step", label_smoothing=0.0),
 }
@@ -158,10 +164,12 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
         return (step + 1) / warmup
     if cfg.schedule == "cosine_epoch":  # torch's CosineAnnealingLR(T_max=epochs) stepped once per epoch
         progress = (step // steps_per_epoch) / cfg.epochs
+    elif cfg.schedule == "constant":
+        return 1.0
     elif cfg.schedule == "cosine_step":
         progress = (step - warmup) / max(1.0, cfg.epochs * steps_per_epoch - warmup)
     else:
-        raise ValueError(f"unknown schedule {cfg.schedule!r}; use cosine_epoch or cosine_step")
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; use cosine_epoch, cosine_step or constant")
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
@@ -248,6 +256,12 @@ def train(cfg: TrainConfig, output: str | os.PathLike = "runs", data_dir: Option
         dynamo_backend="inductor" if cfg.compile else None,
     )
     cfg = dataclasses.replace(cfg, mixed_precision=accelerator.mixed_precision)  # `accelerate launch` may set it
+    if cfg.init_from and not cfg.init_sha256:
+        from rf_bench.results import sha256_file
+
+        if not Path(cfg.init_from).is_file():
+            raise FileNotFoundError(f"--init-from {cfg.init_from} does not exist")
+        cfg = dataclasses.replace(cfg, init_sha256=sha256_file(cfg.init_from))
     world = accelerator.num_processes
     if cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by {world} processes; pick a multiple")
@@ -267,6 +281,16 @@ def train(cfg: TrainConfig, output: str | os.PathLike = "runs", data_dir: Option
     with torch.no_grad():  # a k too large for the images fails here, with the model's own one-line error
         model.eval()(torch.zeros(1, *train_set.input_size))
     model.train()
+    masks = None
+    if cfg.init_from:
+        from rf_bench.results import load_weights
+
+        load_weights(model, cfg.init_from)
+    if cfg.prune_rate:
+        from rf_bench.probes.prune import apply_masks, global_magnitude_masks
+
+        masks = global_magnitude_masks(model, [cfg.prune_rate])[cfg.prune_rate]
+        apply_masks(model, masks)
     if world > 1 and cfg.sync_bn and accelerator.device.type != "cpu":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
@@ -300,6 +324,9 @@ def train(cfg: TrainConfig, output: str | os.PathLike = "runs", data_dir: Option
             versions=_versions(), git_sha=_git_sha(), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
         ))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if masks is not None:
+        masks = {name: mask.to(accelerator.device) for name, mask in masks.items()}
+        unwrapped = accelerator.unwrap_model(model)
 
     start_epoch, start_step, resumed_stats = 0, 0, {}
     ckpt = _latest_checkpoint(run_dir)
@@ -370,6 +397,8 @@ def train(cfg: TrainConfig, output: str | os.PathLike = "runs", data_dir: Option
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad) if cfg.clip_grad else None
                 stats.update(loss, logits, y, grad_norm, epoch * steps_per_epoch + step)
                 optimizer.step()
+                if masks is not None:  # pruned weights stay exactly zero
+                    apply_masks(unwrapped, masks)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 images_this_run += y.shape[0] * world
@@ -391,6 +420,7 @@ def train(cfg: TrainConfig, output: str | os.PathLike = "runs", data_dir: Option
         if accelerator.is_main_process:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+        if progress:
             accelerator.print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {record['train_loss']:.4f} "
                               f"acc {record['train_acc']:.4f}  test loss {test_loss:.4f} acc {test_acc:.4f}  "
                               f"{record['images_per_s']:.0f} img/s")
@@ -455,6 +485,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile through accelerate (inductor)")
     p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="SyncBatchNorm across GPUs (default on; CPU processes keep per-process statistics)")
+    p.add_argument("--init-from", help="start from these weights (safetensors)")
+    p.add_argument("--prune-rate", type=float, help="prune the starting weights globally by magnitude; keep them zero")
     p.add_argument("--checkpoint-every-steps", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--log-with", choices=("tensorboard", "wandb", "all"), help="accelerate trackers, if installed")
     p.add_argument("--no-progress", action="store_true")
@@ -470,7 +502,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         clip_grad=args.clip_grad, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
         schedule=args.schedule, nesterov=args.nesterov, augment=args.augment, model_kwargs=model_kwargs,
         mixed_precision=args.mixed_precision, channels_last=args.channels_last, compile=args.compile,
-        sync_bn=args.sync_bn,
+        sync_bn=args.sync_bn, init_from=args.init_from, prune_rate=args.prune_rate,
     )
 
 

@@ -1,0 +1,195 @@
+"""``rf-bench report``: the paper's tables (markdown + CSV) and figures (PNG) from stored results.
+
+Every probe adds its part through one mechanism: an optional ``report(records, store, out_dir)``
+on the probe class returning :class:`~rf_bench.probes.base.ReportSection` objects; this module
+collects them into ``REPORT.md`` and holds the shared table/figure helpers.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import statistics
+import time
+from collections import defaultdict
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from rf_bench.paper import MEASURED_RF, PRUNE_09
+
+__all__ = ["write_report", "mean_std", "fmt_pct", "prune_sections", "analytic_rf"]
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
+    """Mean and sample standard deviation (None for a single value)."""
+    values = list(values)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def fmt_pct(values: Sequence[float]) -> str:
+    """Accuracies (fractions) as ``mean ± std`` in percent, two decimals."""
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+@lru_cache(maxsize=None)
+def _rf_cached(model_name: str, kwargs_items: Tuple[Tuple[str, Any], ...], input_size: Tuple[int, ...]) -> int:
+    import timm
+
+    import rf_bench  # noqa: F401
+    from rf_bench.rf import receptive_field
+
+    model = timm.create_model(model_name, **dict(kwargs_items))
+    return receptive_field(model, input_size).size
+
+
+def analytic_rf(run_dir: str | os.PathLike) -> Optional[int]:
+    """Exact analytic RF of a run's model (None if its run directory is gone)."""
+    import json
+
+    meta_path = Path(run_dir) / "config.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    kwargs = tuple(sorted((k, v) for k, v in meta["model_kwargs"].items() if not isinstance(v, (dict, list))))
+    size = tuple(meta["data"]["input_size"])
+    # the RF does not depend on the image size, but the trace needs one the model accepts
+    size = (size[0], max(size[1], 256), max(size[2], 256))
+    return _rf_cached(meta["config"]["model"], kwargs, size)
+
+
+def _write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
+    if not rows:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _savefig(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ----------------------------------------------------------------------------------------- prune
+
+def prune_sections(records: List[Dict[str, Any]], out_dir: Path):
+    """Tables 1-2 of the paper (per architecture and data set) and accuracy-vs-rate plots."""
+    from rf_bench.probes.base import ReportSection
+
+    by_group: Dict[Tuple[str, str], List[Dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        by_group[(rec["values"]["family"], rec["dataset"])].append(rec)
+    sections, csv_rows = [], []
+    for (family, dataset), recs in sorted(by_group.items()):
+        rates = sorted({row["rate"] for rec in recs for row in rec["values"]["rates"]})
+        by_k: Dict[int, List[Dict[str, Any]]] = defaultdict(list)
+        for rec in recs:
+            by_k[rec["values"]["k"]].append(rec)
+        header = ["k", "RF (analytic)", "RF (paper)", "seeds", "dense"]
+        for rate in rates:
+            header += [f"pruned {rate:g}", f"fine-tuned {rate:g}"]
+        header += ["paper dense", "paper pruned 0.9"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        curves = {}
+        for k, krecs in sorted(by_k.items()):
+            rf = analytic_rf(krecs[0]["run_dirs"][0])
+            dense = [r["values"]["dense_acc"] for r in krecs]
+            cells = [str(k), str(rf or "-"), str(MEASURED_RF.get(family, {}).get(k, "-")), str(len(krecs)),
+                     fmt_pct(dense)]
+            pruned_curve, tuned_curve = [], []
+            for rate in rates:
+                rows = [row for r in krecs for row in r["values"]["rates"] if row["rate"] == rate]
+                pruned = [row["pruned_acc"] for row in rows]
+                tuned = [row["finetuned_acc"] for row in rows if "finetuned_acc" in row]
+                cells += [fmt_pct(pruned), fmt_pct(tuned)]
+                pruned_curve.append(statistics.fmean(pruned))
+                tuned_curve.append(statistics.fmean(tuned) if tuned else math.nan)
+                for metric, vals in (("pruned", pruned), ("finetuned", tuned)):
+                    if vals:
+                        m, s = mean_std(vals)
+                        csv_rows.append(dict(family=family, dataset=dataset, k=k, rf_analytic=rf,
+                                             rf_paper=MEASURED_RF.get(family, {}).get(k), rate=rate, metric=metric,
+                                             mean=m, std=s, n=len(vals)))
+            m, s = mean_std(dense)
+            csv_rows.append(dict(family=family, dataset=dataset, k=k, rf_analytic=rf,
+                                 rf_paper=MEASURED_RF.get(family, {}).get(k), rate=0.0, metric="dense",
+                                 mean=m, std=s, n=len(dense)))
+            paper = PRUNE_09.get((family, dataset), {}).get(k)
+            cells += [_paper_cell(paper[0]) if paper else "-", _paper_cell(paper[1]) if paper else "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+            curves[(k, rf)] = ([0.0] + rates, [statistics.fmean(dense)] + pruned_curve,
+                               [statistics.fmean(dense)] + tuned_curve)
+        figure = out_dir / f"prune_{family}_{dataset}.png"
+        _plot_prune(curves, f"{family}{{k}} on {dataset}", figure)
+        md = ("Test accuracy (%) of the dense net, after one-shot global magnitude pruning, and after a "
+              "masked fine-tune, mean ± std over seeds.\n\n" + "\n".join(lines) + f"\n\n![{family} {dataset}]"
+              f"({figure.name})\n")
+        sections.append(ReportSection(title=f"Pruning: {family} on {dataset}", markdown=md, order=10))
+    _write_csv(out_dir / "prune.csv", csv_rows)
+    return sections
+
+
+def _paper_cell(entry: Tuple[float, Optional[float]]) -> str:
+    mean, std = entry
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
+
+def _plot_prune(curves, title: str, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colors = plt.cm.viridis([i / max(1, len(curves) - 1) for i in range(len(curves))])
+    for color, ((k, rf), (rates, pruned, tuned)) in zip(colors, sorted(curves.items())):
+        ax.plot(rates, [100 * v for v in pruned], "o-", color=color, label=f"k={k}, RF {rf} (pruned)")
+        if not all(math.isnan(v) for v in tuned):
+            ax.plot(rates, [100 * v for v in tuned], "s--", color=color, label=f"k={k} (fine-tuned)")
+    ax.set_xlabel("pruning rate")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _savefig(fig, path)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------- report
+
+def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Collect every probe's sections into ``out_dir/REPORT.md`` (tables, CSVs and PNGs beside it)."""
+    from rf_bench.probes.base import available_probes
+    from rf_bench.results import ResultStore
+
+    store = ResultStore(results_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for name, probe in available_probes().items():
+        records = store.records(name)
+        if records and hasattr(probe, "report"):
+            sections += probe.report(records, store, out)
+    if not sections:
+        raise FileNotFoundError(f"no probe results in {results_dir}; run `rf-bench probe` first")
+    sections.sort(key=lambda s: (s.order, s.title))
+    body = [f"# rf-bench report\n\nFrom `{results_dir}`, {time.strftime('%Y-%m-%d %H:%M')}.\n"]
+    body += [f"## {s.title}\n\n{s.markdown}" for s in sections]
+    path = out / "REPORT.md"
+    tmp = path.with_name(".REPORT.md.tmp")
+    tmp.write_text("\n".join(body))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,223 @@
+"""Runs and results: reading finished run directories, grouping seeds, and the atomic result store.
+
+A result is ``<results>/<key>/<probe>-<config hash>.json`` (plus ``.safetensors`` for tensors), where
+``key`` is a run id, or ``group-<hash>`` for probes over all seeds of one (model, dataset, config).
+Files are written to a temporary name and renamed, so a reader sees a whole result or none, and a
+per-result lock file keeps two ``rf-bench probe`` processes from computing the same result twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "Run", "load_run", "find_runs", "group_runs", "load_weights", "sha256_file", "write_json_atomic",
+    "ResultStore", "config_hash",
+]
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> None:
+    """Load a safetensors state dict, with one-line errors for corrupt or mismatched files."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights at {path}")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"corrupt checkpoint {path} ({e}); re-download it or rerun its training") from None
+    missing, unexpected = [], []
+    own = model.state_dict()
+    for k, v in own.items():
+        if k not in state:
+            missing.append(k)
+        elif state[k].shape != v.shape:
+            raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}: {k} is "
+                             f"{tuple(state[k].shape)}, the model wants {tuple(v.shape)}; check the model name and kwargs")
+    unexpected = [k for k in state if k not in own]
+    if strict and (missing or unexpected):
+        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}; check the model name and kwargs")
+    model.load_state_dict(state, strict=strict)
+
+
+_RFPOOL = re.compile(r"rfpool(\d+)")
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished training run directory (read-only for everything but the trainer)."""
+
+    path: Path
+    meta: Dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return self.meta.get("run_id", self.path.name)
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        return self.meta["config"]
+
+    @property
+    def model_name(self) -> str:
+        return self.config["model"]
+
+    @property
+    def dataset(self) -> str:
+        return self.config["dataset"]
+
+    @property
+    def seed(self) -> int:
+        return self.config["seed"]
+
+    @property
+    def k(self) -> Optional[int]:
+        m = _RFPOOL.search(self.model_name)
+        return int(m.group(1)) if m else None
+
+    @property
+    def family(self) -> str:
+        return _RFPOOL.sub("rfpool", self.model_name)
+
+    @property
+    def group_id(self) -> str:
+        """Same for every seed of one (model, dataset, recipe and overrides)."""
+        return "group-" + config_hash({k: v for k, v in self.config.items() if k != "seed"})
+
+    @property
+    def input_size(self) -> tuple:
+        return tuple(self.meta["data"]["input_size"])
+
+    def create_model(self, stage: str = "final") -> nn.Module:
+        """The run's model with its ``init`` or ``final`` weights, in eval mode on the CPU."""
+        import timm
+
+        import rf_bench  # noqa: F401
+
+        model = timm.create_model(self.model_name, **self.meta["model_kwargs"])
+        load_weights(model, self.path / ("init.safetensors" if stage == "init" else "model.safetensors"))
+        return model.eval()
+
+    def load_data(self, split: str, data_dir: Optional[str] = None):
+        from rf_bench import data as rf_data
+
+        return rf_data.load(self.dataset, split, data_dir=data_dir)
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a run directory (no config.json); point at <output>/<run id>")
+    if not (path / "done").is_file():
+        raise ValueError(f"run {path} is not finished (no `done` marker); rerun its training command to finish it")
+    return Run(path=path, meta=json.loads((path / "config.json").read_text()))
+
+
+def find_runs(patterns: Sequence[str]) -> List[Run]:
+    """Run directories matching paths or globs; a folder of runs counts as all of them."""
+    import glob
+
+    paths: List[Path] = []
+    for pattern in patterns:
+        matches = [Path(p) for p in sorted(glob.glob(os.path.expanduser(pattern)))] or [Path(pattern)]
+        for p in matches:
+            if (p / "config.json").is_file():
+                paths.append(p)
+            elif p.is_dir() and any((c / "config.json").is_file() for c in p.iterdir() if c.is_dir()):
+                paths += sorted(c for c in p.iterdir() if (c / "config.json").is_file())
+            else:
+                paths.append(p)  # load_run says what is wrong with it
+    seen, runs = set(), []
+    for p in paths:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            runs.append(load_run(p))
+    return runs
+
+
+def group_runs(runs: Iterable[Run]) -> Dict[str, List[Run]]:
+    """Runs by group id (all seeds of one model, data set and recipe), seeds in order."""
+    groups: Dict[str, List[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group_id, []).append(run)
+    return {g: sorted(rs, key=lambda r: r.seed) for g, rs in sorted(groups.items())}
+
+
+class ResultStore:
+    """One JSON (+ optional safetensors) per (run or group, probe, probe-config hash)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def path(self, key: str, probe: str, cfg_hash: str) -> Path:
+        return self.root / key / f"{probe}-{cfg_hash}.json"
+
+    def read(self, path: Path) -> Optional[Dict[str, Any]]:
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write(self, path: Path, record: Dict[str, Any], tensors: Optional[Dict[str, torch.Tensor]] = None) -> None:
+        if tensors:
+            from safetensors.torch import save_file
+
+            tensor_path = path.with_suffix(".safetensors")
+            tmp = tensor_path.with_name(f".{tensor_path.name}.tmp{os.getpid()}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+            os.replace(tmp, tensor_path)
+            record = dict(record, tensors=tensor_path.name)
+        write_json_atomic(path, record)  # the JSON last: its presence means the tensors are there too
+
+    def tensors(self, record_path: Path) -> Dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(str(record_path.with_suffix(".safetensors")))
+
+    def records(self, probe: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Every stored result (optionally of one probe), with its path."""
+        out = []
+        for path in sorted(self.root.glob("*/*.json")):
+            rec = self.read(path)
+            if rec and "probe" in rec and (probe is None or rec["probe"] == probe):
+                out.append(dict(rec, _path=str(path)))
+        return out
+
+    def lock(self, path: Path):
+        from filelock import FileLock
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(path.with_name(f".{path.name}.lock")))
