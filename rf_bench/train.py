@@ -244,11 +244,15 @@ def train(cfg: TrainConfig, output: str | os.PathLike = "runs", data_dir: Option
     """Train (or resume, or skip if finished) the run of ``cfg``; returns its run directory."""
     import timm
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
     import rf_bench  # noqa: F401  (registers the rfpool models)
     from rf_bench import data as rf_data
 
+    # a second train() in one process (a probe's fine-tunes, a notebook) may want other settings: start the
+    # accelerator state afresh (the process group, in PartialState, is kept)
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision=None if cfg.mixed_precision in (None, "no") else cfg.mixed_precision,
         step_scheduler_with_optimizer=False,

@@ -12,3 +12,18 @@ TINY = 0.125  # width multiplier for tiny rfpool models (8 stem channels)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """Four finished runs on digits: vgg19_rfpool{1,2} x seeds {0,1}, two quick epochs each."""
+    from rf_bench.train import resolve_config, train
+
+    out = tmp_path_factory.mktemp("runs")
+    dirs = []
+    for k in (1, 2):
+        for seed in (0, 1):
+            cfg = resolve_config("fast", model=f"vgg19_rfpool{k}", dataset="digits", seed=seed, epochs=2, lr=0.02,
+                                 batch_size=32, model_kwargs=dict(width_mult=0.125))
+            dirs.append(train(cfg, output=out, progress=False))
+    return dirs

@@ -161,7 +161,7 @@ def test_bad_input_fails_before_training(tmp_path):
         T.check_writable(blocker / "run", 10)
     with pytest.raises(OSError, match="MB free"):
         T.check_writable(tmp_path / "run", 1 << 60)
-    with pytest.raises(ValueError, match="unknown recipe 'slow'; choose one of paper, fast"):
+    with pytest.raises(ValueError, match="unknown recipe 'slow'; choose one of paper, finetune, fast"):
         T.resolve_config("slow")
 
 

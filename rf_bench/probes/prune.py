@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -22,11 +21,36 @@ def prunable_parameters(model: nn.Module) -> List[Tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if id(p) in wanted]
 
 
+def _kth_smallest(mags: torch.Tensor, ks: Sequence[int]) -> Dict[int, float]:
+    """Exact k-th smallest (1-based) values of a non-negative float32 vector, for several k at once.
+
+    A radix select: non-negative floats order like their int32 bit patterns, so one histogram of the
+    top 16 bits finds the bin of every k, and only the few values in those bins are sorted. Two passes
+    over the data instead of a partial sort per k (which took 0.6 s on ResNet50's 23.5M weights).
+    """
+    bits = mags.view(torch.int32)
+    top = bits >> 15
+    counts = torch.bincount(top, minlength=1 << 16).cumsum(0)
+    wanted = torch.tensor(sorted(set(ks)), dtype=counts.dtype)
+    bins = torch.searchsorted(counts, wanted)  # first bin whose cumulative count reaches k
+    in_wanted_bin = torch.zeros(1 << 16, dtype=torch.bool)
+    in_wanted_bin[bins] = True
+    candidates = bits[in_wanted_bin[top]].sort().values  # a few thousand values
+    cand_top = candidates >> 15
+    out = {}
+    for k, b in zip(wanted.tolist(), bins.tolist()):
+        before = int(counts[b - 1]) if b > 0 else 0
+        in_bin = candidates[cand_top == b]
+        out[k] = float(in_bin[k - before - 1].view(torch.float32))
+    return out
+
+
 def global_magnitude_masks(model: nn.Module, rates: Sequence[float]) -> Dict[float, Dict[str, torch.Tensor]]:
     """``{rate: {param_name: keep mask}}``: for each rate, the ``round(rate * n)`` smallest |w| are dropped.
 
-    One ``np.partition`` finds every rate's threshold at once; only the weights tied with a threshold
-    are resolved by position (lowest index pruned first), so every rate prunes exactly its count.
+    Every rate's threshold comes from one radix select; only weights tied with a threshold are
+    resolved by position (lowest index pruned first), so each rate prunes exactly its count, and the
+    masks equal a stable global sort's (tested against numpy).
     """
     params = prunable_parameters(model)
     if not params:
@@ -34,21 +58,22 @@ def global_magnitude_masks(model: nn.Module, rates: Sequence[float]) -> Dict[flo
     for rate in rates:
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"pruning rate {rate} outside [0, 1)")
-    mags = torch.cat([p.detach().abs().reshape(-1).float().cpu() for _, p in params]).numpy()
-    n = mags.size
+    mags = torch.cat([p.detach().abs().reshape(-1).float().cpu() for _, p in params])
+    n = mags.numel()
     counts = {rate: int(round(rate * n)) for rate in rates}
-    kths = sorted({c - 1 for c in counts.values() if c > 0})
-    part = np.partition(mags, kths) if kths else mags
+    thresholds = _kth_smallest(mags, [k for k in counts.values() if k > 0])
     masks: Dict[float, Dict[str, torch.Tensor]] = {}
     for rate, k in counts.items():
-        keep = np.ones(n, dtype=bool)
-        if k > 0:
-            threshold = part[k - 1]
-            below = mags < threshold
-            keep[below] = False
-            ties = np.flatnonzero(mags == threshold)[: k - int(below.sum())]
-            keep[ties] = False
-        masks[rate] = _split(torch.from_numpy(keep), params)
+        if k == 0:
+            keep = torch.ones(n, dtype=torch.bool)
+        else:
+            threshold = thresholds[k]
+            keep = mags > threshold
+            surplus = (n - int(torch.count_nonzero(keep))) - k  # ties at the threshold that must be kept after all
+            if surplus:
+                tied = torch.nonzero(mags == threshold).flatten()
+                keep[tied[len(tied) - surplus:]] = True
+        masks[rate] = _split(keep, params)
     return masks
 
 

@@ -1,0 +1,240 @@
+"""The probe harness, the prune probe and the report."""
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import rf_bench  # noqa: F401
+from rf_bench.probes.base import apply_overrides, available_probes, resolve_suite, run_suite
+from rf_bench.probes.prune import apply_masks, global_magnitude_masks, prunable_parameters
+from rf_bench.results import ResultStore, find_runs, group_runs, load_run
+
+from conftest import TINY
+
+RATES = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _brute_force_masks(model, rate):
+    """Reference: a stable numpy argsort of all |w| (ties: lower position pruned first)."""
+    params = prunable_parameters(model)
+    mags = np.concatenate([p.detach().abs().numpy().ravel() for _, p in params])
+    k = int(round(rate * mags.size))
+    keep = np.ones(mags.size, bool)
+    keep[np.argsort(mags, kind="stable")[:k]] = False
+    out, start = {}, 0
+    for name, p in params:
+        out[name] = torch.from_numpy(keep[start:start + p.numel()].reshape(p.shape))
+        start += p.numel()
+    return out, k
+
+
+def test_masks_equal_a_brute_force_global_sort_with_ties():
+    model = timm.create_model("resnet50_rfpool2", width_mult=TINY)
+    with torch.no_grad():  # plenty of exact ties, across layers too
+        for i, (_, p) in enumerate(prunable_parameters(model)):
+            p.view(-1)[::3] = 0.01 * (i % 4)
+    masks = global_magnitude_masks(model, RATES)
+    total = sum(p.numel() for _, p in prunable_parameters(model))
+    for rate in RATES:
+        ref, k = _brute_force_masks(model, rate)
+        assert masks[rate].keys() == ref.keys()
+        for name in ref:
+            assert torch.equal(masks[rate][name], ref[name]), (rate, name)
+        assert total - sum(int(m.sum()) for m in masks[rate].values()) == k  # exact pruned count
+    # BN weights and biases are never pruned
+    assert all(name.endswith("weight") and "bn" not in name for name in masks[0.5])
+
+
+def test_masks_equal_torch_prune_global_unstructured():
+    model = timm.create_model("vgg19_rfpool2", width_mult=TINY)
+    masks = global_magnitude_masks(model, [0.7])[0.7]
+    import copy
+
+    import torch.nn.utils.prune as tprune
+    ref = copy.deepcopy(model)
+    modules = [(m, "weight") for m in ref.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    tprune.global_unstructured(modules, pruning_method=tprune.L1Unstructured, amount=0.7)
+    ref_masks = {n.removesuffix("_mask"): b.bool() for n, b in ref.named_buffers() if n.endswith("_mask")}
+    assert ref_masks.keys() == masks.keys()
+    for name in masks:
+        assert torch.equal(masks[name], ref_masks[name]), name
+
+
+def test_finetune_keeps_pruned_weights_zero(tmp_path, tiny_runs):
+    from rf_bench.train import resolve_config, train
+
+    run = load_run(tiny_runs[0])
+    cfg = resolve_config("finetune", model=run.model_name, dataset="digits", epochs=1, lr=0.05, clip_grad=0,
+                         model_kwargs=run.config["model_kwargs"], prune_rate=0.8,
+                         init_from=str(run.path / "model.safetensors"))
+    out = train(cfg, output=tmp_path, progress=False)
+    model = run.create_model("final")
+    masks = global_magnitude_masks(model, [0.8])[0.8]
+    final = load_file(str(out / "model.safetensors"))
+    init = load_file(str(out / "init.safetensors"))
+    moved = 0.0
+    for name, mask in masks.items():
+        assert (final[name][~mask] == 0).all(), name
+        moved = max(moved, float((final[name] - init[name])[mask].abs().max()))
+    assert moved > 0  # the kept weights did train
+
+
+def _probe_cmd(*args):
+    return [sys.executable, "-m", "rf_bench.cli", "probe", "--no-progress", *args]
+
+
+def _dummy_distribution(root: Path, log: Path) -> Path:
+    """A temporary installed distribution with an rf_bench.probes entry point (a third-party probe)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dummy_probe.py").write_text(textwrap.dedent(f"""
+        import os, time
+        from dataclasses import dataclass
+        from rf_bench.probes.base import ProbeOutput
+
+        @dataclass
+        class Config:
+            sleep: float = 0.0
+
+        class DummyProbe:
+            name = "dummy"
+            version = 1
+            scope = "run"
+            Config = Config
+
+            def run(self, run, config, ctx):
+                with open({str(log)!r}, "a") as f:
+                    f.write(run.run_id + "\\n")
+                time.sleep(config.sleep)
+                n = sum(p.numel() for p in run.create_model().parameters())
+                return ProbeOutput(values=dict(params=n, pid=os.getpid()))
+    """))
+    info = root / "dummy_probe-0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dummy-probe\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[rf_bench.probes]\ndummy = dummy_probe:DummyProbe\n")
+    return root
+
+
+def _env_with(path: Path):
+    return dict(os.environ, PYTHONPATH=str(path) + os.pathsep + os.environ.get("PYTHONPATH", ""), HF_HUB_OFFLINE="1")
+
+
+def test_third_party_probe_runs_in_suite_all(tmp_path, tiny_runs):
+    plugin = _dummy_distribution(tmp_path / "site", tmp_path / "calls.log")
+    results = tmp_path / "results"
+    proc = subprocess.run(_probe_cmd(*map(str, tiny_runs[:2]), "--suite", "all", "--results", str(results),
+                                     "--set", "prune.finetune_epochs=0", "--set", "prune.rates=[0.5]"),
+                          capture_output=True, text=True, env=_env_with(plugin), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = ResultStore(results)
+    dummy = store.records("dummy")
+    assert len(dummy) == 2 and len(store.records("prune")) == 2
+    expected = sum(p.numel() for p in load_run(tiny_runs[0]).create_model().parameters())
+    assert dummy[0]["values"]["params"] == expected
+
+
+def test_two_concurrent_probe_processes_share_the_work(tmp_path, tiny_runs):
+    log = tmp_path / "calls.log"
+    plugin = _dummy_distribution(tmp_path / "site", log)
+    results = tmp_path / "results"
+    cmd = _probe_cmd(*map(str, tiny_runs), "--suite", "dummy", "--results", str(results), "--set", "sleep=1.0")
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env_with(plugin))
+             for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    calls = log.read_text().split()
+    assert sorted(calls) == sorted(load_run(d).run_id for d in tiny_runs)  # each run computed exactly once
+    records = ResultStore(results).records("dummy")
+    assert len(records) == 4
+    for rec in records:  # complete JSON, written once
+        assert json.loads(Path(rec["_path"]).read_text())["values"]["params"] > 0
+    assert len({rec["values"]["pid"] for rec in records}) == 2  # both processes did some of it
+
+
+def test_results_are_reused_and_old_versions_recomputed(tmp_path, tiny_runs):
+    plugin = _dummy_distribution(tmp_path / "site", tmp_path / "calls.log")
+    results = tmp_path / "results"
+    cmd = _probe_cmd(str(tiny_runs[0]), "--suite", "dummy", "--results", str(results))
+    env = _env_with(plugin)
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    assert len((tmp_path / "calls.log").read_text().split()) == 1  # the second run reused it
+    (record,) = ResultStore(results).records("dummy")
+    path = Path(record["_path"])
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), version=0)))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert "stored by version 0" in proc.stdout and "recomputing" in proc.stdout
+    assert len((tmp_path / "calls.log").read_text().split()) == 2
+    forced = subprocess.run(cmd + ["--force"], env=env, capture_output=True)
+    assert forced.returncode == 0 and len((tmp_path / "calls.log").read_text().split()) == 3
+
+
+def test_probe_errors(tmp_path, tiny_runs):
+    with pytest.raises(ValueError, match="unknown probe 'hessain'; available: .*prune"):
+        resolve_suite("hessain")
+    with pytest.raises(ValueError, match="no probe in the suite has a setting 'nope'"):
+        apply_overrides(resolve_suite("prune"), ["nope=1"])
+    unfinished = tmp_path / "run"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="not finished .*rerun its training command"):
+        load_run(unfinished)
+    proc = subprocess.run(_probe_cmd(str(unfinished), "--results", str(tmp_path / "r")), capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def test_grouping_is_by_model_dataset_and_recipe(tiny_runs):
+    groups = group_runs(find_runs([str(Path(tiny_runs[0]).parent)]))
+    assert len(groups) == 2
+    for members in groups.values():
+        assert [r.seed for r in members] == [0, 1] and len({r.model_name for r in members}) == 1
+
+
+@pytest.mark.slow
+def test_end_to_end_prune_report_numbers_equal_stored_results(tmp_path, tiny_runs):
+    results, report = tmp_path / "results", tmp_path / "report"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run(_probe_cmd(str(Path(tiny_runs[0]).parent), "--suite", "prune", "--results", str(results),
+                                     "--set", "finetune_epochs=1"), capture_output=True, text=True, env=env,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([sys.executable, "-m", "rf_bench.cli", "report", str(results), "--out", str(report)],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (report / "REPORT.md").read_text()
+    assert (report / "prune_vgg19_rfpool_digits.png").stat().st_size > 10_000
+    header = next(line for line in text.splitlines() if line.startswith("| k |"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    rows = {int(cells[0]): dict(zip(columns, cells)) for cells in
+            ([c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+             if re.match(r"\| \d+ \|", line))}
+    records = ResultStore(results).records("prune")
+    assert len(records) == 4 and set(rows) == {1, 2}
+
+    def expected(values):
+        v = 100 * np.asarray(values)
+        return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
+
+    for k, row in rows.items():
+        recs = [r for r in records if r["values"]["k"] == k]
+        assert row["RF (analytic)"] == str(178 * k + 2) and row["seeds"] == "2"
+        assert row["dense"] == expected([r["values"]["dense_acc"] for r in recs])
+        for rate in RATES:
+            by_rate = [x for r in recs for x in r["values"]["rates"] if x["rate"] == rate]
+            assert row[f"pruned {rate:g}"] == expected([x["pruned_acc"] for x in by_rate])
+            assert row[f"fine-tuned {rate:g}"] == expected([x["finetuned_acc"] for x in by_rate])
+            assert all(x["finetuned_sparsity"] >= rate - 1e-5 for x in by_rate)  # round(rate * n) / n
+    csv = (report / "prune.csv").read_text().splitlines()
+    assert csv[0].startswith("family,dataset,k,rf_analytic") and len(csv) == 1 + 2 * (1 + 2 * len(RATES))
