@@ -54,6 +54,9 @@ def _cmd_rf(args: argparse.Namespace) -> None:
         raise CliError("name a MODEL (e.g. resnet50_rfpool3) or a --family (resnet50_rfpool, vgg19_rfpool)")
     model = create_model_checked(args.model, **model_kwargs).eval()
     input_size = tuple(args.input_size) if args.input_size else None
+    if args.map:
+        _draw_map(model, args.model, input_size or (3, 64, 64), args.layer, args.map)
+        return
     rows = layer_receptive_fields(model, input_size)
     table = Table(title=f"{args.model}: receptive field per layer, input {input_size or 'default'}")
     for col in ("layer", "op", "output shape", "RF size", "jump", "offset"):
@@ -65,6 +68,15 @@ def _cmd_rf(args: argparse.Namespace) -> None:
     final = receptive_field(model, input_size, layer=args.layer)
     console.print(f"[bold]{args.layer or 'forward_features'}[/]: RF {final.size} px, jump {final.stride}, "
                   f"offset {final.offset:g}")
+
+
+def _draw_map(model: torch.nn.Module, name: str, input_size, layer: Optional[str], path: str) -> None:
+    from .probes.rfmap import gradient_map, plot_map
+
+    with console.status(f"gradient map of {name} on {input_size}"):
+        rfmap = gradient_map(model, input_size, n=50, layer=layer)
+    plot_map(rfmap, path, title=f"{name}: mean |grad| at {rfmap.layer}, max {rfmap.mean_max:.3g} ± {rfmap.std_max:.2g}")
+    console.print(f"map of {name} ({rfmap.layer}): maxima {rfmap.mean_max:.4g} ± {rfmap.std_max:.2g} -> {path}")
 
 
 def _rf_family_table(family: str, ks: Sequence[int], model_kwargs: Dict[str, Any], measure: bool) -> None:
@@ -128,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", help="module name whose output's RF to report (default: forward_features)")
     p.add_argument("--width-mult", type=float, help="rfpool models only: channel width multiplier")
     p.add_argument("--no-gradient", action="store_true", help="family table: skip the gradient measurement")
+    p.add_argument("--map", metavar="PNG", help="draw the paper's gradient map (n=50, default input 3x64x64)")
     p.set_defaults(func=_cmd_rf)
 
     p = sub.add_parser("train", help="train one run (same as `accelerate launch rf_bench/train.py`)")

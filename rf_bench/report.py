@@ -72,7 +72,8 @@ def _write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def _savefig(fig, path: Path) -> None:
+def _savefig(fig, path: str | Path) -> None:
+    path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
     os.replace(tmp, path)
@@ -193,3 +194,72 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> 
     tmp.write_text("\n".join(body))
     os.replace(tmp, path)
     return path
+
+
+# ----------------------------------------------------------------------------------------- rfmap
+
+def rfmap_sections(records: List[Dict[str, Any]], store, out_dir: Path):
+    """Figures 4-5 (maps per RF, per architecture) and Tables 3-4 (map maxima beside the paper's)."""
+    from rf_bench.paper import RFMAP_MAXIMA
+    from rf_bench.probes.base import ReportSection
+
+    by_family: Dict[Tuple[str, str], List[Dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        by_family[(rec["values"]["family"], rec["dataset"])].append(rec)
+    sections, csv_rows = [], []
+    for (family, dataset), recs in sorted(by_family.items()):
+        stages = [s for s in ("init", "final") if all(s in r["values"] for r in recs)]
+        by_k: Dict[int, List[Dict[str, Any]]] = defaultdict(list)
+        for rec in recs:
+            by_k[rec["values"]["k"]].append(rec)
+        header = ["k", "RF (analytic)", "RF (gradient)", "RF (paper)"]
+        for stage in stages:
+            header += [f"max ({stage})", f"ERF r50/r90/r99 ({stage})"]
+        header += ["paper max"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        panels = {}
+        for k, krecs in sorted(by_k.items()):
+            first = krecs[0]["values"][stages[0]] if stages else {}
+            cells = [str(k), str(first.get("analytic_rf", "-")), str(first.get("gradient_rf", "-")),
+                     str(MEASURED_RF.get(family, {}).get(k, "-"))]
+            for stage in stages:
+                maxima = [m for r in krecs for m in r["values"][stage]["maxima"]]
+                mean, std = mean_std(maxima)
+                cells.append(f"{mean:.3g} ± {std:.2g}" if std is not None else f"{mean:.3g}")
+                erf = krecs[0]["values"][stage]
+                cells.append(f"{erf['r50']}/{erf['r90']}/{erf['r99']}")
+                csv_rows.append(dict(family=family, dataset=dataset, k=k, stage=stage,
+                                     rf_analytic=first.get("analytic_rf"), rf_gradient=first.get("gradient_rf"),
+                                     max_mean=mean, max_std=std, n=len(maxima), r50=erf["r50"], r90=erf["r90"],
+                                     r99=erf["r99"], paper_max=RFMAP_MAXIMA.get(family, {}).get(k)))
+                tensors = store.tensors(Path(krecs[0]["_path"]))
+                panels[(stage, k)] = (tensors[f"{stage}_map"], first.get("analytic_rf"))
+            paper = RFMAP_MAXIMA.get(family, {}).get(k)
+            cells.append(f"{paper:.3g}" if paper is not None else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+        figure = out_dir / f"rfmap_{family}_{dataset}.png"
+        _plot_maps(panels, stages, sorted(by_k), f"{family}{{k}} ({dataset} runs)", figure)
+        md = ("Gradient maps (the paper's method: |d centre units of the last conv / d input|, mean over "
+              f"{recs[0]['config']['n']} random inputs, eval mode); maxima are mean ± std over all inputs and "
+              "seeds; ERF radii hold 50/90/99% of the gradient mass (half-side of a square, px).\n\n"
+              + "\n".join(lines) + f"\n\n![{family} maps]({figure.name})\n")
+        sections.append(ReportSection(title=f"RF maps: {family} on {dataset}", markdown=md, order=40))
+    _write_csv(out_dir / "rfmap.csv", csv_rows)
+    return sections
+
+
+def _plot_maps(panels, stages, ks, title: str, path: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(stages), len(ks), figsize=(3.0 * len(ks), 2.8 * len(stages)), squeeze=False)
+    for i, stage in enumerate(stages):
+        for j, k in enumerate(ks):
+            ax = axes[i][j]
+            image, rf = panels[(stage, k)]
+            im = ax.imshow(image.numpy(), cmap="viridis")  # per-panel scale: maxima differ by orders of magnitude
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, format="%.1e").ax.tick_params(labelsize=6)
+            ax.set_title(f"k={k}, RF {rf} ({stage})", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    _savefig(fig, path)
+    plt.close(fig)

@@ -1,0 +1,175 @@
+"""The RF-map probe: the paper's gradient "importance" maps and effective receptive fields.
+
+The paper's method: a gradient of 1 on the centre unit of every channel of the last conv layer,
+back-propagated to a random input, absolute value, averaged over ``n`` random inputs. Decisions:
+the model is in eval mode, so the ``n`` inputs are independent and run as one batched backward pass
+(tested equal to ``n`` separate passes); a map is the mean of ``|grad|`` over input channels.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["RFMap", "gradient_map", "last_conv_name", "effective_rf", "RFMapConfig", "RFMapProbe", "plot_map"]
+
+
+@dataclass
+class RFMap:
+    """``mean_map`` (H x W): mean |grad| over the n repeats; ``maxima``: the max of each repeat's map."""
+
+    mean_map: torch.Tensor
+    maxima: torch.Tensor
+    layer: str
+
+    @property
+    def mean_max(self) -> float:
+        return float(self.maxima.mean())
+
+    @property
+    def std_max(self) -> float:
+        return float(self.maxima.std()) if self.maxima.numel() > 1 else 0.0
+
+
+def last_conv_name(model: nn.Module) -> str:
+    """The last ``Conv2d`` of the model (registration order, which is execution order for these CNNs)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no Conv2d layer; pass layer=")
+    return names[-1]
+
+
+def _maps(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
+    """Per-sample |d(sum of centre units)/d input|, averaged over input channels: (n, H, W)."""
+    captured: List[torch.Tensor] = []
+    module = model.get_submodule(layer)
+    handle = module.register_forward_hook(lambda m, i, o: captured.append(o))
+    try:
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            fwd = model.forward_features if hasattr(model, "forward_features") else model
+            fwd(x)
+            if not captured:
+                raise ValueError(f"layer {layer!r} did not run")
+            out = captured[-1]
+            h, w = out.shape[-2:]
+            grad, = torch.autograd.grad(out[..., h // 2, w // 2].sum(), x)
+    finally:
+        handle.remove()
+    return grad.abs().mean(dim=1)
+
+
+def gradient_map(model: nn.Module, input_size: Sequence[int] = (3, 64, 64), n: int = 50, seed: int = 0,
+                 layer: Optional[str] = None, batch_size: int = 50) -> RFMap:
+    """The paper's RF map of ``model`` (default layer: its last conv), over ``n`` N(0, 1) inputs.
+
+    Samples run ``batch_size`` at a time (memory); in eval mode the result does not depend on it.
+    """
+    layer = layer or last_conv_name(model)
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        g = torch.Generator().manual_seed(seed)
+        xs = torch.randn(n, *input_size, generator=g)
+        maps = torch.cat([_maps(model, xs[i:i + batch_size].to(param.device, param.dtype), layer).float().cpu()
+                          for i in range(0, n, batch_size)])
+    finally:
+        model.train(was_training)
+    return RFMap(mean_map=maps.mean(0), maxima=maps.flatten(1).max(1).values, layer=layer)
+
+
+def effective_rf(mean_map: torch.Tensor, centre: Tuple[float, float], fractions=(0.5, 0.9, 0.99)) -> Dict[str, int]:
+    """Half-side of the smallest square around ``centre`` holding each fraction of the gradient mass
+    (the effective RF of Luo et al. 2016, with a square to match the square theoretical RF)."""
+    h, w = mean_map.shape
+    rows = torch.arange(h, dtype=torch.float64)[:, None] - centre[0]
+    cols = torch.arange(w, dtype=torch.float64)[None, :] - centre[1]
+    radius = torch.maximum(rows.abs(), cols.abs()).ceil().long().flatten()
+    mass = mean_map.double().flatten()
+    per_radius = torch.zeros(int(radius.max()) + 1, dtype=torch.float64).index_add_(0, radius, mass)
+    cumulative = per_radius.cumsum(0) / per_radius.sum()
+    return {f"r{int(round(100 * f))}": int(torch.searchsorted(cumulative, torch.tensor(f, dtype=torch.float64)))
+            for f in fractions}
+
+
+def plot_map(rfmap: RFMap, path, title: str = "") -> None:
+    """One map as a PNG with its colour bar."""
+    from rf_bench.report import _pyplot, _savefig
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    im = ax.imshow(rfmap.mean_map.numpy(), cmap="viridis")
+    fig.colorbar(im, ax=ax, label="mean |grad|")
+    ax.set_title(title or f"gradient map ({rfmap.layer})", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    _savefig(fig, path)
+    plt.close(fig)
+
+
+@dataclass
+class RFMapConfig:
+    input_size: Tuple[int, int, int] = (3, 64, 64)
+    n: int = 50
+    seed: int = 0
+    stages: Tuple[str, ...] = ("init", "final")  # the paper uses the initial (random) weights
+    measure_rf: bool = True  # also the gradient-measured RF (on an input larger than the RF)
+
+
+class RFMapProbe:
+    """RF maps, their maxima, analytic / measured / effective RFs, at init and after training."""
+
+    name = "rfmap"
+    version = 1
+    scope = "run"
+    min_runs = 1
+    Config = RFMapConfig
+
+    def run(self, run, config: RFMapConfig, ctx):
+        from rf_bench.probes.base import ProbeOutput
+        from rf_bench.rf import gradient_rf, receptive_field
+
+        values: Dict[str, Any] = dict(k=run.k, family=run.family, input_size=list(config.input_size))
+        tensors: Dict[str, torch.Tensor] = {}
+        for stage in config.stages:
+            model = run.create_model(stage).to(ctx.device)
+            t0 = time.perf_counter()
+            rfmap = gradient_map(model, config.input_size, n=config.n, seed=config.seed)
+            seconds = time.perf_counter() - t0
+            rf = receptive_field(model.cpu(), config.input_size, layer=rfmap.layer)
+            h_out = _layer_hw(model, config.input_size, rfmap.layer)
+            centre = rf.offset + (h_out[0] // 2) * rf.stride, rf.offset + (h_out[1] // 2) * rf.stride
+            erf = effective_rf(rfmap.mean_map, centre)
+            entry = dict(layer=rfmap.layer, mean_max=rfmap.mean_max, std_max=rfmap.std_max,
+                         maxima=rfmap.maxima.tolist(), seconds=seconds, analytic_rf=rf.size, **erf,
+                         **{f"{key}_over_rf": (2 * val + 1) / rf.size for key, val in erf.items()})
+            if config.measure_rf:
+                size = rf.size + 2 * rf.stride + 8
+                entry["gradient_rf"] = gradient_rf(model.to(ctx.device), (config.input_size[0], size, size),
+                                                   layer=rfmap.layer, n=2)
+            values[stage] = entry
+            tensors[f"{stage}_map"] = rfmap.mean_map
+        return ProbeOutput(values=values, tensors=tensors)
+
+    @staticmethod
+    def report(records, store, out_dir):
+        from rf_bench.report import rfmap_sections
+
+        return rfmap_sections(records, store, out_dir)
+
+
+def _layer_hw(model: nn.Module, input_size: Sequence[int], layer: str) -> Tuple[int, int]:
+    shapes: List[Tuple[int, int]] = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[-2:])))
+    try:
+        with torch.no_grad():
+            p = next(model.parameters())
+            model.eval().forward_features(torch.zeros(1, *input_size, device=p.device, dtype=p.dtype))
+    finally:
+        handle.remove()
+    return shapes[-1]
