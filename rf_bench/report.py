@@ -263,3 +263,71 @@ def _plot_maps(panels, stages, ks, title: str, path: Path) -> None:
     fig.suptitle(title, fontsize=10)
     _savefig(fig, path)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------- cka
+
+def cka_sections(records: List[Dict[str, Any]], store, out_dir: Path):
+    """Figure 3 (within-model and cross-seed CKA heatmaps per RF, red line at the middle layer) and the
+    summary table (mean ± std over seed pairs of the deeper half's cross-seed diagonal)."""
+    from rf_bench.probes.base import ReportSection
+
+    by_family: Dict[Tuple[str, str], List[Dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        by_family[(rec["values"]["family"], rec["dataset"])].append(rec)
+    sections, csv_rows = [], []
+    for (family, dataset), recs in sorted(by_family.items()):
+        recs = sorted(recs, key=lambda r: r["values"]["k"])
+        lines = ["| k | RF (analytic) | seeds | layers | deeper-half cross-seed CKA |", "|---|---|---|---|---|"]
+        panels = []
+        for rec in recs:
+            v = rec["values"]
+            rf = analytic_rf(rec["run_dirs"][0])
+            diag = [p["deeper_half_diagonal"] for p in v["pairs"]]
+            if diag:
+                mean, std = mean_std(diag)
+                cell = f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+            else:
+                mean, std, cell = None, None, "- (one seed)"
+            lines.append(f"| {v['k']} | {rf} | {len(v['seeds'])} | {len(v['layers'])} | {cell} |")
+            csv_rows.append(dict(family=family, dataset=dataset, k=v["k"], rf_analytic=rf, seeds=len(v["seeds"]),
+                                 deeper_half_cross_seed_cka_mean=mean, deeper_half_cross_seed_cka_std=std))
+            tensors = store.tensors(Path(rec["_path"]))
+            s0 = v["seeds"][0]
+            cross = next((t for name, t in sorted(tensors.items()) if name.startswith("cross_")), None)
+            panels.append((v["k"], rf, tensors[f"within_s{s0}"], cross))
+        figure = out_dir / f"cka_{family}_{dataset}.png"
+        _plot_cka(panels, f"{family}{{k}} on {dataset}: linear CKA", figure)
+        md = ("Exact linear CKA on the first test images between every pair of layers (the activation each "
+              "weight layer hands on, then the logits): top row within one model, bottom row between two "
+              "seeds; the red lines mark the middle layer. The table averages the cross-seed diagonal over "
+              "the deeper half of the layers, mean ± std over seed pairs.\n\n" + "\n".join(lines)
+              + f"\n\n![{family} CKA]({figure.name})\n")
+        sections.append(ReportSection(title=f"CKA: {family} on {dataset}", markdown=md, order=30))
+    _write_csv(out_dir / "cka.csv", csv_rows)
+    return sections
+
+
+def _plot_cka(panels, title: str, path: Path) -> None:
+    plt = _pyplot()
+    rows = 2 if any(p[3] is not None for p in panels) else 1
+    fig, axes = plt.subplots(rows, len(panels), figsize=(3.0 * len(panels), 2.9 * rows), squeeze=False)
+    for j, (k, rf, within, cross) in enumerate(panels):
+        for i, (matrix, label) in enumerate(((within, "within"), (cross, "cross-seed"))[:rows]):
+            ax = axes[i][j]
+            if matrix is None:
+                ax.axis("off")
+                continue
+            im = ax.imshow(matrix.numpy(), cmap="magma", vmin=0, vmax=1, origin="lower")
+            mid = matrix.shape[0] / 2 - 0.5
+            ax.axhline(mid, color="red", lw=1)
+            ax.axvline(mid, color="red", lw=1)
+            ax.set_title(f"k={k}, RF {rf} ({label})", fontsize=8)
+            ax.set_xlabel("layer", fontsize=7)
+            ax.set_ylabel("layer", fontsize=7)
+            ax.tick_params(labelsize=6)
+    fig.subplots_adjust(hspace=0.45, wspace=0.3)
+    fig.colorbar(im, ax=axes, fraction=0.02, pad=0.02, label="CKA")
+    fig.suptitle(title, fontsize=10)
+    _savefig(fig, path)
+    plt.close(fig)

@@ -174,15 +174,17 @@ def run_suite(probes: Sequence[Type[Probe]], runs: Sequence[Run], results_dir: s
             return False
         try:
             existing = store.read(path)
+            members = target if isinstance(target, list) else [target]
             if existing and not force:
-                if existing.get("version") == probe.version:
+                same_runs = existing.get("runs") == [r.run_id for r in members]
+                if existing.get("version") == probe.version and same_runs:
                     written.append(path)
                     return True
-                log(f"{probe.name} on {key}: stored by version {existing.get('version')}, "
-                    f"now {probe.version}; recomputing")
+                why = (f"stored by version {existing.get('version')}, now {probe.version}" if same_runs
+                       else "its group has other runs now")
+                log(f"{probe.name} on {key}: {why}; recomputing")
             t0 = time.perf_counter()
             out = probe().run(target, cfg, ctx)
-            members = target if isinstance(target, list) else [target]
             record = dict(probe=probe.name, version=probe.version, config=_config_dict(cfg), key=key,
                           runs=[r.run_id for r in members], run_dirs=[str(r.path) for r in members],
                           models=[r.model_name for r in members], dataset=members[0].dataset,
