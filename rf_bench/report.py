@@ -16,6 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from rf_bench.paper import MEASURED_RF, PRUNE_09
 
 __all__ = ["write_report", "mean_std", "fmt_pct", "prune_sections", "analytic_rf"]
@@ -328,6 +330,72 @@ def _plot_cka(panels, title: str, path: Path) -> None:
             ax.tick_params(labelsize=6)
     fig.subplots_adjust(hspace=0.45, wspace=0.3)
     fig.colorbar(im, ax=axes, fraction=0.02, pad=0.02, label="CKA")
+    fig.suptitle(title, fontsize=10)
+    _savefig(fig, path)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------- hessian
+
+def hessian_sections(records: List[Dict[str, Any]], out_dir: Path):
+    """Figures 1-2 (top eigenvalues vs index, one line per RF, init and trained panels) and a table of
+    the top eigenvalue, the trace and largest/k-th, mean ± std over seeds."""
+    from rf_bench.probes.base import ReportSection
+
+    by_family: Dict[Tuple[str, str], List[Dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        by_family[(rec["values"]["family"], rec["dataset"])].append(rec)
+    sections, csv_rows = [], []
+    for (family, dataset), recs in sorted(by_family.items()):
+        stages = [s for s in ("init", "final") if all(s in r["values"] for r in recs)]
+        by_k: Dict[int, List[Dict[str, Any]]] = defaultdict(list)
+        for rec in recs:
+            by_k[rec["values"]["k"]].append(rec)
+        header = ["k", "RF (analytic)", "seeds"]
+        for stage in stages:
+            header += [f"top ({stage})", f"trace ({stage})", f"top / last ({stage})"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        curves = defaultdict(dict)
+        for k, krecs in sorted(by_k.items()):
+            rf = analytic_rf(krecs[0]["run_dirs"][0])
+            cells = [str(k), str(rf), str(len(krecs))]
+            for stage in stages:
+                for key in ("top", "trace", "ratio_top_last"):
+                    vals = [r["values"][stage][key] for r in krecs]
+                    mean, std = mean_std(vals)
+                    cells.append(f"{mean:.4g}" + (f" ± {std:.2g}" if std is not None else ""))
+                    csv_rows.append(dict(family=family, dataset=dataset, k=k, rf_analytic=rf, stage=stage,
+                                         metric=key, mean=mean, std=std, n=len(vals)))
+                spectra = np.asarray([r["values"][stage]["eigenvalues"] for r in krecs])
+                curves[stage][(k, rf)] = spectra.mean(0)
+            lines.append("| " + " | ".join(cells) + " |")
+        figure = out_dir / f"hessian_{family}_{dataset}.png"
+        _plot_spectra(curves, stages, f"{family}{{k}} on {dataset}: top Hessian eigenvalues", figure)
+        which = recs[0]["values"]["which"]
+        md = (f"Top {len(next(iter(curves[stages[0]].values())))} eigenvalues (largest by "
+              f"{'value' if which == 'LA' else 'magnitude'}) of the training-loss Hessian on "
+              f"{recs[0]['values']['n_images']} fixed training images, eval mode, by Lanczos; the trace by "
+              "Hutchinson. Mean ± std over seeds.\n\n" + "\n".join(lines) + f"\n\n![{family} spectra]({figure.name})\n")
+        sections.append(ReportSection(title=f"Hessian: {family} on {dataset}", markdown=md, order=20))
+    _write_csv(out_dir / "hessian.csv", csv_rows)
+    return sections
+
+
+def _plot_spectra(curves, stages, title: str, path: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(stages), figsize=(5.0 * len(stages), 3.8), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        items = sorted(curves[stage].items())
+        colors = plt.cm.viridis(np.linspace(0, 1, max(2, len(items))))
+        for color, ((k, rf), ev) in zip(colors, items):
+            ax.plot(np.arange(1, len(ev) + 1), ev, color=color, label=f"k={k}, RF {rf}")
+        positive = all((ev > 0).all() for _, ev in items)
+        ax.set_yscale("log" if positive else "symlog")
+        ax.set_xlabel("index")
+        ax.set_ylabel("eigenvalue")
+        ax.set_title({"init": "at initialisation", "final": "after training"}[stage], fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     _savefig(fig, path)
     plt.close(fig)

@@ -1,0 +1,231 @@
+"""The Hessian probe: the top eigenvalues of the training-loss Hessian at initialisation and after training.
+
+Hessian-vector products (HVPs) are exact double-backward products of the mean loss over the given
+batches (one HVP = one pass over all of them), for the model in whatever mode it is in (the probe
+uses eval mode, as PyHessian does). Eigenvalues come from ARPACK's implicitly restarted Lanczos
+(``scipy.sparse.linalg.eigsh``) in float64 on the host, whose basis size ``ncv`` bounds the memory
+(``ncv x n_params x 8`` bytes). ``which="LA"`` (default) gives the largest by value; ``"LM"`` the
+largest by magnitude, which is what PyHessian's power iteration converges to on an indefinite
+Hessian. Trace (Hutchinson) and spectral density (stochastic Lanczos quadrature) share the HVP.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["HVP", "HessianSpectrum", "hessian_eigenvalues", "hessian_trace", "spectral_density", "lanczos",
+           "HessianConfig", "HessianProbe"]
+
+Batches = Sequence[Tuple[torch.Tensor, torch.Tensor]]
+
+
+class HVP:
+    """``v -> H v`` for the mean of ``loss_fn(model(x), y)`` over ``batches``; counts its calls."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, batches: Batches) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.batches = list(batches)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.n = sum(p.numel() for p in self.params)
+        self.total = sum(len(y) for _, y in self.batches)
+        self.calls = 0
+        first = self.params[0]
+        self.device, self.dtype = first.device, first.dtype
+
+    def _split(self, v: np.ndarray) -> List[torch.Tensor]:
+        flat = torch.from_numpy(np.ascontiguousarray(v)).to(self.device, self.dtype)
+        return [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in self.params]), self.params)]
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        """One HVP: a float64 host vector in, a float64 host vector out."""
+        self.calls += 1
+        vs = self._split(np.asarray(v, dtype=np.float64).ravel())
+        out = [torch.zeros_like(p) for p in self.params]
+        for x, y in self.batches:
+            loss = self.loss_fn(self.model(x), y) * (len(y) / self.total)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True)
+            dot = sum((g * u).sum() for g, u in zip(grads, vs))
+            for acc, h in zip(out, torch.autograd.grad(dot, self.params)):
+                acc += h
+        return torch.cat([h.reshape(-1) for h in out]).double().cpu().numpy()
+
+    def loss(self) -> float:
+        with torch.no_grad():
+            return float(sum(self.loss_fn(self.model(x), y) * len(y) for x, y in self.batches) / self.total)
+
+
+@dataclass
+class HessianSpectrum:
+    """Top-``k`` eigenvalues (descending by value), the HVPs spent, and residuals ``||Hv - lv|| / |l|``."""
+
+    eigenvalues: torch.Tensor
+    hvps: int
+    residuals: Optional[torch.Tensor] = None
+    which: str = "LA"
+    seconds: float = 0.0
+    eigenvectors: Optional[torch.Tensor] = None
+
+
+def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, batches: Batches, k: int = 90, *,
+                        which: str = "LA", tol: float = 1e-6, max_hvps: Optional[int] = None,
+                        ncv: Optional[int] = None, seed: int = 0, residuals: bool = False,
+                        eigenvectors: bool = False) -> HessianSpectrum:
+    """The ``k`` largest (``LA``: by value; ``LM``: by magnitude) eigenvalues of the loss Hessian.
+
+    ``tol`` is ARPACK's relative accuracy; ``ncv`` its Lanczos basis size (default ``max(2k + 1, 20)``,
+    capped at the parameter count); ``max_hvps`` caps the work. ``residuals=True`` spends ``k`` more
+    HVPs to report each pair's relative residual.
+    """
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+    if which not in ("LA", "LM"):
+        raise ValueError(f"which must be 'LA' (largest by value) or 'LM' (by magnitude), got {which!r}")
+    hvp = HVP(model, loss_fn, batches)
+    if not 0 < k < hvp.n:
+        raise ValueError(f"k={k} must be between 1 and the parameter count - 1 ({hvp.n - 1})")
+    ncv = min(hvp.n, ncv or max(2 * k + 1, 20))
+    op = LinearOperator((hvp.n, hvp.n), matvec=hvp, dtype=np.float64)
+    v0 = np.random.default_rng(seed).standard_normal(hvp.n)
+    t0 = time.perf_counter()
+    maxiter = None if max_hvps is None else max(1, max_hvps // max(1, ncv - k))
+    try:
+        values, vectors = eigsh(op, k=k, which=which, tol=tol, ncv=ncv, v0=v0, maxiter=maxiter,
+                                return_eigenvectors=True)
+    except ArpackNoConvergence as e:
+        raise RuntimeError(f"Lanczos did not converge within {hvp.calls} HVPs ({len(e.eigenvalues)} of {k} "
+                           "eigenvalues); raise max_hvps or tol") from None
+    order = np.argsort(values)[::-1]
+    values, vectors = values[order], vectors[:, order]
+    hvps = hvp.calls
+    res = None
+    if residuals:
+        res = torch.tensor([np.linalg.norm(hvp(vectors[:, i]) - values[i] * vectors[:, i]) / max(abs(values[i]), 1e-30)
+                            for i in range(k)])
+    return HessianSpectrum(eigenvalues=torch.from_numpy(values.copy()), hvps=hvps, residuals=res, which=which,
+                           seconds=time.perf_counter() - t0,
+                           eigenvectors=torch.from_numpy(vectors.copy()) if eigenvectors else None)
+
+
+def hessian_trace(model: nn.Module, loss_fn: Callable, batches: Batches, samples: int = 100,
+                  seed: int = 0) -> Tuple[float, float, int]:
+    """Hutchinson's estimate of ``tr(H)`` with Rademacher vectors: ``(trace, standard error, hvps)``."""
+    hvp = HVP(model, loss_fn, batches)
+    rng = np.random.default_rng(seed)
+    estimates = []
+    for _ in range(samples):
+        v = rng.integers(0, 2, hvp.n).astype(np.float64) * 2 - 1
+        estimates.append(float(v @ hvp(v)))
+    est = np.asarray(estimates)
+    return float(est.mean()), float(est.std(ddof=1) / math.sqrt(samples)), hvp.calls
+
+
+def lanczos(matvec: Callable[[np.ndarray], np.ndarray], n: int, steps: int, v0: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``steps`` Lanczos steps with full reorthogonalisation: the tridiagonal's ``(alpha, beta)``."""
+    basis = np.empty((steps, n))
+    alpha, beta = np.zeros(steps), np.zeros(max(steps - 1, 0))
+    v = v0 / np.linalg.norm(v0)
+    for j in range(steps):
+        basis[j] = v
+        w = matvec(v)
+        alpha[j] = w @ v
+        w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)  # twice is enough (Parlett)
+        w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+        if j == steps - 1:
+            break
+        beta[j] = np.linalg.norm(w)
+        if beta[j] < 1e-12:  # invariant subspace: the spectrum seen from v0 is complete
+            return alpha[: j + 1], beta[:j]
+        v = w / beta[j]
+    return alpha, beta
+
+
+def spectral_density(model: nn.Module, loss_fn: Callable, batches: Batches, steps: int = 80, runs: int = 4,
+                     grid_points: int = 1000, sigma: Optional[float] = None, seed: int = 0):
+    """Stochastic Lanczos quadrature (Ghorbani et al. 2019): ``(grid, density, nodes, weights, hvps)``.
+
+    ``nodes``/``weights`` (runs x steps) are the quadrature: ``E_v[v^T f(H) v] ~ sum_i w_i f(node_i)``.
+    The density is those nodes smoothed by a Gaussian of width ``sigma`` (default 1% of the range).
+    """
+    from scipy.linalg import eigh_tridiagonal
+
+    hvp = HVP(model, loss_fn, batches)
+    steps = min(steps, hvp.n)
+    rng = np.random.default_rng(seed)
+    nodes, weights = [], []
+    for _ in range(runs):
+        v0 = rng.integers(0, 2, hvp.n).astype(np.float64) * 2 - 1
+        alpha, beta = lanczos(hvp, hvp.n, steps, v0)
+        theta, vecs = eigh_tridiagonal(alpha, beta)
+        nodes.append(theta)
+        weights.append(vecs[0] ** 2)
+    all_nodes, all_weights = np.concatenate(nodes), np.concatenate(weights) / runs
+    lo, hi = all_nodes.min(), all_nodes.max()
+    span = max(hi - lo, 1e-12)
+    sigma = sigma or 0.01 * span
+    grid = np.linspace(lo - 0.05 * span, hi + 0.05 * span, grid_points)
+    density = (all_weights[None, :] * np.exp(-((grid[:, None] - all_nodes[None, :]) ** 2) / (2 * sigma ** 2))).sum(1)
+    density /= math.sqrt(2 * math.pi) * sigma
+    return grid, density, nodes, weights, hvp.calls
+
+
+# ------------------------------------------------------------------------------------------ probe
+
+@dataclass
+class HessianConfig:
+    k: int = 90
+    which: str = "LA"
+    n_images: int = 2048  # a fixed, seeded subset of the training split, no augmentation
+    batch_size: int = 256
+    subset_seed: int = 0
+    tol: float = 1e-4
+    trace_samples: int = 20
+    stages: Tuple[str, ...] = ("init", "final")
+
+
+class HessianProbe:
+    """Top-k Hessian eigenvalues and the Hutchinson trace at init and after training (Figures 1-2)."""
+
+    name = "hessian"
+    version = 1
+    scope = "run"
+    min_runs = 1
+    Config = HessianConfig
+
+    def run(self, run, config: HessianConfig, ctx):
+        from rf_bench.data import normalize
+        from rf_bench.probes.base import ProbeOutput
+
+        train = run.load_data("train", ctx.data_dir)
+        g = torch.Generator().manual_seed(config.subset_seed)
+        idx = torch.randperm(len(train), generator=g)[: config.n_images]
+        x = normalize(train.images[idx], train.mean, train.std).to(ctx.device)
+        y = train.labels[idx].to(ctx.device)
+        batches = [(x[i:i + config.batch_size], y[i:i + config.batch_size]) for i in range(0, len(y), config.batch_size)]
+        values = dict(k=run.k, family=run.family, which=config.which, n_images=len(y))
+        tensors = {}
+        for stage in config.stages:
+            model = run.create_model(stage).to(ctx.device).eval()
+            n_params = sum(p.numel() for p in model.parameters())
+            k = min(config.k, n_params - 1)
+            spectrum = hessian_eigenvalues(model, F.cross_entropy, batches, k=k, which=config.which, tol=config.tol)
+            trace, trace_se, trace_hvps = hessian_trace(model, F.cross_entropy, batches, config.trace_samples)
+            ev = spectrum.eigenvalues
+            values[stage] = dict(eigenvalues=ev.tolist(), hvps=spectrum.hvps, seconds=spectrum.seconds,
+                                 top=float(ev[0]), ratio_top_last=float(ev[0] / ev[-1]), trace=trace,
+                                 trace_stderr=trace_se, trace_hvps=trace_hvps, params=n_params)
+            tensors[f"{stage}_eigenvalues"] = ev
+        return ProbeOutput(values=values, tensors=tensors)
+
+    @staticmethod
+    def report(records, store, out_dir):
+        from rf_bench.report import hessian_sections
+
+        return hessian_sections(records, out_dir)

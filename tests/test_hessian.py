@@ -1,0 +1,152 @@
+"""Hessian eigenvalues, trace and density against the exact dense Hessian of small models."""
+import copy
+
+import numpy as np
+import pytest
+import timm
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+import rf_bench  # noqa: F401
+from rf_bench.models import RfPoolVGG
+from rf_bench.probes.hessian import HVP, hessian_eigenvalues, hessian_trace, spectral_density
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, bn=False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6) if bn else nn.Identity()
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1, stride=2)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv1(x)))
+        x = torch.tanh(self.conv2(x))  # smooth, so the Hessian is not dominated by ReLU kinks
+        return self.fc(x.flatten(1))
+
+
+def _data(n=64, c=1, size=8, classes=5, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, size, size, generator=g, dtype=dtype)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return [(x[:32], y[:32]), (x[32:], y[32:])]
+
+
+def dense_hessian(model, batches):
+    """The exact Hessian of the mean loss over all batches, float64, by torch.autograd.functional."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    flat0 = torch.cat([p.detach().reshape(-1) for _, p in model.named_parameters()]).double()
+    buffers = dict(model.named_buffers())
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+
+    def loss(flat):
+        params, start = {}, 0
+        for n, s in zip(names, shapes):
+            params[n] = flat[start:start + s.numel()].view(s)
+            start += s.numel()
+        return F.cross_entropy(functional_call(model, {**params, **buffers}, (x,)), y)
+
+    return torch.autograd.functional.hessian(loss, flat0).numpy()
+
+
+@pytest.fixture(scope="module", params=["plain", "batchnorm_eval", "rfpool"])
+def case(request):
+    torch.manual_seed(0)
+    if request.param == "rfpool":  # a tiny rfpool VGG: conv6, rfpool(2), conv8, M, conv8 x2 (BN in eval mode)
+        model = RfPoolVGG(cfg=(6, "R", 8, "M", 8, 8), rf_pool=2, num_classes=5, in_chans=1)
+        batches = _data(n=64, size=16)
+    else:
+        model = SmallCNN(bn=request.param == "batchnorm_eval")
+        batches = _data()
+    model = model.double().eval()
+    if request.param == "batchnorm_eval":  # non-trivial running statistics
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    return model, batches, dense_hessian(model, batches)
+
+
+def test_top_eigenvalues_match_the_dense_hessian(case):
+    model, batches, dense = case
+    n = dense.shape[0]
+    assert 1000 < n < 3000
+    true = np.sort(np.linalg.eigvalsh(dense))[::-1]
+    assert (true < 0).any()  # indefinite, so LA and LM differ
+    k = 10
+    spec = hessian_eigenvalues(model, F.cross_entropy, batches, k=k, which="LA", tol=1e-10, residuals=True)
+    np.testing.assert_allclose(spec.eigenvalues.numpy(), true[:k], rtol=1e-6)
+    assert spec.hvps > 0 and spec.residuals.max() < 1e-5
+    lm = hessian_eigenvalues(model, F.cross_entropy, batches, k=k, which="LM", tol=1e-10)
+    by_magnitude = true[np.argsort(-np.abs(true))[:k]]
+    np.testing.assert_allclose(lm.eigenvalues.numpy(), np.sort(by_magnitude)[::-1], rtol=1e-6)
+
+
+def test_float32_hvps_within_1e_3(case):
+    model, batches, dense = case
+    true = np.sort(np.linalg.eigvalsh(dense))[::-1][:10]
+    model32 = copy.deepcopy(model).float()
+    batches32 = [(x.float(), y) for x, y in batches]
+    spec = hessian_eigenvalues(model32, F.cross_entropy, batches32, k=10, tol=1e-6)
+    np.testing.assert_allclose(spec.eigenvalues.numpy(), true, rtol=1e-3)
+
+
+def test_hvp_is_the_dense_product(case):
+    model, batches, dense = case
+    hvp = HVP(model, F.cross_entropy, batches)
+    v = np.random.default_rng(1).standard_normal(hvp.n)
+    np.testing.assert_allclose(hvp(v), dense @ v, rtol=1e-8, atol=1e-10)
+    assert hvp.calls == 1
+
+
+def test_hutchinson_trace_within_three_standard_errors(case):
+    model, batches, dense = case
+    trace, se, hvps = hessian_trace(model, F.cross_entropy, batches, samples=60)
+    assert hvps == 60 and se > 0
+    assert abs(trace - np.trace(dense)) < 3 * se
+
+
+def test_slq_moments_match_the_spectrum(case):
+    model, batches, dense = case
+    eig = np.linalg.eigvalsh(dense)
+    n = len(eig)
+    grid, density, nodes, weights, hvps = spectral_density(model, F.cross_entropy, batches, steps=60, runs=8)
+    w = np.concatenate(weights) / len(weights)
+    th = np.concatenate(nodes)
+    assert w.sum() == pytest.approx(1.0, abs=1e-9)
+    # E[v^T H^j v] / n = tr(H^j) / n; Rademacher probes make the estimate exact in expectation
+    for j in (1, 2):
+        assert (w * th ** j).sum() == pytest.approx((eig ** j).mean(), rel=0.25)
+    # the Gaussian-smoothed density integrates to one and covers the extreme eigenvalues
+    assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=0.02)
+    assert grid[0] <= eig.min() and grid[-1] >= eig.max() * 0.99
+    assert hvps == 8 * 60
+
+
+def test_errors():
+    model = SmallCNN().double()
+    with pytest.raises(ValueError, match="which must be 'LA'"):
+        hessian_eigenvalues(model, F.cross_entropy, _data(), k=3, which="SA")
+
+
+@pytest.mark.slow
+def test_hessian_probe_and_report(tmp_path, tiny_runs):
+    from rf_bench.probes.base import resolve_suite, run_suite
+    from rf_bench.report import write_report
+    from rf_bench.results import ResultStore, find_runs
+
+    probes = resolve_suite("hessian")
+    config = probes[0].Config(k=3, n_images=32, trace_samples=2)
+    run_suite(probes, find_runs([str(tiny_runs[0])]), tmp_path / "results", {"hessian": config}, progress=False)
+    (record,) = ResultStore(tmp_path / "results").records("hessian")
+    for stage in ("init", "final"):
+        v = record["values"][stage]
+        assert len(v["eigenvalues"]) == 3 and v["eigenvalues"] == sorted(v["eigenvalues"], reverse=True)
+        assert v["hvps"] > 3 and v["top"] == v["eigenvalues"][0]
+    assert record["values"]["which"] == "LA" and record["values"]["n_images"] == 32
+    report = write_report(tmp_path / "results", tmp_path / "report").read_text()
+    assert "## Hessian: vgg19_rfpool on digits" in report
+    assert (tmp_path / "report" / "hessian_vgg19_rfpool_digits.png").stat().st_size > 10_000
