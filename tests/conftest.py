@@ -3,8 +3,16 @@ import os
 import pytest
 import torch
 
-# The CI machine has 2 cores; a thread per core keeps runs predictable.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The CI machine has 2 cores. Under pytest-xdist each worker gets one thread (torch and BLAS alike):
+# two workers with two threads each oversubscribe the cores and run several times slower.
+_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1)
+torch.set_num_threads(_THREADS)
+try:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(_THREADS)
+except ImportError:  # scikit-learn brings threadpoolctl; without it BLAS keeps its default
+    pass
 
 TINY = 0.125  # width multiplier for tiny rfpool models (8 stem channels)
 
