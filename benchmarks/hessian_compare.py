@@ -57,7 +57,9 @@ def dense_eigenvalues(model, x, y) -> np.ndarray:
 
 
 def pyhessian_top(model, x, y, k):
-    import pyhessian.hessian as ph
+    import importlib
+
+    ph = importlib.import_module("pyhessian.hessian")  # the package re-exports a class of the same name
 
     calls = [0]
     original = ph.hessian_vector_product

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import timm
 import torch
@@ -20,7 +20,7 @@ from .train import NonFiniteLossError, add_train_args
 console = Console()
 err_console = Console(stderr=True)
 
-PAPER_RF = MEASURED_RF
+
 
 
 class CliError(Exception):
@@ -81,8 +81,8 @@ def _draw_map(model: torch.nn.Module, name: str, input_size, layer: Optional[str
 
 def _rf_family_table(family: str, ks: Sequence[int], model_kwargs: Dict[str, Any], measure: bool) -> None:
     family = family.rstrip("0123456789")
-    if family not in PAPER_RF:
-        raise CliError(f"unknown family {family!r}; choose one of {', '.join(PAPER_RF)}")
+    if family not in MEASURED_RF:
+        raise CliError(f"unknown family {family!r}; choose one of {', '.join(MEASURED_RF)}")
     table = Table(title=f"{family}{{k}}: receptive field vs k")
     for col in ("k", "analytic RF", "gradient RF", "paper (measured)", "jump", "params"):
         table.add_column(col, justify="right")
@@ -95,7 +95,7 @@ def _rf_family_table(family: str, ks: Sequence[int], model_kwargs: Dict[str, Any
             with console.status(f"measuring {family}{k} on a {size}x{size} input"):
                 grad = str(gradient_rf(model, (3, size, size), n=2))
         params = sum(p.numel() for p in model.parameters())
-        table.add_row(str(k), str(rf.size), grad, str(PAPER_RF[family].get(k, "-")), str(rf.stride), f"{params / 1e6:.2f}M")
+        table.add_row(str(k), str(rf.size), grad, str(MEASURED_RF[family].get(k, "-")), str(rf.stride), f"{params / 1e6:.2f}M")
     console.print(table)
 
 

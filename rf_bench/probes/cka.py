@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,9 +20,21 @@ __all__ = ["linear_cka", "cka_matrix", "layer_grams", "default_layers", "CKAConf
 
 
 def _centred_gram(x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    """``H X X^T H`` in float64 (columns centred in float64, then accumulated chunk by chunk)."""
-    x = x.reshape(x.shape[0], -1)
-    gram = torch.zeros(x.shape[0], x.shape[0], dtype=torch.float64, device=x.device)
+    """``H X X^T H`` in float64: columns centred in float64, products accumulated chunk by chunk.
+
+    On the CPU each chunk goes through numpy, whose ``a @ a.T`` is a symmetric rank-k update (BLAS
+    ``syrk``): half the work of the general product torch would do.
+    """
+    x = x.detach().reshape(x.shape[0], -1)
+    n = x.shape[0]
+    if x.device.type == "cpu":
+        gram = np.zeros((n, n))
+        for start in range(0, x.shape[1], chunk):
+            block = np.array(x[:, start:start + chunk].numpy(), dtype=np.float64)  # a contiguous copy
+            block -= block.mean(axis=0, keepdims=True)
+            gram += block @ block.T
+        return torch.from_numpy(gram)
+    gram = torch.zeros(n, n, dtype=torch.float64, device=x.device)
     for start in range(0, x.shape[1], chunk):
         block = x[:, start:start + chunk].double()
         block = block - block.mean(dim=0, keepdim=True)
