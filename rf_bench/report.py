@@ -90,28 +90,39 @@ def _pyplot():
     return plt
 
 
+def _group(records: Iterable[Dict[str, Any]], key) -> Dict[Any, List[Dict[str, Any]]]:
+    """Records by ``key(record)``, keys in sorted order."""
+    groups: Dict[Any, List[Dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        groups[key(rec)].append(rec)
+    return dict(sorted(groups.items()))
+
+
+def _by_family(records):
+    return _group(records, lambda r: (r["values"]["family"], r["dataset"]))
+
+
+def _by_k(records):
+    return _group(records, lambda r: r["values"]["k"])
+
+
 # ----------------------------------------------------------------------------------------- prune
 
 def prune_sections(records: List[Dict[str, Any]], out_dir: Path):
     """Tables 1-2 of the paper (per architecture and data set) and accuracy-vs-rate plots."""
     from rf_bench.probes.base import ReportSection
 
-    by_group: Dict[Tuple[str, str], List[Dict[str, Any]]] = defaultdict(list)
-    for rec in records:
-        by_group[(rec["values"]["family"], rec["dataset"])].append(rec)
     sections, csv_rows = [], []
-    for (family, dataset), recs in sorted(by_group.items()):
+    for (family, dataset), recs in _by_family(records).items():
         rates = sorted({row["rate"] for rec in recs for row in rec["values"]["rates"]})
-        by_k: Dict[int, List[Dict[str, Any]]] = defaultdict(list)
-        for rec in recs:
-            by_k[rec["values"]["k"]].append(rec)
+        by_k = _by_k(recs)
         header = ["k", "RF (analytic)", "RF (paper)", "seeds", "dense"]
         for rate in rates:
             header += [f"pruned {rate:g}", f"fine-tuned {rate:g}"]
         header += ["paper dense", "paper pruned 0.9"]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         curves = {}
-        for k, krecs in sorted(by_k.items()):
+        for k, krecs in by_k.items():
             rf = analytic_rf(krecs[0]["run_dirs"][0])
             dense = [r["values"]["dense_acc"] for r in krecs]
             cells = [str(k), str(rf or "-"), str(MEASURED_RF.get(family, {}).get(k, "-")), str(len(krecs)),
@@ -205,22 +216,17 @@ def rfmap_sections(records: List[Dict[str, Any]], store, out_dir: Path):
     from rf_bench.paper import RFMAP_MAXIMA
     from rf_bench.probes.base import ReportSection
 
-    by_family: Dict[Tuple[str, str], List[Dict[str, Any]]] = defaultdict(list)
-    for rec in records:
-        by_family[(rec["values"]["family"], rec["dataset"])].append(rec)
     sections, csv_rows = [], []
-    for (family, dataset), recs in sorted(by_family.items()):
+    for (family, dataset), recs in _by_family(records).items():
         stages = [s for s in ("init", "final") if all(s in r["values"] for r in recs)]
-        by_k: Dict[int, List[Dict[str, Any]]] = defaultdict(list)
-        for rec in recs:
-            by_k[rec["values"]["k"]].append(rec)
+        by_k = _by_k(recs)
         header = ["k", "RF (analytic)", "RF (gradient)", "RF (paper)"]
         for stage in stages:
             header += [f"max ({stage})", f"ERF r50/r90/r99 ({stage})"]
         header += ["paper max"]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         panels = {}
-        for k, krecs in sorted(by_k.items()):
+        for k, krecs in by_k.items():
             first = krecs[0]["values"][stages[0]] if stages else {}
             cells = [str(k), str(first.get("analytic_rf", "-")), str(first.get("gradient_rf", "-")),
                      str(MEASURED_RF.get(family, {}).get(k, "-"))]
@@ -274,11 +280,8 @@ def cka_sections(records: List[Dict[str, Any]], store, out_dir: Path):
     summary table (mean ± std over seed pairs of the deeper half's cross-seed diagonal)."""
     from rf_bench.probes.base import ReportSection
 
-    by_family: Dict[Tuple[str, str], List[Dict[str, Any]]] = defaultdict(list)
-    for rec in records:
-        by_family[(rec["values"]["family"], rec["dataset"])].append(rec)
     sections, csv_rows = [], []
-    for (family, dataset), recs in sorted(by_family.items()):
+    for (family, dataset), recs in _by_family(records).items():
         recs = sorted(recs, key=lambda r: r["values"]["k"])
         lines = ["| k | RF (analytic) | seeds | layers | deeper-half cross-seed CKA |", "|---|---|---|---|---|"]
         panels = []
@@ -342,21 +345,16 @@ def hessian_sections(records: List[Dict[str, Any]], out_dir: Path):
     the top eigenvalue, the trace and largest/k-th, mean ± std over seeds."""
     from rf_bench.probes.base import ReportSection
 
-    by_family: Dict[Tuple[str, str], List[Dict[str, Any]]] = defaultdict(list)
-    for rec in records:
-        by_family[(rec["values"]["family"], rec["dataset"])].append(rec)
     sections, csv_rows = [], []
-    for (family, dataset), recs in sorted(by_family.items()):
+    for (family, dataset), recs in _by_family(records).items():
         stages = [s for s in ("init", "final") if all(s in r["values"] for r in recs)]
-        by_k: Dict[int, List[Dict[str, Any]]] = defaultdict(list)
-        for rec in recs:
-            by_k[rec["values"]["k"]].append(rec)
+        by_k = _by_k(recs)
         header = ["k", "RF (analytic)", "seeds"]
         for stage in stages:
             header += [f"top ({stage})", f"trace ({stage})", f"top / last ({stage})"]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         curves = defaultdict(dict)
-        for k, krecs in sorted(by_k.items()):
+        for k, krecs in by_k.items():
             rf = analytic_rf(krecs[0]["run_dirs"][0])
             cells = [str(k), str(rf), str(len(krecs))]
             for stage in stages:
