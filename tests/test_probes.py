@@ -132,13 +132,17 @@ def _env_with(path: Path):
 def test_third_party_probe_runs_in_suite_all(tmp_path, tiny_runs):
     plugin = _dummy_distribution(tmp_path / "site", tmp_path / "calls.log")
     results = tmp_path / "results"
+    cheap = ["prune.finetune_epochs=0", "prune.rates=[0.5]", "hessian.k=2", "hessian.n_images=16",
+             "hessian.trace_samples=2", 'hessian.stages=["init"]', "cka.n_images=32", "rfmap.n=2",
+             'rfmap.stages=["init"]', "rfmap.measure_rf=false"]  # every built-in probe runs, briefly
+    settings = [arg for item in cheap for arg in ("--set", item)]
     proc = subprocess.run(_probe_cmd(*map(str, tiny_runs[:2]), "--suite", "all", "--results", str(results),
-                                     "--set", "prune.finetune_epochs=0", "--set", "prune.rates=[0.5]"),
-                          capture_output=True, text=True, env=_env_with(plugin), timeout=600)
+                                     *settings), capture_output=True, text=True, env=_env_with(plugin), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     store = ResultStore(results)
     dummy = store.records("dummy")
     assert len(dummy) == 2 and len(store.records("prune")) == 2
+    assert {r["probe"] for r in store.records()} == {"dummy", "prune", "hessian", "cka", "rfmap"}
     expected = sum(p.numel() for p in load_run(tiny_runs[0]).create_model().parameters())
     assert dummy[0]["values"]["params"] == expected
 
