@@ -7,12 +7,10 @@ per-result lock file keeps two ``rf-bench probe`` processes from computing the s
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence

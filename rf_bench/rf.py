@@ -15,7 +15,7 @@ import copy
 import math
 import operator
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from timm.layers import get_notrace_functions, get_notrace_modules

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -23,6 +22,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from rf_bench.results import config_hash as _hash
+from rf_bench.results import write_json_atomic
 
 __all__ = ["TrainConfig", "RECIPES", "resolve_config", "run_dir_for", "train", "main", "NonFiniteLossError"]
 
@@ -91,8 +93,7 @@ def resolve_config(recipe: str = "paper", **overrides: Any) -> TrainConfig:
 
 
 def config_hash(cfg: TrainConfig) -> str:
-    blob = json.dumps(cfg.identity(), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+    return _hash(cfg.identity())
 
 
 def run_dir_for(cfg: TrainConfig, output: str | os.PathLike) -> Path:
@@ -120,12 +121,6 @@ def _git_sha() -> Optional[str]:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def _save_weights(model: nn.Module, path: Path, metadata: Dict[str, str]) -> None:
@@ -321,7 +316,7 @@ def train(cfg: TrainConfig, output: str | os.PathLike = "runs", data_dir: Option
     if accelerator.is_main_process and not (run_dir / "init.safetensors").is_file():
         meta = dict(model=cfg.model, stage="init", rf_bench=rf_bench.__version__)
         _save_weights(model, run_dir / "init.safetensors", meta)
-        _write_json(run_dir / "config.json", dict(
+        write_json_atomic(run_dir / "config.json", dict(
             config=cfg.identity(), run_id=run_dir.name, model_kwargs=model_kwargs, num_processes=world,
             data=dict(name=cfg.dataset, classes=train_set.classes, mean=train_set.mean, std=train_set.std,
                       input_size=train_set.input_size, train_size=len(train_set), test_size=len(test_set)),
@@ -373,7 +368,7 @@ def train(cfg: TrainConfig, output: str | os.PathLike = "runs", data_dir: Option
         accelerator.save_state(str(tmp), safe_serialization=True)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            _write_json(tmp / "trainer_state.json", dict(epoch=epoch, step_in_epoch=step_in_epoch,
+            write_json_atomic(tmp / "trainer_state.json", dict(epoch=epoch, step_in_epoch=step_in_epoch,
                                                          global_step=global_step, partial_epoch=partial))
             if final.exists():
                 shutil.rmtree(final)

@@ -3,7 +3,6 @@ import copy
 
 import numpy as np
 import pytest
-import timm
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -112,7 +111,6 @@ def test_hutchinson_trace_within_three_standard_errors(case):
 def test_slq_moments_match_the_spectrum(case):
     model, batches, dense = case
     eig = np.linalg.eigvalsh(dense)
-    n = len(eig)
     grid, density, nodes, weights, hvps = spectral_density(model, F.cross_entropy, batches, steps=60, runs=8)
     w = np.concatenate(weights) / len(weights)
     th = np.concatenate(nodes)

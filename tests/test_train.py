@@ -1,6 +1,5 @@
 """Training: accuracy, run directory, exact resume after SIGKILL, 2 processes, bf16, failures."""
 import json
-import math
 import os
 import signal
 import subprocess

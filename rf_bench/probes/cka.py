@@ -9,7 +9,7 @@ are done in groups, one forward pass each. This is the full-data estimator, not 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np

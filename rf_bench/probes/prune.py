@@ -6,8 +6,8 @@ All rates come from one partial sort.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -119,7 +119,7 @@ class PruneProbe:
     min_runs = 1
     Config = PruneConfig
 
-    def run(self, run, config: PruneConfig, ctx) -> "ProbeOutput":
+    def run(self, run, config: PruneConfig, ctx):
         import copy
 
         from rf_bench.probes.base import ProbeOutput, evaluate

@@ -7,7 +7,6 @@ the model is in eval mode, so the ``n`` inputs are independent and run as one ba
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
