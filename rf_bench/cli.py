@@ -15,6 +15,7 @@ from . import __version__
 from .models import RFPOOL_KS
 from .paper import MEASURED_RF
 from .rf import gradient_rf, layer_receptive_fields, receptive_field
+from .hub import HubError
 from .train import NonFiniteLossError, add_train_args
 
 console = Console()
@@ -127,6 +128,27 @@ def _cmd_report(args: argparse.Namespace) -> None:
     console.print(f"report: {path}")
 
 
+def _cmd_publish(args: argparse.Namespace) -> None:
+    from .hub import publish
+
+    published = publish(args.runs, args.namespace, staging=args.staging, registry_dir=args.registry,
+                        dry_run=args.dry_run, private=args.private, results_dir=args.results,
+                        progress=not args.no_progress)
+    for p in published:
+        where = f"folder {p.folder}" if args.dry_run else f"{p.repo_id}@{p.entry['revision'][:10]}"
+        console.print(f"{p.name}: {where} (sha256 {p.entry['sha256'][:12]}..., "
+                      f"test acc {p.entry['metrics'].get('test_acc', float('nan')):.4f})")
+    if not args.dry_run:
+        console.print(f"manifests updated in {args.registry or 'the registry'}; commit them so users get the tags")
+
+
+def _cmd_pull(args: argparse.Namespace) -> None:
+    from .hub import pull
+
+    for name, path in pull(args.tags, all_tags=args.all, progress=not args.no_progress).items():
+        console.print(f"{name}: {path} (sha256 verified)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rf-bench", description=__doc__)
     parser.add_argument("--version", action="version", version=f"rf-bench {__version__}")
@@ -161,14 +183,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", nargs="?", default="results")
     p.add_argument("--out", default="report")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("publish", help="publish finished runs to the Hub as timm checkpoints (same as hub_upload.py)")
+    add_publish_args(p)
+    p.set_defaults(func=_cmd_publish)
+
+    p = sub.add_parser("pull", help="download published checkpoints into the Hub cache (for offline clusters)")
+    p.add_argument("tags", nargs="*", metavar="TAG", help="e.g. resnet50_rfpool3.cifar10_s0")
+    p.add_argument("--all", action="store_true", help="every published tag")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_pull)
     return parser
+
+
+def add_publish_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run directories, globs, or folders of runs")
+    p.add_argument("--namespace", required=True, help="Hub user or organisation that will own the repos")
+    p.add_argument("--registry", help="manifest folder to update (default: $RF_BENCH_REGISTRY or the repo's registry/)")
+    p.add_argument("--staging", default="hub-staging", help="where the repo folders are written before upload")
+    p.add_argument("--results", help="results folder whose probe values go into the model cards")
+    p.add_argument("--private", action="store_true", help="create private repos")
+    p.add_argument("--dry-run", action="store_true", help="write the repo folders only; no token, no upload")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (CliError, ValueError, OSError, NotImplementedError, NonFiniteLossError) as e:
+    except (CliError, ValueError, OSError, NotImplementedError, NonFiniteLossError, HubError) as e:
         err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2
     return 0

@@ -8,27 +8,38 @@ valid (every model then has one untagged cfg without weights).
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
-from typing import Any, Dict, Iterator, Tuple
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from timm.models import generate_default_cfgs
 
 from ._rfpool import CIFAR10_MEAN, CIFAR10_STD
 
-__all__ = ["RFPOOL_KS", "rfpool_default_cfgs", "iter_manifests"]
+__all__ = ["RFPOOL_KS", "rfpool_default_cfgs", "iter_manifests", "manifest_entry", "published_model_kwargs"]
 
 RFPOOL_KS = tuple(range(1, 9))
 
 
-def iter_manifests() -> Iterator[Dict[str, Any]]:
-    """Yield every manifest shipped in ``rf_bench.registry`` (the repo's ``registry/`` folder)."""
+def _manifest_folders() -> Iterator[Any]:
     try:
-        folder = resources.files("rf_bench.registry")
+        yield resources.files("rf_bench.registry")
     except ModuleNotFoundError:
-        return
-    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-        if entry.name.endswith(".json"):
-            yield json.loads(entry.read_text(encoding="utf-8"))
+        pass
+    # extra folders (a lab's own publications) come after the shipped one, so their tags win
+    for folder in filter(None, os.environ.get("RF_BENCH_REGISTRY", "").split(os.pathsep)):
+        if Path(folder).is_dir():
+            yield Path(folder)
+
+
+def iter_manifests() -> Iterator[Dict[str, Any]]:
+    """Yield every manifest: those shipped in ``rf_bench.registry`` (the repo's ``registry/``), then those in
+    the folders named by ``$RF_BENCH_REGISTRY`` (``os.pathsep``-separated)."""
+    for folder in _manifest_folders():
+        for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+            if entry.name.endswith(".json"):
+                yield json.loads(entry.read_text(encoding="utf-8"))
 
 
 def _base_cfg(**kwargs: Any) -> Dict[str, Any]:
@@ -71,9 +82,55 @@ def rfpool_default_cfgs(prefix: str, **kwargs: Any) -> Dict[str, Any]:
 
 
 def manifest_entry(model_tag: str) -> Tuple[str, Dict[str, Any]]:
-    """Find the manifest entry of ``model.tag``; ``KeyError`` if it was never published."""
+    """Find the manifest entry of ``model.tag`` (the last folder wins); ``KeyError`` if it was never published."""
     name, _, tag = model_tag.partition(".")
+    found = None
     for manifest in iter_manifests():
         if manifest["model"] == name and tag in manifest.get("tags", {}):
-            return name, manifest["tags"][tag]
-    raise KeyError(model_tag)
+            found = manifest["tags"][tag]
+    if found is None:
+        raise KeyError(model_tag)
+    return name, found
+
+
+_WEIGHT_SOURCES = ("file", "url", "state_dict", "hf_hub_id")
+
+
+def published_model_kwargs(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Model kwargs for ``timm.create_model(variant[.tag], pretrained=...)``.
+
+    As in timm, ``pretrained=True`` without a tag means the default tag (the first published one). A published
+    tag brings the constructor arguments it was trained with (e.g. ``width_mult``; the caller's
+    kwargs win). With ``pretrained=True`` the tag's file is fetched into timm's Hub cache and its sha256
+    checked before timm loads it; a model without published weights is refused instead of silently random.
+    """
+    tag: Optional[str] = kwargs.get("pretrained_cfg") if isinstance(kwargs.get("pretrained_cfg"), str) else None
+    if tag is None and pretrained and kwargs.get("pretrained_cfg") is None:
+        from timm.models import get_pretrained_cfg
+
+        default = get_pretrained_cfg(variant)  # timm's default: the first published tag, if any
+        tag = default.tag if default is not None and default.has_weights else None
+    entry = None
+    if tag:
+        try:
+            entry = manifest_entry(f"{variant}.{tag}")[1]
+        except KeyError:
+            raise ValueError(f"unknown pretrained tag {variant}.{tag}; {_published_hint(variant)}") from None
+        kwargs = {**entry.get("model_args", {}), **kwargs}
+    if not pretrained or kwargs.get("pretrained_cfg") is not None and not isinstance(kwargs["pretrained_cfg"], str):
+        return kwargs  # no weights wanted, or the caller's own pretrained_cfg dict
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if any(overlay.get(k) for k in _WEIGHT_SOURCES):
+        return kwargs  # the caller points at their own weights
+    if entry is None:
+        raise ValueError(f"{variant} has no default weights; name a published tag: {_published_hint(variant)}")
+    from rf_bench.hub import fetch_checkpoint
+
+    fetch_checkpoint(entry)
+    return kwargs
+
+
+def _published_hint(variant: str) -> str:
+    tags = [f"{m['model']}.{t}" for m in iter_manifests() if m["model"] == variant for t in m.get("tags", {})]
+    shown = ", ".join(sorted(tags)[:6]) if tags else "none published yet (rf-bench publish, or pretrained=False)"
+    return f"published: {shown}; see timm.list_pretrained('*rfpool*')"

@@ -16,7 +16,7 @@ from timm.models.resnet import Bottleneck, make_blocks
 from torch import nn
 from torch.nn import functional as F
 
-from ._registry import rfpool_default_cfgs, RFPOOL_KS
+from ._registry import RFPOOL_KS, published_model_kwargs, rfpool_default_cfgs
 from ._rfpool import check_rfpool_input, create_rfpool
 
 # the input-size check is a leaf call in torch.fx graphs, not control flow on a proxy
@@ -200,6 +200,7 @@ class RfPoolResNet(nn.Module):
 
 
 def _create_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> RfPoolResNet:
+    kwargs = published_model_kwargs(variant, pretrained, kwargs)
     return build_model_with_cfg(RfPoolResNet, variant, pretrained, **kwargs)
 
 

@@ -15,7 +15,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.nn import functional as F
 
-from ._registry import RFPOOL_KS, rfpool_default_cfgs
+from ._registry import RFPOOL_KS, published_model_kwargs, rfpool_default_cfgs
 from ._rfpool import check_rfpool_input, create_rfpool
 
 # the input-size check is a leaf call in torch.fx graphs, not control flow on a proxy
@@ -184,6 +184,7 @@ class RfPoolVGG(nn.Module):
 
 
 def _create_vgg(variant: str, pretrained: bool = False, **kwargs: Any) -> RfPoolVGG:
+    kwargs = published_model_kwargs(variant, pretrained, kwargs)
     out_indices = kwargs.pop("out_indices", tuple(range(6)))
     return build_model_with_cfg(
         RfPoolVGG, variant, pretrained,
