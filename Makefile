@@ -16,15 +16,15 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/rf-bench rf --family resnet50_rfpool
-	$(VENV)/bin/rf-bench rf --family vgg19_rfpool
+	$(VENV)/bin/rf-bench demo
 
-# Every test, slow ones included, on two workers.
+# Every test, slow ones included, on two workers; then the timed demo alone (it uses both cores).
 test: install
-	$(PY) -m pytest -n 2 -m "slow or not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 -m "not demo" $(PYTEST_ARGS)
+	$(PY) -m pytest -m demo -s $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 -m "not slow and not demo" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/run_all.py

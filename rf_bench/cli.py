@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -149,6 +150,53 @@ def _cmd_pull(args: argparse.Namespace) -> None:
         console.print(f"{name}: {path} (sha256 verified)")
 
 
+def _sweep_status_table(sweep) -> Table:
+    from .sweep import sweep_status
+
+    colours = {"done": "green", "running": "cyan", "failed": "red", "pending": "yellow"}
+    table = Table(title=f"sweep {sweep.name}: {sweep.output}")
+    for col in ("model", "dataset", "seed", "status", "epochs", "last error"):
+        table.add_column(col)
+    rows = sweep_status(sweep)
+    for r in rows:
+        table.add_row(r["model"], r["dataset"], str(r["seed"]), f"[{colours[r['status']]}]{r['status']}[/]",
+                      r["epochs"], r["error"])
+    counts = {s: sum(r["status"] == s for r in rows) for s in colours}
+    table.caption = ", ".join(f"{n} {s}" for s, n in counts.items())
+    return table
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from .sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(args.file, output=args.output)
+    if args.status:
+        console.print(_sweep_status_table(sweep))
+        return
+    outcome = run_sweep(sweep, args.launcher, max_parallel=args.max_parallel, dry_run=args.dry_run,
+                        wait=not args.no_wait, progress=not args.no_progress, log=console.print)
+    if outcome["failed"]:
+        console.print(_sweep_status_table(sweep))
+        raise CliError(f"{len(outcome['failed'])} run(s) failed (see the table); fix and rerun the same command")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    import time
+    from importlib import resources
+
+    from .sweep import load_sweep, run_sweep
+
+    text = resources.files("rf_bench").joinpath("demo.toml").read_text()
+    sweep = load_sweep(text=text, output=args.out)
+    start = time.perf_counter()
+    console.print(f"[bold]rf-bench demo[/]: {len(sweep.runs)} tiny runs on digits (both families, k = 1..4, "
+                  f"2 seeds), every probe, then the report; results in {args.out}/")
+    outcome = run_sweep(sweep, "local", max_parallel=args.jobs, progress=not args.no_progress, log=console.print)
+    if outcome["failed"]:
+        raise CliError(f"{len(outcome['failed'])} demo run(s) failed: {outcome['failed'][0]['error']}")
+    console.print(f"[bold green]done[/] in {time.perf_counter() - start:.0f} s; the report is {outcome['report']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rf-bench", description=__doc__)
     parser.add_argument("--version", action="version", version=f"rf-bench {__version__}")
@@ -193,6 +241,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every published tag")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_pull)
+
+    p = sub.add_parser("sweep", help="train and probe a grid of runs from a TOML file, locally or on SLURM")
+    p.add_argument("file", help="sweep file, e.g. benchmarks/configs/paper.toml")
+    p.add_argument("--launcher", default="local", choices=("local", "slurm", "submitit-local"))
+    p.add_argument("--max-parallel", type=int, default=1, help="local: runs at once (one GPU each)")
+    p.add_argument("--output", help="put runs/, results/ and report/ under this folder instead of the file's paths")
+    p.add_argument("--status", action="store_true", help="print done / running / failed / pending per run")
+    p.add_argument("--dry-run", action="store_true", help="list the runs that would be started")
+    p.add_argument("--no-wait", action="store_true", help="slurm: submit and return (rerun later to finish)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("demo", help="the whole study in miniature on digits (CPU, a few minutes): REPORT.md")
+    p.add_argument("--out", default="demo_out", help="folder for runs/, results/ and report/")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="runs at once (worker processes; default: 2, tiny models use one core best)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

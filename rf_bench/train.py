@@ -463,8 +463,9 @@ def _parse_kv(items: List[str]) -> Dict[str, Any]:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="timm model name, e.g. resnet50_rfpool3")
-    p.add_argument("--dataset", required=True, help="cifar10, tiny-imagenet, digits or synthetic")
+    p.add_argument("--model", help="timm model name, e.g. resnet50_rfpool3 (required unless --config)")
+    p.add_argument("--dataset", help="cifar10, tiny-imagenet, digits or synthetic (required unless --config)")
+    p.add_argument("--config", metavar="JSON", help="a whole resolved TrainConfig as JSON (how sweeps launch runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recipe", default="paper", help=f"named preset: {', '.join(RECIPES)}")
     p.add_argument("--output", default="runs", help="root folder of run directories")
@@ -492,6 +493,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    if getattr(args, "config", None):
+        return TrainConfig(**json.loads(Path(args.config).read_text()))
+    if not args.model or not args.dataset:
+        raise ValueError("name --model and --dataset (or pass --config FILE)")
     model_kwargs = _parse_kv(args.model_kwargs)
     if args.width_mult is not None:
         model_kwargs["width_mult"] = args.width_mult

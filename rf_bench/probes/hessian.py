@@ -186,6 +186,7 @@ class HessianConfig:
     batch_size: int = 256
     subset_seed: int = 0
     tol: float = 1e-4
+    ncv: Optional[int] = None  # Lanczos basis size (default max(2k + 1, 20)); smaller: fewer HVPs for a small k
     trace_samples: int = 20
     stages: Tuple[str, ...] = ("init", "final")
 
@@ -215,7 +216,8 @@ class HessianProbe:
             model = run.create_model(stage).to(ctx.device).eval()
             n_params = sum(p.numel() for p in model.parameters())
             k = min(config.k, n_params - 1)
-            spectrum = hessian_eigenvalues(model, F.cross_entropy, batches, k=k, which=config.which, tol=config.tol)
+            spectrum = hessian_eigenvalues(model, F.cross_entropy, batches, k=k, which=config.which, tol=config.tol,
+                                           ncv=config.ncv)
             trace, trace_se, trace_hvps = hessian_trace(model, F.cross_entropy, batches, config.trace_samples)
             ev = spectrum.eigenvalues
             values[stage] = dict(eigenvalues=ev.tolist(), hvps=spectrum.hvps, seconds=spectrum.seconds,

@@ -1,0 +1,443 @@
+"""Sweeps: a grid of runs from a TOML file, trained and probed locally or on SLURM (through submitit), then reported.
+
+A sweep file::
+
+    [sweep]
+    name = "paper"
+    output = "runs"            # run directories
+    results = "results"        # probe results
+    report = "report"          # REPORT.md and figures
+
+    [grid]                     # families x ks, or explicit `models`; x datasets x seeds
+    families = ["vgg19_rfpool", "resnet50_rfpool"]
+    ks = [1, 2, 3, 4]
+    datasets = ["cifar10", "tiny-imagenet"]
+    seeds = [0, 1, 2, 3, 4]
+
+    [train]                    # recipe name plus any TrainConfig field
+    recipe = "paper"
+
+    [probes]                   # the suite, then one table of settings per probe
+    suite = "all"
+    [probes.hessian]
+    k = 90
+
+    [slurm]                    # submitit's parameters for `--launcher slurm`
+    partition = "gpu"
+    gpus_per_job = 1
+
+Each run is one job: train (resuming from its own checkpoint), then its per-run probes. Once every run of the grid
+is finished, the group probes (across seeds) run and the report is written. Everything is keyed by content, so a
+rerun skips what is finished and resumes what is not; a failed run is recorded and the others go on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import sys
+import time
+import tomllib
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from .results import load_run, write_json_atomic
+from .train import TrainConfig, resolve_config, run_dir_for
+
+__all__ = ["Sweep", "load_sweep", "SweepJob", "run_sweep", "sweep_status", "finish_sweep", "LAUNCHERS"]
+
+LAUNCHERS = ("local", "slurm", "submitit-local")
+_SLURM_KEYS = {"partition", "gpus_per_job", "time_min", "array_parallelism", "cpus_per_task", "mem_gb",
+               "account", "qos", "constraint", "additional"}
+
+
+@dataclass
+class Sweep:
+    """A parsed sweep file: the runs it names and where everything goes."""
+
+    name: str
+    runs: List[TrainConfig]
+    output: Path
+    results: Path
+    report: Path
+    suite: str = "all"
+    probe_settings: List[str] = field(default_factory=list)  # ``probe.key=<json>``, as `rf-bench probe --set`
+    data_dir: Optional[str] = None
+    slurm: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.output / ".sweep"
+
+    def run_dir(self, cfg: TrainConfig) -> Path:
+        return run_dir_for(cfg, self.output)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["runs"] = [c.identity() for c in self.runs]
+        return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Sweep":
+        d = dict(d, runs=[TrainConfig(**c) for c in d["runs"]])
+        for key in ("output", "results", "report"):
+            d[key] = Path(d[key])
+        return cls(**d)
+
+
+def _grid_models(grid: Dict[str, Any], where: str) -> List[str]:
+    if "models" in grid:
+        return list(grid["models"])
+    if "families" not in grid or "ks" not in grid:
+        raise ValueError(f"{where}: [grid] needs `models`, or `families` and `ks`")
+    return [f"{family}{k}" for family in grid["families"] for k in grid["ks"]]
+
+
+def load_sweep(path: str | os.PathLike | None = None, *, text: Optional[str] = None,
+               output: Optional[str] = None) -> Sweep:
+    """Parse a sweep file (or ``text``); ``output`` puts runs, results and report under one folder instead."""
+    import timm
+
+    import rf_bench  # noqa: F401  (the rfpool models)
+
+    where = str(path) if path else "sweep"
+    try:
+        spec = tomllib.loads(text if text is not None else Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no sweep file {path}; see benchmarks/configs/paper.toml for one") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{where} is not valid TOML: {e}") from None
+    unknown = set(spec) - {"sweep", "grid", "train", "probes", "slurm"}
+    if unknown:
+        raise ValueError(f"{where}: unknown section(s) {sorted(unknown)}; use sweep, grid, train, probes, slurm")
+    head, grid, train_spec = spec.get("sweep", {}), spec.get("grid", {}), dict(spec.get("train", {}))
+    models = _grid_models(grid, where)
+    for model in models:
+        if not timm.is_model(model):
+            raise ValueError(f"{where}: unknown model {model!r}; see timm.list_models('*rfpool*')")
+    recipe = train_spec.pop("recipe", "paper")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    bad = set(train_spec) - fields
+    if bad:
+        raise ValueError(f"{where}: [train] has no field(s) {sorted(bad)}; TrainConfig fields are {sorted(fields)}")
+    runs = [resolve_config(recipe, model=model, dataset=dataset, seed=seed, **train_spec)
+            for dataset in grid.get("datasets", ["cifar10"]) for model in models for seed in grid.get("seeds", [0])]
+    probes = dict(spec.get("probes", {}))
+    suite = probes.pop("suite", "all")
+    settings = [f"{probe}.{key}={json.dumps(value)}" for probe, table in sorted(probes.items())
+                for key, value in sorted(table.items())]
+    slurm = spec.get("slurm", {})
+    if set(slurm) - _SLURM_KEYS:
+        raise ValueError(f"{where}: [slurm] has no key(s) {sorted(set(slurm) - _SLURM_KEYS)}; use {sorted(_SLURM_KEYS)}")
+    root = Path(output) if output else None
+    return Sweep(
+        name=head.get("name", Path(where).stem), runs=runs,
+        output=root / "runs" if root else Path(head.get("output", "runs")),
+        results=root / "results" if root else Path(head.get("results", "results")),
+        report=root / "report" if root else Path(head.get("report", "report")),
+        suite=suite, probe_settings=settings, data_dir=head.get("data_dir"), slurm=slurm,
+    )
+
+
+# ---------------------------------------------------------------- job state
+
+
+class _JobState:
+    """``<output>/.sweep/<run id>.json`` (done / failed / running) and a lock held while a job works on the run."""
+
+    def __init__(self, sweep: Sweep, run_id: str) -> None:
+        self.path = sweep.state_dir / f"{run_id}.json"
+        self.lock_path = sweep.state_dir / f".{run_id}.lock"
+
+    def read(self) -> Dict[str, Any]:
+        try:
+            return json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def write(self, state: str, **extra: Any) -> None:
+        write_json_atomic(self.path, dict(state=state, host=socket.gethostname(), pid=os.getpid(),
+                                          updated=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra))
+
+    def lock(self):
+        from filelock import FileLock
+
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.lock_path))
+
+    def is_locked(self) -> bool:
+        from filelock import Timeout
+
+        lock = self.lock()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
+
+def _last_line(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------- one job
+
+
+def _probe_configs(sweep: Sweep):
+    from .probes.base import apply_overrides, resolve_suite
+
+    probes = resolve_suite(sweep.suite)
+    return probes, apply_overrides(probes, sweep.probe_settings)
+
+
+def _train(sweep: Sweep, cfg: TrainConfig, progress: bool) -> Path:
+    """In this process, or with ``accelerate launch`` over every visible GPU when there are several."""
+    import subprocess
+
+    import torch
+
+    from .train import train
+
+    gpus = torch.cuda.device_count()
+    if gpus <= 1:
+        return train(cfg, output=sweep.output, data_dir=sweep.data_dir, progress=progress)
+    run_dir = sweep.run_dir(cfg)
+    config_file = sweep.state_dir / f"{run_dir.name}.train.json"
+    write_json_atomic(config_file, cfg.identity())
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus), "--multi_gpu",
+           "-m", "rf_bench.train", "--config", str(config_file), "--output", str(sweep.output)]
+    if sweep.data_dir:
+        cmd += ["--data-dir", sweep.data_dir]
+    if not progress:
+        cmd.append("--no-progress")
+    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+    if proc.returncode:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        raise RuntimeError(lines[-1] if lines else f"accelerate launch exited with {proc.returncode}")
+    return run_dir
+
+
+class SweepJob:
+    """One run of a sweep: train it, then its per-run probes. Picklable, so submitit can ship it to a cluster.
+
+    On preemption or timeout submitit calls :meth:`checkpoint`, which requeues the same job; it resumes from the
+    run's own last checkpoint, because the run directory is a function of the config.
+    """
+
+    def __init__(self, sweep: Sweep, progress: bool = False) -> None:
+        self.sweep_dict = sweep.to_dict()
+        self.progress = progress
+
+    @property
+    def sweep(self) -> Sweep:
+        return Sweep.from_dict(self.sweep_dict)
+
+    def __call__(self, index: int) -> str:
+        from .probes.base import run_suite
+
+        sweep = self.sweep
+        cfg = sweep.runs[index]
+        run_dir = sweep.run_dir(cfg)
+        state = _JobState(sweep, run_dir.name)
+        from filelock import Timeout
+
+        lock = state.lock()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return "running elsewhere"
+        try:
+            if state.read().get("state") == "done" and (run_dir / "done").is_file():
+                return "done"
+            state.write("running")
+            try:
+                _train(sweep, cfg, self.progress)
+                probes, configs = _probe_configs(sweep)
+                per_run = [p for p in probes if p.scope == "run"]
+                run_suite(per_run, [load_run(run_dir)], sweep.results, {p.name: configs[p.name] for p in per_run},
+                          data_dir=sweep.data_dir, progress=self.progress, log=lambda *a: None)
+            except BaseException as e:
+                state.write("failed", error=_last_line(e))
+                raise
+            state.write("done")
+            return "done"
+        finally:
+            lock.release()
+
+    def checkpoint(self, index: int):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(SweepJob(self.sweep, self.progress), index)
+
+
+# ---------------------------------------------------------------- the whole sweep
+
+
+def finish_sweep(sweep: Sweep, progress: bool = True, log: Callable[..., None] = print) -> Optional[Path]:
+    """Group probes over the finished runs, then the report (a no-op for results already stored)."""
+    from .probes.base import run_suite
+    from .report import write_report
+
+    finished = [load_run(sweep.run_dir(c)) for c in sweep.runs if (sweep.run_dir(c) / "done").is_file()]
+    if not finished:
+        return None
+    probes, configs = _probe_configs(sweep)
+    run_suite(probes, finished, sweep.results, configs, data_dir=sweep.data_dir, progress=progress,
+              log=lambda *a: None)
+    return write_report(sweep.results, sweep.report)
+
+
+def _executor(sweep: Sweep, launcher: str, folder: Path):
+    import submitit
+
+    if launcher == "submitit-local":
+        executor = submitit.LocalExecutor(folder=str(folder))
+        executor.update_parameters(timeout_min=int(sweep.slurm.get("time_min", 60)))
+        return executor
+    slurm = sweep.slurm
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    params = dict(timeout_min=int(slurm.get("time_min", 24 * 60)), gpus_per_node=int(slurm.get("gpus_per_job", 1)),
+                  tasks_per_node=1, cpus_per_task=int(slurm.get("cpus_per_task", 8)), name=f"rf-bench-{sweep.name}",
+                  slurm_array_parallelism=int(slurm.get("array_parallelism", 16)))
+    for key, param in (("partition", "slurm_partition"), ("mem_gb", "mem_gb"), ("account", "slurm_account"),
+                       ("qos", "slurm_qos"), ("constraint", "slurm_constraint")):
+        if key in slurm:
+            params[param] = slurm[key]
+    if "additional" in slurm:
+        params["slurm_additional_parameters"] = dict(slurm["additional"])
+    executor.update_parameters(**params)
+    return executor
+
+
+def _pending_indices(sweep: Sweep) -> List[int]:
+    return [i for i, cfg in enumerate(sweep.runs)
+            if not ((sweep.run_dir(cfg) / "done").is_file()
+                    and _JobState(sweep, sweep.run_dir(cfg).name).read().get("state") == "done")]
+
+
+def run_sweep(sweep: Sweep, launcher: str = "local", *, max_parallel: int = 1, dry_run: bool = False,
+              wait: bool = True, progress: bool = True, log: Callable[..., None] = print) -> Dict[str, Any]:
+    """Run every unfinished run of the grid, then the group probes and the report.
+
+    ``local`` runs the jobs in this process one after another, or ``max_parallel`` at a time in worker processes
+    (one GPU each); ``slurm`` submits a job array through submitit and, with ``wait``, waits for it before the
+    group probes; ``submitit-local`` is the same submitit path with its local executor (for tests).
+    """
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
+    todo = _pending_indices(sweep)
+    log(f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(todo)} done, {len(todo)} to run")
+    if dry_run:
+        for i in todo:
+            cfg = sweep.runs[i]
+            log(f"  would run {cfg.model} on {cfg.dataset}, seed {cfg.seed} -> {sweep.run_dir(cfg)}")
+        return dict(todo=todo, failed=[])
+    failed: List[Dict[str, Any]] = []
+    if launcher == "local" and max_parallel <= 1:
+        job = SweepJob(sweep, progress=progress)
+        for n, i in enumerate(todo, 1):
+            cfg = sweep.runs[i]
+            log(f"[{n}/{len(todo)}] {cfg.model} {cfg.dataset} seed {cfg.seed}")
+            try:
+                job(i)
+            except Exception as e:  # recorded in the run's state; the other runs go on
+                failed.append(dict(index=i, run=sweep.run_dir(cfg).name, error=_last_line(e)))
+                log(f"  failed: {_last_line(e)}")
+    elif launcher == "local":
+        failed = _run_in_pool(sweep, todo, max_parallel, progress, log)
+    elif todo:
+        failed = _run_with_submitit(sweep, launcher, todo, wait, log)
+        if not wait:
+            return dict(todo=todo, failed=failed)
+    report = finish_sweep(sweep, progress=progress, log=log)
+    if report:
+        log(f"report: {report}")
+    return dict(todo=todo, failed=failed, report=report)
+
+
+def _init_worker(slots, threads: int) -> None:
+    """A pool worker takes one GPU (or its share of the CPU cores) for every job it will run."""
+    gpu = slots.get()
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_in_pool(sweep: Sweep, todo: Sequence[int], max_parallel: int, progress: bool,
+                 log: Callable[..., None]) -> List[Dict[str, Any]]:
+    """``max_parallel`` worker processes, each pinned to one GPU (or cores / max_parallel threads on a CPU)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    ctx = multiprocessing.get_context("spawn")
+    gpus = torch.cuda.device_count()
+    slots = ctx.Queue()
+    for slot in range(max_parallel):
+        slots.put(slot % gpus if gpus else None)
+    threads = max(1, (os.cpu_count() or 1) // max_parallel)
+    failed = []
+    bar = Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                   TimeElapsedColumn(), disable=not progress)
+    with ProcessPoolExecutor(max_parallel, mp_context=ctx, initializer=_init_worker,
+                             initargs=(slots, threads)) as pool, bar:
+        task = bar.add_task("", total=len(todo))
+        futures = {pool.submit(SweepJob(sweep), i): i for i in todo}
+        for future in as_completed(futures):
+            i = futures[future]
+            cfg = sweep.runs[i]
+            try:
+                future.result()
+                bar.update(task, advance=1, description=f"{cfg.model} seed {cfg.seed} done")
+            except Exception as e:  # recorded in the run's state; the other runs go on
+                failed.append(dict(index=i, run=sweep.run_dir(cfg).name, error=_last_line(e)))
+                bar.update(task, advance=1, description=f"{cfg.model} seed {cfg.seed} FAILED")
+                log(f"{cfg.model} {cfg.dataset} seed {cfg.seed} failed: {_last_line(e)}")
+    return failed
+
+
+def _run_with_submitit(sweep: Sweep, launcher: str, todo: Sequence[int], wait: bool,
+                       log: Callable[..., None]) -> List[Dict[str, Any]]:
+    folder = sweep.state_dir / "submitit"
+    executor = _executor(sweep, launcher, folder)
+    jobs = executor.map_array(SweepJob(sweep), list(todo))
+    log(f"submitted {len(jobs)} job(s) to {launcher} (logs in {folder})")
+    if not wait:
+        return []
+    failed = []
+    for i, job in zip(todo, jobs):
+        try:
+            job.result()
+        except Exception as e:
+            failed.append(dict(index=i, run=sweep.run_dir(sweep.runs[i]).name, error=_last_line(e)))
+    return failed
+
+
+def sweep_status(sweep: Sweep) -> List[Dict[str, Any]]:
+    """One row per run: done / running / failed / pending, with the last error line of a failure."""
+    rows = []
+    for cfg in sweep.runs:
+        run_dir = sweep.run_dir(cfg)
+        state = _JobState(sweep, run_dir.name)
+        recorded = state.read()
+        if recorded.get("state") == "done" and (run_dir / "done").is_file():
+            status = "done"
+        elif state.is_locked():
+            status = "running"
+        elif recorded.get("state") == "failed":
+            status = "failed"
+        else:
+            status = "pending"  # never started, or its job was killed: the next sweep resumes it
+        epochs = len((run_dir / "metrics.jsonl").read_text().splitlines()) if (run_dir / "metrics.jsonl").is_file() else 0
+        rows.append(dict(model=cfg.model, dataset=cfg.dataset, seed=cfg.seed, run=run_dir.name, status=status,
+                         epochs=f"{epochs}/{cfg.epochs}", error=recorded.get("error", "") if status == "failed" else ""))
+    return rows

@@ -1,0 +1,194 @@
+"""Sweeps: the TOML grid, kill-and-rerun idempotence, submitit's executor, failures, and the embedded demo."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rf_bench.cli import main
+from rf_bench.results import ResultStore, load_run
+from rf_bench.sweep import load_sweep, run_sweep, sweep_status
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# 2 models x 2 seeds on digits, tiny, with two cheap probes: a run-scoped one and a group-scoped one
+SMALL = """
+[sweep]
+name = "small"
+
+[grid]
+models = ["vgg19_rfpool1", "vgg19_rfpool2"]
+datasets = ["digits"]
+seeds = [0, 1]
+
+[train]
+recipe = "fast"
+epochs = 2
+batch_size = 64
+lr = 0.05
+model_kwargs = { width_mult = 0.0625 }
+
+[probes]
+suite = "prune,cka"
+
+[probes.prune]
+rates = [0.5, 0.9]
+finetune_epochs = 0
+
+[probes.cka]
+n_images = 64
+"""
+
+
+def _cli(*args, **kwargs):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "rf_bench.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT, start_new_session=True,
+                            **kwargs)
+
+
+def _records_by_key(results: Path):
+    """(key, probe) -> number of stored results; every one must be there exactly once."""
+    counts = {}
+    for path in results.glob("*/*.json"):
+        rec = json.loads(path.read_text())
+        counts[(rec["key"], rec["probe"])] = counts.get((rec["key"], rec["probe"]), 0) + 1
+    return counts
+
+
+def _assert_complete(sweep, epochs=2, groups=2):
+    for cfg in sweep.runs:
+        run_dir = sweep.run_dir(cfg)
+        assert (run_dir / "done").is_file()
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in lines] == list(range(epochs))  # no epoch trained twice, none missing
+    assert sorted(p.name for p in sweep.output.iterdir() if not p.name.startswith(".")) == \
+        sorted(sweep.run_dir(c).name for c in sweep.runs)
+    counts = _records_by_key(sweep.results)
+    run_ids = {sweep.run_dir(c).name for c in sweep.runs}
+    assert {k for k, p in counts if p == "prune"} == run_ids
+    assert len([k for k, p in counts if p == "cka"]) == groups  # one group per model, both seeds
+    assert set(counts.values()) == {1}
+    assert all(r["status"] == "done" for r in sweep_status(sweep))
+
+
+def test_paper_grid_is_80_runs_and_bad_files_are_one_line(tmp_path):
+    sweep = load_sweep(REPO_ROOT / "benchmarks" / "configs" / "paper.toml", output=str(tmp_path))
+    assert len(sweep.runs) == 80 and len({sweep.run_dir(c) for c in sweep.runs}) == 80
+    assert {c.recipe for c in sweep.runs} == {"paper"} and {c.epochs for c in sweep.runs} == {200}
+    assert {(c.model[:-1], c.dataset) for c in sweep.runs} == {
+        (f, d) for f in ("vgg19_rfpool", "resnet50_rfpool") for d in ("cifar10", "tiny-imagenet")}
+    assert "hessian.k=90" in sweep.probe_settings and sweep.slurm["gpus_per_job"] == 1
+    for text, message in (("[grid]\nmodels = ['resnet50_rfpool9']", "unknown model 'resnet50_rfpool9'"),
+                          ("[grid]\nmodels = ['vgg19_rfpool1']\n[train]\nlearning_rate = 1", "no field(s) ['learning_rate']"),
+                          ("[gird]\n", "unknown section(s) ['gird']"),
+                          ("[grid\n", "not valid TOML")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_sweep(text=text)
+
+
+@pytest.mark.slow
+def test_sweep_killed_midway_then_rerun_has_every_run_and_result_once(tmp_path):
+    (tmp_path / "small.toml").write_text(SMALL)
+    sweep = load_sweep(tmp_path / "small.toml", output=str(tmp_path / "out"))
+    first = sweep.run_dir(sweep.runs[0])
+    proc = _cli("sweep", str(tmp_path / "small.toml"), "--output", str(tmp_path / "out"), "--no-progress")
+    deadline = time.time() + 300
+    second_started = sweep.run_dir(sweep.runs[1]) / "config.json"
+    while not second_started.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert second_started.exists(), proc.communicate()[1][-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-way: run 1 finished and probed, run 2 in training
+    proc.wait()
+    statuses = [r["status"] for r in sweep_status(sweep)]
+    assert statuses[0] == "done" and "done" not in statuses[2:]
+    kept = {p: p.stat().st_mtime_ns for p in [first / "model.safetensors", *sweep.results.glob(f"{first.name}/*.json")]}
+
+    rerun = _cli("sweep", str(tmp_path / "small.toml"), "--output", str(tmp_path / "out"), "--no-progress")
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err[-3000:]
+    assert "1 done, 3 to run" in out
+    _assert_complete(sweep)
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished work was not redone
+    assert (sweep.report / "REPORT.md").is_file()
+
+    again = _cli("sweep", str(tmp_path / "small.toml"), "--output", str(tmp_path / "out"), "--no-progress")
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0 and "4 done, 0 to run" in out, err[-3000:]
+    _assert_complete(sweep)
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_runs_the_same_sweep(tmp_path):
+    text = SMALL.replace('models = ["vgg19_rfpool1", "vgg19_rfpool2"]', 'models = ["vgg19_rfpool1"]')
+    sweep = load_sweep(text=text, output=str(tmp_path / "out"))
+    outcome = run_sweep(sweep, "submitit-local", progress=False, log=lambda *a: None)
+    assert outcome["failed"] == [] and outcome["report"].is_file()
+    _assert_complete(sweep, groups=1)
+    assert list((sweep.state_dir / "submitit").glob("*_result.pkl"))  # really went through submitit's jobs
+
+
+def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, capsys):
+    text = SMALL.replace('models = ["vgg19_rfpool1", "vgg19_rfpool2"]', 'models = ["vgg19_rfpool5", "vgg19_rfpool1"]')
+    text = text.replace("seeds = [0, 1]", "seeds = [0]").replace("epochs = 2", "epochs = 1")
+    (tmp_path / "bad.toml").write_text(text)
+    args = ["sweep", str(tmp_path / "bad.toml"), "--output", str(tmp_path / "out"), "--no-progress"]
+    assert main(args) == 2
+    out = capsys.readouterr()
+    assert "1 run(s) failed" in out.err
+    sweep = load_sweep(tmp_path / "bad.toml", output=str(tmp_path / "out"))
+    rows = {r["model"]: r for r in sweep_status(sweep)}
+    assert rows["vgg19_rfpool1"]["status"] == "done"
+    assert rows["vgg19_rfpool5"]["status"] == "failed" and "use k <= 4" in rows["vgg19_rfpool5"]["error"]
+    assert main(["sweep", str(tmp_path / "bad.toml"), "--output", str(tmp_path / "out"), "--status"]) == 0
+    assert "1 done, 0 running, 1 failed, 0 pending" in capsys.readouterr().out
+
+
+def _table_rows(report: str, heading: str):
+    section = report.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| k ")]
+
+
+@pytest.mark.demo
+def test_demo_runs_in_five_minutes_and_reports_every_table_and_figure(tmp_path):
+    start = time.perf_counter()
+    proc = _cli("demo", "--out", str(tmp_path / "demo"), "--no-progress")
+    out, err = proc.communicate(timeout=900)
+    seconds = time.perf_counter() - start
+    print(f"rf-bench demo: {seconds:.0f} s")
+    assert proc.returncode == 0, err[-3000:]
+    assert seconds <= 300, f"the demo took {seconds:.0f} s; it must stay within 5 minutes on 2 cores"
+    report_path = tmp_path / "demo" / "report" / "REPORT.md"
+    assert str(report_path) in out.replace("\n", "")
+    report = report_path.read_text()
+    for kind in ("Pruning", "Hessian", "CKA", "RF maps"):
+        for family in ("resnet50_rfpool", "vgg19_rfpool"):
+            assert f"## {kind}: {family} on digits" in report
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", report)
+    assert len(images) == 8 and all((report_path.parent / png).stat().st_size > 10_000 for png in images)
+
+    # numbers in the report equal the stored results (recomputed here from the result files)
+    store = ResultStore(tmp_path / "demo" / "results")
+    hessian = store.records("hessian")
+    assert len(hessian) == 16 and len(store.records("prune")) == 16 and len(store.records("rfmap")) == 16
+    assert len(store.records("cka")) == 8
+    rows = _table_rows(report, "Hessian: vgg19_rfpool on digits")
+    for k in (1, 2, 3, 4):
+        tops = [r["values"]["final"]["top"] for r in hessian if r["models"] == [f"vgg19_rfpool{k}"]]
+        row = next(r for r in rows if r[0] == str(k))
+        assert row[1] == str(178 * k + 2) and row[2] == "2"
+        assert row[6].startswith(f"{np.mean(tops):.4g} ± ")
+    for r in _table_rows(report, "RF maps: resnet50_rfpool on digits"):
+        k = int(r[0])
+        assert r[1] == r[2] == str(105 * k + 2)  # analytic RF = gradient-measured RF
+    for r in store.records("prune"):
+        run = load_run(r["run_dirs"][0])
+        last = json.loads((run.path / "metrics.jsonl").read_text().splitlines()[-1])
+        assert r["values"]["dense_acc"] == pytest.approx(last["test_acc"], abs=1e-9)
