@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 import rf_bench  # noqa: F401
 from rf_bench.models import RfPoolVGG
-from rf_bench.probes.hessian import HVP, hessian_eigenvalues, hessian_trace, spectral_density
+from rf_bench.probes.hessian import HVP, hessian_eigenvalues, hessian_trace, spectral_density, thick_restart_lanczos
 
 
 class SmallCNN(nn.Module):
@@ -148,3 +148,34 @@ def test_hessian_probe_and_report(tmp_path, tiny_runs):
     report = write_report(tmp_path / "results", tmp_path / "report").read_text()
     assert "## Hessian: vgg19_rfpool on digits" in report
     assert (tmp_path / "report" / "hessian_vgg19_rfpool_digits.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("basis_dtype, tol, rtol", [(torch.float64, 1e-10, 1e-6), (torch.float32, 1e-6, 1e-4)])
+def test_thick_restart_lanczos_matches_the_dense_hessian(case, basis_dtype, tol, rtol):
+    model, batches, dense = case
+    true = np.sort(np.linalg.eigvalsh(dense))[::-1]
+    by_magnitude = np.sort(true[np.argsort(-np.abs(true))[:10]])[::-1]
+    for which, expected in (("LA", true[:10]), ("LM", by_magnitude)):
+        spec = hessian_eigenvalues(model, F.cross_entropy, batches, k=10, which=which, tol=tol, method="lanczos",
+                                   ncv=24, basis_dtype=basis_dtype, residuals=True)
+        np.testing.assert_allclose(spec.eigenvalues.numpy(), expected, rtol=rtol)
+        assert spec.hvps > 24 + 10  # it had to restart (the last 10 are the residual check)
+        assert spec.residuals.max() < (1e-6 if basis_dtype == torch.float64 else 1e-3)
+
+
+def test_thick_restart_lanczos_on_a_known_spectrum():
+    """A symmetric matrix with a cluster and an indefinite tail; the float32 basis stays accurate."""
+    rng = np.random.default_rng(0)
+    n = 400
+    eig = np.concatenate([[50.0, 49.9, 49.8, 20.0, 10.0], rng.uniform(-30.0, 5.0, n - 5)])
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    a = torch.from_numpy((q * eig) @ q.T)
+    values, vectors, matvecs = thick_restart_lanczos(lambda v: a @ v, n, 5, tol=1e-5, ncv=15,
+                                                     basis_dtype=torch.float32, eigenvectors=True)
+    np.testing.assert_allclose(values.numpy(), [50.0, 49.9, 49.8, 20.0, 10.0], rtol=1e-6)
+    np.testing.assert_allclose((a @ vectors).numpy(), (vectors * values).numpy(), atol=1e-4)
+    assert matvecs > 15
+    lm, _, lm_matvecs = thick_restart_lanczos(lambda v: a @ v, n, 8, which="LM", tol=1e-10, ncv=30)
+    np.testing.assert_allclose(lm.numpy(), np.sort(eig[np.argsort(-np.abs(eig))[:8]])[::-1], rtol=1e-8)
+    with pytest.raises(RuntimeError, match=r"did not converge within \d+ HVPs"):
+        thick_restart_lanczos(lambda v: a @ v, n, 8, which="LM", tol=1e-10, ncv=30, max_matvecs=40)

@@ -118,7 +118,3 @@ def test_large_k_works_on_a_large_enough_input():
     assert model.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 200)
 
 
-def test_pretrained_without_published_weights_is_timm_behaviour():
-    # no manifest published for this tag: timm's own error, which names the fix
-    with pytest.raises(RuntimeError, match="No pretrained weights exist for resnet50_rfpool2. Use `pretrained=False`"):
-        timm.create_model("resnet50_rfpool2", pretrained=True, width_mult=TINY)

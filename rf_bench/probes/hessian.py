@@ -3,8 +3,10 @@
 Hessian-vector products (HVPs) are exact double-backward products of the mean loss over the given
 batches (one HVP = one pass over all of them), for the model in whatever mode it is in (the probe
 uses eval mode, as PyHessian does). Eigenvalues come from ARPACK's implicitly restarted Lanczos
-(``scipy.sparse.linalg.eigsh``) in float64 on the host, whose basis size ``ncv`` bounds the memory
-(``ncv x n_params x 8`` bytes). ``which="LA"`` (default) gives the largest by value; ``"LM"`` the
+(``scipy.sparse.linalg.eigsh``) in float64 on the host for small models, and from a thick-restart
+Lanczos (:func:`thick_restart_lanczos`) whose basis can be stored in float32 for large ones: the basis
+is the memory (``(ncv + 1) x n_params x bytes``), 12.8 GB instead of 34 GB for the top 90 of a
+full-width ResNet50. ``which="LA"`` (default) gives the largest by value; ``"LM"`` the
 largest by magnitude, which is what PyHessian's power iteration converges to on an indefinite
 Hessian. Trace (Hutchinson) and spectral density (stochastic Lanczos quadrature) share the HVP.
 """
@@ -21,7 +23,9 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = ["HVP", "HessianSpectrum", "hessian_eigenvalues", "hessian_trace", "spectral_density", "lanczos",
-           "HessianConfig", "HessianProbe"]
+           "thick_restart_lanczos", "HessianConfig", "HessianProbe"]
+
+_ARPACK_MAX_BYTES = 2 << 30  # "auto": ARPACK's float64 basis up to 2 GiB, else thick restart in float32
 
 Batches = Sequence[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -77,33 +81,37 @@ class HessianSpectrum:
 def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, batches: Batches, k: int = 90, *,
                         which: str = "LA", tol: float = 1e-6, max_hvps: Optional[int] = None,
                         ncv: Optional[int] = None, seed: int = 0, residuals: bool = False,
-                        eigenvectors: bool = False) -> HessianSpectrum:
+                        eigenvectors: bool = False, method: str = "auto",
+                        basis_dtype: Optional[torch.dtype] = None) -> HessianSpectrum:
     """The ``k`` largest (``LA``: by value; ``LM``: by magnitude) eigenvalues of the loss Hessian.
 
-    ``tol`` is ARPACK's relative accuracy; ``ncv`` its Lanczos basis size (default ``max(2k + 1, 20)``,
-    capped at the parameter count); ``max_hvps`` caps the work. ``residuals=True`` spends ``k`` more
-    HVPs to report each pair's relative residual.
+    ``tol`` is the relative accuracy (ARPACK's criterion: residual <= tol * |eigenvalue|); ``max_hvps`` caps
+    the work. ``method``: ``"arpack"`` (scipy's eigsh, float64 basis, ``ncv`` default ``max(2k + 1, 20)``),
+    ``"lanczos"`` (:func:`thick_restart_lanczos`, ``ncv`` default ``k + max(20, k // 2)``, basis in
+    ``basis_dtype``, float64 unless given), or ``"auto"``: ARPACK while its basis fits in 2 GiB, else the
+    thick restart with a float32 basis. ``residuals=True`` spends ``k`` more HVPs to report each pair's
+    relative residual.
     """
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
-
     if which not in ("LA", "LM"):
         raise ValueError(f"which must be 'LA' (largest by value) or 'LM' (by magnitude), got {which!r}")
+    if method not in ("auto", "arpack", "lanczos"):
+        raise ValueError(f"method must be 'auto', 'arpack' or 'lanczos', got {method!r}")
     hvp = HVP(model, loss_fn, batches)
     if not 0 < k < hvp.n:
         raise ValueError(f"k={k} must be between 1 and the parameter count - 1 ({hvp.n - 1})")
-    ncv = min(hvp.n, ncv or max(2 * k + 1, 20))
-    op = LinearOperator((hvp.n, hvp.n), matvec=hvp, dtype=np.float64)
-    v0 = np.random.default_rng(seed).standard_normal(hvp.n)
+    if method == "auto":
+        arpack_ncv = min(hvp.n, ncv or max(2 * k + 1, 20))
+        method = "arpack" if arpack_ncv * hvp.n * 8 <= _ARPACK_MAX_BYTES else "lanczos"
+        basis_dtype = basis_dtype or (torch.float32 if method == "lanczos" else None)
     t0 = time.perf_counter()
-    maxiter = None if max_hvps is None else max(1, max_hvps // max(1, ncv - k))
-    try:
-        values, vectors = eigsh(op, k=k, which=which, tol=tol, ncv=ncv, v0=v0, maxiter=maxiter,
-                                return_eigenvectors=True)
-    except ArpackNoConvergence as e:
-        raise RuntimeError(f"Lanczos did not converge within {hvp.calls} HVPs ({len(e.eigenvalues)} of {k} "
-                           "eigenvalues); raise max_hvps or tol") from None
-    order = np.argsort(values)[::-1]
-    values, vectors = values[order], vectors[:, order]
+    if method == "arpack":
+        values, vectors = _arpack(hvp, k, which, tol, ncv, max_hvps, seed)
+    else:
+        values, vectors, _ = thick_restart_lanczos(
+            lambda v: torch.from_numpy(hvp(v.numpy())), hvp.n, k, which=which, tol=tol, ncv=ncv,
+            max_matvecs=max_hvps, seed=seed, basis_dtype=basis_dtype or torch.float64,
+            eigenvectors=eigenvectors or residuals)
+        values, vectors = values.numpy(), None if vectors is None else vectors.numpy()
     hvps = hvp.calls
     res = None
     if residuals:
@@ -112,6 +120,129 @@ def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, batches: Batches, k
     return HessianSpectrum(eigenvalues=torch.from_numpy(values.copy()), hvps=hvps, residuals=res, which=which,
                            seconds=time.perf_counter() - t0,
                            eigenvectors=torch.from_numpy(vectors.copy()) if eigenvectors else None)
+
+
+def _arpack(hvp: "HVP", k: int, which: str, tol: float, ncv: Optional[int], max_hvps: Optional[int],
+            seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+    ncv = min(hvp.n, ncv or max(2 * k + 1, 20))
+    op = LinearOperator((hvp.n, hvp.n), matvec=hvp, dtype=np.float64)
+    v0 = np.random.default_rng(seed).standard_normal(hvp.n)
+    maxiter = None if max_hvps is None else max(1, max_hvps // max(1, ncv - k))
+    try:
+        values, vectors = eigsh(op, k=k, which=which, tol=tol, ncv=ncv, v0=v0, maxiter=maxiter,
+                                return_eigenvectors=True)
+    except ArpackNoConvergence as e:
+        raise RuntimeError(f"Lanczos did not converge within {hvp.calls} HVPs ({len(e.eigenvalues)} of {k} "
+                           "eigenvalues); raise max_hvps or tol") from None
+    order = np.argsort(values)[::-1]
+    return values[order], vectors[:, order]
+
+
+def _project(basis: torch.Tensor, rows: int, w: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``basis[:rows] @ w`` in float64, a column block at a time (no float64 copy of a float32 basis)."""
+    if basis.dtype == torch.float64:
+        return basis[:rows] @ w
+    out = torch.zeros(rows, dtype=torch.float64)
+    step = _block(rows, chunk)
+    for c in range(0, w.numel(), step):
+        out += basis[:rows, c:c + step].double() @ w[c:c + step]
+    return out
+
+
+def _block(rows: int, chunk: int) -> int:
+    """Columns per block, so that a float64 copy of ``rows`` basis rows stays within ``chunk`` x 8 bytes x 32."""
+    return max(1 << 12, (chunk * 32) // max(rows, 1))
+
+
+def _subtract_span(basis: torch.Tensor, rows: int, coef: torch.Tensor, w: torch.Tensor, chunk: int) -> None:
+    """``w -= basis[:rows].T @ coef`` in place, in float64."""
+    if basis.dtype == torch.float64:
+        w -= basis[:rows].T @ coef
+        return
+    step = _block(rows, chunk)
+    for c in range(0, w.numel(), step):
+        w[c:c + step] -= basis[:rows, c:c + step].double().T @ coef
+
+
+def thick_restart_lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, k: int, *, which: str = "LA",
+                          tol: float = 1e-6, ncv: Optional[int] = None, max_matvecs: Optional[int] = None,
+                          seed: int = 0, basis_dtype: torch.dtype = torch.float64, eigenvectors: bool = False,
+                          chunk: int = 1 << 20) -> Tuple[torch.Tensor, Optional[torch.Tensor], int]:
+    """Top-``k`` eigenpairs of a symmetric operator by thick-restart Lanczos (Wu & Simon 2000).
+
+    A basis of ``ncv`` vectors (stored in ``basis_dtype``; all arithmetic in float64) is built with full
+    reorthogonalisation (two Gram-Schmidt passes); when it is full, the ``k + (ncv - k) // 2`` wanted Ritz
+    vectors are kept, rotated into place column block by column block (no second copy of the basis), and
+    the Krylov space grows again from the residual. Converged when every wanted residual is at most
+    ``tol * |eigenvalue|`` (``tol`` is at least ``50 eps`` of the basis dtype: 6e-6 for float32); float64
+    temporaries are kept to ``chunk x 32`` elements (256 MB by default) whatever ``ncv`` is; gives up
+    with ``RuntimeError`` after ``max_matvecs`` (default ``max(1000, 50 ncv)``). Returns ``(eigenvalues descending, eigenvectors (n x k) or None, matvecs)``.
+    """
+    if which not in ("LA", "LM"):
+        raise ValueError(f"which must be 'LA' or 'LM', got {which!r}")
+    m = min(n - 1, ncv or k + max(20, k // 2))
+    if not 0 < k < m:
+        raise ValueError(f"need 0 < k < ncv < n, got k={k}, ncv={m}, n={n}")
+    # a float32 basis cannot resolve residuals much below its rounding: hold it to what it can reach
+    tol = max(tol, 50 * torch.finfo(basis_dtype).eps)
+    max_matvecs = max_matvecs or max(1000, 50 * m)
+    basis = torch.empty(m + 1, n, dtype=basis_dtype)
+    v = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    basis[0] = (v / v.norm()).to(basis_dtype)
+    proj = np.zeros((m, m))
+    start, matvecs = 0, 0
+    while True:
+        beta = 0.0
+        for j in range(start, m):
+            w = matvec(basis[j].double()).to(torch.float64).clone()
+            matvecs += 1
+            h = _project(basis, j + 1, w, chunk)
+            _subtract_span(basis, j + 1, h, w, chunk)
+            h2 = _project(basis, j + 1, w, chunk)  # twice is enough (Parlett)
+            _subtract_span(basis, j + 1, h2, w, chunk)
+            h = (h + h2).numpy()
+            proj[: j + 1, j] = h
+            proj[j, : j + 1] = h
+            beta = float(w.norm())
+            if beta <= 1e-14 * max(1.0, float(np.abs(h).max())):  # invariant subspace: nothing more to find
+                m_eff = j + 1
+                break
+            if j + 1 < m:
+                proj[j + 1, j] = proj[j, j + 1] = beta
+            basis[j + 1] = (w / beta).to(basis_dtype)
+        else:
+            m_eff = m
+        theta, ritz = np.linalg.eigh(proj[:m_eff, :m_eff])
+        order = np.argsort(-theta if which == "LA" else -np.abs(theta), kind="stable")
+        wanted = order[:k]
+        residual = np.abs(beta * ritz[m_eff - 1, wanted])
+        converged = (residual <= tol * np.maximum(np.abs(theta[wanted]), 1e-300)).all() or m_eff < m
+        if converged or matvecs >= max_matvecs:
+            if not converged:
+                raise RuntimeError(f"Lanczos did not converge within {matvecs} HVPs "
+                                   f"({int((residual <= tol * np.abs(theta[wanted])).sum())} of {k} eigenvalues); "
+                                   "raise max_hvps or tol")
+            break
+        keep = order[: min(m - 1, k + (m - k) // 2)]
+        rotation = torch.from_numpy(np.ascontiguousarray(ritz[:, keep].T))  # l x m
+        step = _block(m, chunk)
+        for c in range(0, n, step):  # V[:l] = S_keep^T V[:m], block by block, in place
+            basis[: len(keep), c:c + step] = (rotation @ basis[:m, c:c + step].double()).to(basis_dtype)
+        basis[len(keep)] = basis[m]
+        proj = np.zeros((m, m))
+        proj[np.arange(len(keep)), np.arange(len(keep))] = theta[keep]
+        start = len(keep)
+    final = wanted[np.argsort(-theta[wanted], kind="stable")]  # descending by value
+    values = torch.from_numpy(theta[final].copy())
+    vectors = None
+    if eigenvectors:
+        coef = torch.from_numpy(np.ascontiguousarray(ritz[:, final]))
+        vectors = torch.zeros(n, k, dtype=torch.float64)
+        for c in range(0, n, chunk):
+            vectors[c:c + chunk] = basis[:m_eff, c:c + chunk].double().T @ coef
+    return values, vectors, matvecs
 
 
 def hessian_trace(model: nn.Module, loss_fn: Callable, batches: Batches, samples: int = 100,
@@ -186,7 +317,8 @@ class HessianConfig:
     batch_size: int = 256
     subset_seed: int = 0
     tol: float = 1e-4
-    ncv: Optional[int] = None  # Lanczos basis size (default max(2k + 1, 20)); smaller: fewer HVPs for a small k
+    ncv: Optional[int] = None  # Lanczos basis size (default per method); smaller: fewer HVPs for a small k
+    method: str = "auto"  # arpack (float64 basis) while it fits in 2 GiB, else thick-restart Lanczos (float32 basis)
     trace_samples: int = 20
     stages: Tuple[str, ...] = ("init", "final")
 
@@ -217,7 +349,7 @@ class HessianProbe:
             n_params = sum(p.numel() for p in model.parameters())
             k = min(config.k, n_params - 1)
             spectrum = hessian_eigenvalues(model, F.cross_entropy, batches, k=k, which=config.which, tol=config.tol,
-                                           ncv=config.ncv)
+                                           ncv=config.ncv, method=config.method)
             trace, trace_se, trace_hvps = hessian_trace(model, F.cross_entropy, batches, config.trace_samples)
             ev = spectrum.eigenvalues
             values[stage] = dict(eigenvalues=ev.tolist(), hvps=spectrum.hvps, seconds=spectrum.seconds,
