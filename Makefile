@@ -20,7 +20,7 @@ demo: install
 
 # Every test, slow ones included, on two workers; then the timed demo alone (it uses both cores).
 test: install
-	$(PY) -m pytest -n 2 -m "not demo" $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 -m "not demo" --durations=15 $(PYTEST_ARGS)
 	$(PY) -m pytest -m demo -s $(PYTEST_ARGS)
 
 test-fast: install

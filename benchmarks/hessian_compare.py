@@ -1,11 +1,12 @@
-"""Top-k Hessian eigenvalues: rf-bench (ARPACK Lanczos) vs PyHessian's power iteration with deflation.
+"""Top-k Hessian eigenvalues: rf-bench (ARPACK, thick-restart Lanczos) vs PyHessian's power iteration with
+deflation and hessian-eigenthings (its Lanczos and its deflated power iteration, with their defaults).
 
 Side by side on one CPU, on a small CNN whose dense Hessian is the ground truth, for k = 10 and 90:
 HVPs, seconds and the largest relative error against the true eigenvalues. PyHessian converges to the
 largest-*magnitude* eigenvalues, so it is scored against those (like with like, rf-bench ``LM``);
 rf-bench's default ``LA`` is scored against the largest by value.
 
-    pip install pyhessian    # benchmark-only dependency
+    pip install pyhessian hessian-eigenthings==1.0.0a5   # benchmark-only dependencies
     python benchmarks/hessian_compare.py
 """
 from __future__ import annotations
@@ -78,6 +79,27 @@ def pyhessian_top(model, x, y, k):
         ph.hessian_vector_product = original
 
 
+def eigenthings_top(model, x, y, k, algorithm, which="LM"):
+    """hessian-eigenthings with its defaults (Lanczos: 2k steps; power: 100 iterations, tol 1e-4), HVPs counted."""
+    import hessian_eigenthings as he
+
+    op = he.HessianOperator(model, [(x, y)], he.supervised_loss(F.cross_entropy))
+    calls = [0]
+    matvec = op.matvec
+
+    def counted(v):
+        calls[0] += 1
+        return matvec(v)
+
+    op.matvec = counted
+    t0 = time.perf_counter()
+    if algorithm == "lanczos":
+        res = he.lanczos(op, k=k, which=which, seed=0)
+    else:
+        res = he.deflated_power_iteration(op, k=k, seed=0)
+    return res.eigenvalues.detach().double().numpy(), calls[0], time.perf_counter() - t0
+
+
 def rel_err(got, true) -> float:
     got, true = np.sort(np.asarray(got))[::-1], np.sort(np.asarray(true))[::-1]
     return float(np.max(np.abs(got - true) / np.abs(true)))
@@ -106,6 +128,23 @@ def main() -> None:
             err = rel_err(spec.eigenvalues.numpy(), truth[:k])
             result[f"rf_bench_{which}_k{k}"] = dict(hvps=spec.hvps, seconds=round(sec, 2), max_rel_error=err)
             rows.append(f"| rf-bench `{which}` (ARPACK, tol 1e-6) | {k} | {spec.hvps} | {sec:.1f} | {err:.1e} |")
+            t0 = time.perf_counter()
+            spec = hessian_eigenvalues(model, F.cross_entropy, [(x, y)], k=k, which=which, tol=1e-6, method="lanczos")
+            sec = time.perf_counter() - t0
+            err = rel_err(spec.eigenvalues.numpy(), truth[:k])
+            result[f"rf_bench_trlan_{which}_k{k}"] = dict(hvps=spec.hvps, seconds=round(sec, 2), max_rel_error=err)
+            rows.append(f"| rf-bench `{which}` (thick-restart Lanczos, tol 1e-6) | {k} | {spec.hvps} | {sec:.1f} | "
+                        f"{err:.1e} |")
+            values, hvps, sec = eigenthings_top(model, x, y, k, "lanczos", which)
+            err = rel_err(values, truth[:k])
+            result[f"eigenthings_lanczos_{which}_k{k}"] = dict(hvps=hvps, seconds=round(sec, 2), max_rel_error=err)
+            rows.append(f"| hessian-eigenthings Lanczos `{which}` (defaults) | {k} | {hvps} | {sec:.1f} | {err:.1e} |")
+        values, hvps, sec = eigenthings_top(model, x, y, k, "power")
+        err_lm, err_la = rel_err(values, lm_true[:k]), rel_err(values, la_true[:k])
+        result[f"eigenthings_power_k{k}"] = dict(hvps=hvps, seconds=round(sec, 2), max_rel_error_vs_LM=err_lm,
+                                                 max_rel_error_vs_LA=err_la)
+        rows.append(f"| hessian-eigenthings deflated power iteration (defaults) | {k} | {hvps} | {sec:.1f} | "
+                    f"{err_lm:.1e} (vs largest by value: {err_la:.1e}) |")
         values, hvps, sec = pyhessian_top(model, x, y, k)
         err_lm = rel_err(values, lm_true[:k])
         err_la = rel_err(values, la_true[:k])

@@ -238,14 +238,14 @@ class SweepJob:
         return Sweep.from_dict(self.sweep_dict)
 
     def __call__(self, index: int) -> str:
+        from filelock import Timeout
+
         from .probes.base import run_suite
 
         sweep = self.sweep
         cfg = sweep.runs[index]
         run_dir = sweep.run_dir(cfg)
         state = _JobState(sweep, run_dir.name)
-        from filelock import Timeout
-
         lock = state.lock()
         try:
             lock.acquire(timeout=0)
