@@ -292,12 +292,12 @@ def upload(published: PublishedTag, *, private: bool = False, token: Optional[st
     return info.oid
 
 
-def publish_run(run_dir: str | os.PathLike, namespace: str, *, staging: str | os.PathLike,
+def publish_run(run_dir: Run | str | os.PathLike, namespace: str, *, staging: str | os.PathLike,
                 registry_dir: Optional[str | os.PathLike] = None, dry_run: bool = False, private: bool = False,
                 tag: Optional[str] = None, results_dir: Optional[str | os.PathLike] = None,
                 token: Optional[str] = None) -> PublishedTag:
     """Publish one finished run: folder, upload, then its manifest entry with the commit it landed in."""
-    run = load_run(run_dir)  # refuses an unfinished run with a one-line error
+    run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)  # load_run refuses an unfinished run
     folder = Path(staging) / f"{run.model_name}.{tag or tag_for_run(run)}"
     published = build_repo_folder(run, folder, namespace, tag=tag, results_dir=results_dir)
     if dry_run:
@@ -320,7 +320,7 @@ def publish(run_dirs: Sequence[str | os.PathLike], namespace: str, *, staging: s
         registry_dir = registry_dir or default_registry_dir()
     out = []
     for run in _tracked(runs, "publishing", progress):
-        out.append(publish_run(run.path, namespace, staging=staging, registry_dir=registry_dir, dry_run=dry_run,
+        out.append(publish_run(run, namespace, staging=staging, registry_dir=registry_dir, dry_run=dry_run,
                                private=private, results_dir=results_dir, token=token))
     return out
 

@@ -168,6 +168,10 @@ class _JobState:
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.lock_path))
 
+    def finished(self, run_dir: Path) -> bool:
+        """Trained (the run's ``done`` marker) and its per-run probes stored (our ``done`` state)."""
+        return self.read().get("state") == "done" and (run_dir / "done").is_file()
+
     def is_locked(self) -> bool:
         from filelock import Timeout
 
@@ -252,7 +256,7 @@ class SweepJob:
         except Timeout:
             return "running elsewhere"
         try:
-            if state.read().get("state") == "done" and (run_dir / "done").is_file():
+            if state.finished(run_dir):
                 return "done"
             state.write("running")
             try:
@@ -316,8 +320,7 @@ def _executor(sweep: Sweep, launcher: str, folder: Path):
 
 def _pending_indices(sweep: Sweep) -> List[int]:
     return [i for i, cfg in enumerate(sweep.runs)
-            if not ((sweep.run_dir(cfg) / "done").is_file()
-                    and _JobState(sweep, sweep.run_dir(cfg).name).read().get("state") == "done")]
+            if not _JobState(sweep, sweep.run_dir(cfg).name).finished(sweep.run_dir(cfg))]
 
 
 def run_sweep(sweep: Sweep, launcher: str = "local", *, max_parallel: int = 1, dry_run: bool = False,
@@ -429,7 +432,7 @@ def sweep_status(sweep: Sweep) -> List[Dict[str, Any]]:
         run_dir = sweep.run_dir(cfg)
         state = _JobState(sweep, run_dir.name)
         recorded = state.read()
-        if recorded.get("state") == "done" and (run_dir / "done").is_file():
+        if state.finished(run_dir):
             status = "done"
         elif state.is_locked():
             status = "running"
