@@ -281,8 +281,10 @@ def cka_sections(records: List[Dict[str, Any]], store, out_dir: Path):
     from rf_bench.probes.base import ReportSection
 
     sections, csv_rows = [], []
-    for (family, dataset), recs in _by_family(records).items():
+    by_estimator = _group(records, lambda r: (r["values"]["family"], r["dataset"], r["values"].get("estimator", "exact")))
+    for (family, dataset, estimator), recs in by_estimator.items():
         recs = sorted(recs, key=lambda r: r["values"]["k"])
+        suffix = "" if estimator == "exact" else f"_{estimator}"
         lines = ["| k | RF (analytic) | seeds | layers | deeper-half cross-seed CKA |", "|---|---|---|---|---|"]
         panels = []
         for rec in recs:
@@ -295,20 +297,26 @@ def cka_sections(records: List[Dict[str, Any]], store, out_dir: Path):
             else:
                 mean, std, cell = None, None, "- (one seed)"
             lines.append(f"| {v['k']} | {rf} | {len(v['seeds'])} | {len(v['layers'])} | {cell} |")
-            csv_rows.append(dict(family=family, dataset=dataset, k=v["k"], rf_analytic=rf, seeds=len(v["seeds"]),
+            csv_rows.append(dict(family=family, dataset=dataset, estimator=estimator, k=v["k"], rf_analytic=rf,
+                                 seeds=len(v["seeds"]),
                                  deeper_half_cross_seed_cka_mean=mean, deeper_half_cross_seed_cka_std=std))
             tensors = store.tensors(Path(rec["_path"]))
             s0 = v["seeds"][0]
             cross = next((t for name, t in sorted(tensors.items()) if name.startswith("cross_")), None)
             panels.append((v["k"], rf, tensors[f"within_s{s0}"], cross))
-        figure = out_dir / f"cka_{family}_{dataset}.png"
-        _plot_cka(panels, f"{family}{{k}} on {dataset}: linear CKA", figure)
-        md = ("Exact linear CKA on the first test images between every pair of layers (the activation each "
+        figure = out_dir / f"cka_{family}_{dataset}{suffix}.png"
+        _plot_cka(panels, f"{family}{{k}} on {dataset}: linear CKA ({estimator})", figure)
+        how = ("Exact linear CKA on the first test images" if estimator == "exact" else
+               "Linear CKA estimated from unbiased HSIC summed over minibatches of the first test images "
+               "(Nguyen et al. 2021; it estimates the population CKA, which the exact sample CKA overstates "
+               "for wide layers)")
+        md = (how + " between every pair of layers (the activation each "
               "weight layer hands on, then the logits): top row within one model, bottom row between two "
               "seeds; the red lines mark the middle layer. The table averages the cross-seed diagonal over "
               "the deeper half of the layers, mean ± std over seed pairs.\n\n" + "\n".join(lines)
               + f"\n\n![{family} CKA]({figure.name})\n")
-        sections.append(ReportSection(title=f"CKA: {family} on {dataset}", markdown=md, order=30))
+        title = f"CKA: {family} on {dataset}" + ("" if estimator == "exact" else f" ({estimator} estimator)")
+        sections.append(ReportSection(title=title, markdown=md, order=30))
     _write_csv(out_dir / "cka.csv", csv_rows)
     return sections
 
