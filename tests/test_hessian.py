@@ -69,17 +69,19 @@ def case(request):
     return model, batches, dense_hessian(model, batches)
 
 
-def test_top_eigenvalues_match_the_dense_hessian(case):
+@pytest.mark.parametrize("method", ["auto", "arpack"])
+def test_top_eigenvalues_match_the_dense_hessian(case, method):
     model, batches, dense = case
     n = dense.shape[0]
     assert 1000 < n < 3000
     true = np.sort(np.linalg.eigvalsh(dense))[::-1]
     assert (true < 0).any()  # indefinite, so LA and LM differ
     k = 10
-    spec = hessian_eigenvalues(model, F.cross_entropy, batches, k=k, which="LA", tol=1e-10, residuals=True)
+    spec = hessian_eigenvalues(model, F.cross_entropy, batches, k=k, which="LA", tol=1e-10, residuals=True,
+                               method=method)
     np.testing.assert_allclose(spec.eigenvalues.numpy(), true[:k], rtol=1e-6)
     assert spec.hvps > 0 and spec.residuals.max() < 1e-5
-    lm = hessian_eigenvalues(model, F.cross_entropy, batches, k=k, which="LM", tol=1e-10)
+    lm = hessian_eigenvalues(model, F.cross_entropy, batches, k=k, which="LM", tol=1e-10, method=method)
     by_magnitude = true[np.argsort(-np.abs(true))[:k]]
     np.testing.assert_allclose(lm.eigenvalues.numpy(), np.sort(by_magnitude)[::-1], rtol=1e-6)
 
@@ -91,6 +93,22 @@ def test_float32_hvps_within_1e_3(case):
     batches32 = [(x.float(), y) for x, y in batches]
     spec = hessian_eigenvalues(model32, F.cross_entropy, batches32, k=10, tol=1e-6)
     np.testing.assert_allclose(spec.eigenvalues.numpy(), true, rtol=1e-3)
+
+
+def test_auto_stores_the_basis_in_float32_past_its_budget(case, monkeypatch):
+    from rf_bench.probes import hessian as H
+
+    model, batches, dense = case
+    used = []
+    real = H.thick_restart_lanczos
+    monkeypatch.setattr(H, "thick_restart_lanczos", lambda *a, **kw: used.append(kw["basis_dtype"]) or real(*a, **kw))
+    true = np.sort(np.linalg.eigvalsh(dense))[::-1][:5]
+    small = hessian_eigenvalues(model, F.cross_entropy, batches, k=5, tol=1e-10)
+    monkeypatch.setattr(H, "_FLOAT64_BASIS_MAX_BYTES", 1 << 10)  # as if the model were huge
+    large = hessian_eigenvalues(model, F.cross_entropy, batches, k=5, tol=1e-6)
+    assert used == [torch.float64, torch.float32]
+    np.testing.assert_allclose(small.eigenvalues.numpy(), true, rtol=1e-8)
+    np.testing.assert_allclose(large.eigenvalues.numpy(), true, rtol=1e-4)
 
 
 def test_hvp_is_the_dense_product(case):
@@ -179,3 +197,74 @@ def test_thick_restart_lanczos_on_a_known_spectrum():
     np.testing.assert_allclose(lm.numpy(), np.sort(eig[np.argsort(-np.abs(eig))[:8]])[::-1], rtol=1e-8)
     with pytest.raises(RuntimeError, match=r"did not converge within \d+ HVPs"):
         thick_restart_lanczos(lambda v: a @ v, n, 8, which="LM", tol=1e-10, ncv=30, max_matvecs=40)
+
+
+_TWO_PROCESS_SCRIPT = '''
+import json, os, sys
+import numpy as np, torch
+from accelerate import PartialState
+from torch.nn import functional as F
+from rf_bench.models import RfPoolVGG
+from rf_bench.probes.hessian import HVP, hessian_eigenvalues, hessian_trace
+
+PartialState()  # what accelerate sets up under a launcher: here a gloo process group on the CPU
+rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+torch.manual_seed(0)
+model = RfPoolVGG(cfg=(6, "R", 8, "M", 8, 8), rf_pool=2, num_classes=5, in_chans=1).double().eval()
+g = torch.Generator().manual_seed(0)
+x, y = torch.randn(80, 1, 16, 16, generator=g, dtype=torch.float64), torch.randint(0, 5, (80,), generator=g)
+batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 80, 16)]  # 5 batches: 3 on rank 0, 2 on rank 1
+hvp = HVP(model, F.cross_entropy, batches)
+v = np.random.default_rng(1).standard_normal(hvp.n)
+product = hvp(v)
+spectrum = hessian_eigenvalues(model, F.cross_entropy, batches, k=4, tol=1e-10)
+trace = hessian_trace(model, F.cross_entropy, batches, samples=4)
+out = dict(world=world, distributed=hvp.distributed, passes=hvp.passes, loss=hvp.loss(),
+           product=product.tolist(), eigenvalues=spectrum.eigenvalues.tolist(), trace=trace[0])
+with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
+    json.dump(out, f)
+'''
+
+
+@pytest.mark.slow
+def test_hvps_split_across_two_processes_match_one(tmp_path):
+    """Two processes (torchrun + accelerate's PartialState, gloo) each pass over their share of the
+    batches; the all-reduced products, eigenvalues and trace equal one process's."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "two.py"
+    script.write_text(_TWO_PROCESS_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    two = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), str(script),
+                          str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    torch.manual_seed(0)
+    model = RfPoolVGG(cfg=(6, "R", 8, "M", 8, 8), rf_pool=2, num_classes=5, in_chans=1).double().eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(80, 1, 16, 16, generator=g, dtype=torch.float64), torch.randint(0, 5, (80,), generator=g)
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 80, 16)]
+    hvp = HVP(model, F.cross_entropy, batches)
+    assert not hvp.distributed
+    product = hvp(np.random.default_rng(1).standard_normal(hvp.n))
+    spectrum = hessian_eigenvalues(model, F.cross_entropy, batches, k=4, tol=1e-10)
+    trace = hessian_trace(model, F.cross_entropy, batches, samples=4)[0]
+
+    assert [r["world"] for r in ranks] == [2, 2] and all(r["distributed"] for r in ranks)
+    assert [r["passes"] for r in ranks] == [3, 2] and hvp.passes == 5  # each process did its share only
+    for r in ranks:
+        np.testing.assert_allclose(r["product"], product, rtol=1e-10, atol=1e-12 * np.abs(product).max())
+        np.testing.assert_allclose(r["eigenvalues"], spectrum.eigenvalues.numpy(), rtol=1e-9)
+        assert r["trace"] == pytest.approx(trace, rel=1e-10)
+        assert r["loss"] == pytest.approx(hvp.loss(), rel=1e-12)
+    assert ranks[0]["eigenvalues"] == ranks[1]["eigenvalues"]  # the same iteration on both, bit for bit

@@ -2,11 +2,12 @@
 
 Hessian-vector products (HVPs) are exact double-backward products of the mean loss over the given
 batches (one HVP = one pass over all of them), for the model in whatever mode it is in (the probe
-uses eval mode, as PyHessian does). Eigenvalues come from ARPACK's implicitly restarted Lanczos
-(``scipy.sparse.linalg.eigsh``) in float64 on the host for small models, and from a thick-restart
-Lanczos (:func:`thick_restart_lanczos`) whose basis can be stored in float32 for large ones: the basis
-is the memory (``(ncv + 1) x n_params x bytes``), 12.8 GB instead of 34 GB for the top 90 of a
-full-width ResNet50. ``which="LA"`` (default) gives the largest by value; ``"LM"`` the
+uses eval mode, as PyHessian does). Eigenvalues come from a thick-restart Lanczos
+(:func:`thick_restart_lanczos`, float64 arithmetic on the host) whose basis is stored in float64 for
+small models and in float32 for large ones: the basis is the memory (``(ncv + 1) x n_params x bytes``),
+12.8 GB instead of 34 GB for the top 90 of a full-width ResNet50. ARPACK's implicitly restarted
+Lanczos (``scipy.sparse.linalg.eigsh``) is ``method="arpack"``. HVPs may be split across processes
+(:class:`HVP`). ``which="LA"`` (default) gives the largest by value; ``"LM"`` the
 largest by magnitude, which is what PyHessian's power iteration converges to on an indefinite
 Hessian. Trace (Hutchinson) and spectral density (stochastic Lanczos quadrature) share the HVP.
 """
@@ -19,28 +20,40 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from torch import distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
 __all__ = ["HVP", "HessianSpectrum", "hessian_eigenvalues", "hessian_trace", "spectral_density", "lanczos",
            "thick_restart_lanczos", "HessianConfig", "HessianProbe"]
 
-_ARPACK_MAX_BYTES = 2 << 30  # "auto": ARPACK's float64 basis up to 2 GiB, else thick restart in float32
+_FLOAT64_BASIS_MAX_BYTES = 2 << 30  # "auto": a float64 Lanczos basis up to 2 GiB, float32 beyond
 
 Batches = Sequence[Tuple[torch.Tensor, torch.Tensor]]
 
 
 class HVP:
-    """``v -> H v`` for the mean of ``loss_fn(model(x), y)`` over ``batches``; counts its calls."""
+    """``v -> H v`` for the mean of ``loss_fn(model(x), y)`` over ``batches``; counts its calls.
 
-    def __init__(self, model: nn.Module, loss_fn: Callable, batches: Batches) -> None:
+    Under ``torch.distributed`` (``accelerate launch``, ``torchrun``) with more than one process, every
+    process is given the same ``batches`` and passes over its share (``batches[rank::world]``); the
+    products are summed across processes (one all-reduce per HVP), so every process gets the whole
+    ``H v`` and runs the same Lanczos iteration. ``distributed=False`` keeps each process on its own.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, batches: Batches,
+                 distributed: Optional[bool] = None) -> None:
         self.model = model
         self.loss_fn = loss_fn
-        self.batches = list(batches)
+        batches = list(batches)
+        self.total = sum(len(y) for _, y in batches)  # the mean is over every process's batches
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.distributed = world > 1 if distributed is None else distributed and world > 1
+        self.batches = batches[dist.get_rank()::world] if self.distributed else batches
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.n = sum(p.numel() for p in self.params)
-        self.total = sum(len(y) for _, y in self.batches)
         self.calls = 0
+        self.passes = 0  # batch passes this process made
         first = self.params[0]
         self.device, self.dtype = first.device, first.dtype
 
@@ -59,11 +72,19 @@ class HVP:
             dot = sum((g * u).sum() for g, u in zip(grads, vs))
             for acc, h in zip(out, torch.autograd.grad(dot, self.params)):
                 acc += h
-        return torch.cat([h.reshape(-1) for h in out]).double().cpu().numpy()
+            self.passes += 1
+        flat = torch.cat([h.reshape(-1) for h in out])
+        if self.distributed:
+            dist.all_reduce(flat)
+        return flat.double().cpu().numpy()
 
     def loss(self) -> float:
         with torch.no_grad():
-            return float(sum(self.loss_fn(self.model(x), y) * len(y) for x, y in self.batches) / self.total)
+            total = sum(self.loss_fn(self.model(x), y).double() * len(y) for x, y in self.batches)
+            total = torch.as_tensor(total, dtype=torch.float64, device=self.device)
+            if self.distributed:
+                dist.all_reduce(total)
+            return float(total / self.total)
 
 
 @dataclass
@@ -88,8 +109,9 @@ def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, batches: Batches, k
     ``tol`` is the relative accuracy (ARPACK's criterion: residual <= tol * |eigenvalue|); ``max_hvps`` caps
     the work. ``method``: ``"arpack"`` (scipy's eigsh, float64 basis, ``ncv`` default ``max(2k + 1, 20)``),
     ``"lanczos"`` (:func:`thick_restart_lanczos`, ``ncv`` default ``k + max(20, k // 2)``, basis in
-    ``basis_dtype``, float64 unless given), or ``"auto"``: ARPACK while its basis fits in 2 GiB, else the
-    thick restart with a float32 basis. ``residuals=True`` spends ``k`` more HVPs to report each pair's
+    ``basis_dtype``, float64 unless given), or ``"auto"``: the thick restart, with a float64 basis while
+    it fits in 2 GiB, else float32 (it needed no more HVPs than ARPACK in every benchmark, and is faster:
+    ``benchmarks/results/hessian_compare.md``). ``residuals=True`` spends ``k`` more HVPs to report each pair's
     relative residual.
     """
     if which not in ("LA", "LM"):
@@ -100,9 +122,10 @@ def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, batches: Batches, k
     if not 0 < k < hvp.n:
         raise ValueError(f"k={k} must be between 1 and the parameter count - 1 ({hvp.n - 1})")
     if method == "auto":
-        arpack_ncv = min(hvp.n, ncv or max(2 * k + 1, 20))
-        method = "arpack" if arpack_ncv * hvp.n * 8 <= _ARPACK_MAX_BYTES else "lanczos"
-        basis_dtype = basis_dtype or (torch.float32 if method == "lanczos" else None)
+        method = "lanczos"
+        basis_rows = min(hvp.n - 1, ncv or k + max(20, k // 2)) + 1
+        basis_dtype = basis_dtype or (torch.float64 if basis_rows * hvp.n * 8 <= _FLOAT64_BASIS_MAX_BYTES
+                                      else torch.float32)
     t0 = time.perf_counter()
     if method == "arpack":
         values, vectors = _arpack(hvp, k, which, tol, ncv, max_hvps, seed)
@@ -318,7 +341,7 @@ class HessianConfig:
     subset_seed: int = 0
     tol: float = 1e-4
     ncv: Optional[int] = None  # Lanczos basis size (default per method); smaller: fewer HVPs for a small k
-    method: str = "auto"  # arpack (float64 basis) while it fits in 2 GiB, else thick-restart Lanczos (float32 basis)
+    method: str = "auto"  # thick-restart Lanczos, float64 basis while it fits in 2 GiB, else float32; or "arpack"
     trace_samples: int = 20
     stages: Tuple[str, ...] = ("init", "final")
 
