@@ -219,7 +219,10 @@ v = np.random.default_rng(1).standard_normal(hvp.n)
 product = hvp(v)
 spectrum = hessian_eigenvalues(model, F.cross_entropy, batches, k=4, tol=1e-10)
 trace = hessian_trace(model, F.cross_entropy, batches, samples=4)
-out = dict(world=world, distributed=hvp.distributed, passes=hvp.passes, loss=hvp.loss(),
+alone = HVP(model, F.cross_entropy, batches, distributed=False)  # what the probe harness asks for
+alone_product = alone(v)
+out = dict(world=world, distributed=hvp.distributed, passes=hvp.passes, loss=hvp.loss(), alone_passes=alone.passes,
+           alone_product=alone_product.tolist(),
            product=product.tolist(), eigenvalues=spectrum.eigenvalues.tolist(), trace=trace[0])
 with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
     json.dump(out, f)
@@ -262,8 +265,10 @@ def test_hvps_split_across_two_processes_match_one(tmp_path):
 
     assert [r["world"] for r in ranks] == [2, 2] and all(r["distributed"] for r in ranks)
     assert [r["passes"] for r in ranks] == [3, 2] and hvp.passes == 5  # each process did its share only
+    assert [r["alone_passes"] for r in ranks] == [5, 5]
     for r in ranks:
         np.testing.assert_allclose(r["product"], product, rtol=1e-10, atol=1e-12 * np.abs(product).max())
+        np.testing.assert_allclose(r["alone_product"], product, rtol=1e-12, atol=1e-14 * np.abs(product).max())
         np.testing.assert_allclose(r["eigenvalues"], spectrum.eigenvalues.numpy(), rtol=1e-9)
         assert r["trace"] == pytest.approx(trace, rel=1e-10)
         assert r["loss"] == pytest.approx(hvp.loss(), rel=1e-12)

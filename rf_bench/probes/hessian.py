@@ -103,7 +103,7 @@ def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, batches: Batches, k
                         which: str = "LA", tol: float = 1e-6, max_hvps: Optional[int] = None,
                         ncv: Optional[int] = None, seed: int = 0, residuals: bool = False,
                         eigenvectors: bool = False, method: str = "auto",
-                        basis_dtype: Optional[torch.dtype] = None) -> HessianSpectrum:
+                        basis_dtype: Optional[torch.dtype] = None, distributed: Optional[bool] = None) -> HessianSpectrum:
     """The ``k`` largest (``LA``: by value; ``LM``: by magnitude) eigenvalues of the loss Hessian.
 
     ``tol`` is the relative accuracy (ARPACK's criterion: residual <= tol * |eigenvalue|); ``max_hvps`` caps
@@ -112,13 +112,13 @@ def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, batches: Batches, k
     ``basis_dtype``, float64 unless given), or ``"auto"``: the thick restart, with a float64 basis while
     it fits in 2 GiB, else float32 (it needed no more HVPs than ARPACK in every benchmark, and is faster:
     ``benchmarks/results/hessian_compare.md``). ``residuals=True`` spends ``k`` more HVPs to report each pair's
-    relative residual.
+    relative residual. ``distributed``: see :class:`HVP` (default: split when launched on several processes).
     """
     if which not in ("LA", "LM"):
         raise ValueError(f"which must be 'LA' (largest by value) or 'LM' (by magnitude), got {which!r}")
     if method not in ("auto", "arpack", "lanczos"):
         raise ValueError(f"method must be 'auto', 'arpack' or 'lanczos', got {method!r}")
-    hvp = HVP(model, loss_fn, batches)
+    hvp = HVP(model, loss_fn, batches, distributed)
     if not 0 < k < hvp.n:
         raise ValueError(f"k={k} must be between 1 and the parameter count - 1 ({hvp.n - 1})")
     if method == "auto":
@@ -269,9 +269,9 @@ def thick_restart_lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int
 
 
 def hessian_trace(model: nn.Module, loss_fn: Callable, batches: Batches, samples: int = 100,
-                  seed: int = 0) -> Tuple[float, float, int]:
+                  seed: int = 0, distributed: Optional[bool] = None) -> Tuple[float, float, int]:
     """Hutchinson's estimate of ``tr(H)`` with Rademacher vectors: ``(trace, standard error, hvps)``."""
-    hvp = HVP(model, loss_fn, batches)
+    hvp = HVP(model, loss_fn, batches, distributed)
     rng = np.random.default_rng(seed)
     estimates = []
     for _ in range(samples):
@@ -302,7 +302,8 @@ def lanczos(matvec: Callable[[np.ndarray], np.ndarray], n: int, steps: int, v0: 
 
 
 def spectral_density(model: nn.Module, loss_fn: Callable, batches: Batches, steps: int = 80, runs: int = 4,
-                     grid_points: int = 1000, sigma: Optional[float] = None, seed: int = 0):
+                     grid_points: int = 1000, sigma: Optional[float] = None, seed: int = 0,
+                     distributed: Optional[bool] = None):
     """Stochastic Lanczos quadrature (Ghorbani et al. 2019): ``(grid, density, nodes, weights, hvps)``.
 
     ``nodes``/``weights`` (runs x steps) are the quadrature: ``E_v[v^T f(H) v] ~ sum_i w_i f(node_i)``.
@@ -310,7 +311,7 @@ def spectral_density(model: nn.Module, loss_fn: Callable, batches: Batches, step
     """
     from scipy.linalg import eigh_tridiagonal
 
-    hvp = HVP(model, loss_fn, batches)
+    hvp = HVP(model, loss_fn, batches, distributed)
     steps = min(steps, hvp.n)
     rng = np.random.default_rng(seed)
     nodes, weights = [], []
@@ -371,9 +372,12 @@ class HessianProbe:
             model = run.create_model(stage).to(ctx.device).eval()
             n_params = sum(p.numel() for p in model.parameters())
             k = min(config.k, n_params - 1)
+            # distributed=False: processes launched together share the harness's tasks (each result is
+            # locked by one), so they are not in step to all-reduce one HVP
             spectrum = hessian_eigenvalues(model, F.cross_entropy, batches, k=k, which=config.which, tol=config.tol,
-                                           ncv=config.ncv, method=config.method)
-            trace, trace_se, trace_hvps = hessian_trace(model, F.cross_entropy, batches, config.trace_samples)
+                                           ncv=config.ncv, method=config.method, distributed=False)
+            trace, trace_se, trace_hvps = hessian_trace(model, F.cross_entropy, batches, config.trace_samples,
+                                                        distributed=False)
             ev = spectrum.eigenvalues
             values[stage] = dict(eigenvalues=ev.tolist(), hvps=spectrum.hvps, seconds=spectrum.seconds,
                                  top=float(ev[0]), ratio_top_last=float(ev[0] / ev[-1]), trace=trace,
