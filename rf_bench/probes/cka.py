@@ -54,11 +54,10 @@ def _centred_gram(blocks: Sequence[torch.Tensor], dtype: torch.dtype = torch.flo
     for b in blocks:
         torch.sub(b, mean, out=x[row:row + b.shape[0]])
         row += b.shape[0]
-    gram = torch.empty(n, n, dtype=torch.float64) if out is None else out
+    gram = torch.zeros(n, n, dtype=torch.float64) if out is None else out.zero_()
     with _exact_matmul():
         for c in range(0, p, _CHUNK):
-            product = _gram_product(x[:, c:c + _CHUNK])
-            gram.copy_(product) if c == 0 else gram.add_(product)
+            gram += _gram_product(x[:, c:c + _CHUNK]).to(gram.device)
     gram -= gram.mean(0, keepdim=True)
     gram -= gram.mean(1, keepdim=True)
     return gram
@@ -272,10 +271,11 @@ def minibatch_cka_matrix(model_a: nn.Module, model_b: nn.Module, images: torch.T
     """Linear CKA from unbiased HSIC summed over minibatches (Nguyen et al. 2021), for ``n`` beyond exact.
 
     ``CKA = sum_b HSIC_1(K_b, L_b) / sqrt(sum_b HSIC_1(K_b, K_b) sum_b HSIC_1(L_b, L_b))``: memory is one
-    batch's features and ``m x m`` Grams whatever ``n`` is. It estimates the *population* CKA, so it
-    differs from :func:`cka_matrix` on the same images by sampling noise that shrinks as batches are
-    added (unlike averaging each batch's CKA, which is biased); it is not the exact sample CKA. A last
-    batch of fewer than 4 images is left out. Same arguments and return value as :func:`cka_matrix`.
+    batch's features and ``m x m`` Grams whatever ``n`` is. It estimates the *population* CKA, and gives
+    the same answer from small batches as from large ones (averaging each batch's CKA does not). It is
+    not the sample CKA of :func:`cka_matrix`, which is biased upwards on wide layers (more so the
+    smaller ``n``): the two differ by that bias plus sampling noise. A last batch of fewer than 4 images
+    is left out. Same arguments and return value as :func:`cka_matrix`.
     """
     names_a = _resolve_layers(model_a, layers)
     names_b = _resolve_layers(model_b, layers_b if layers_b is not None else layers)
@@ -303,7 +303,8 @@ def _self_hsic1(grams: torch.Tensor) -> torch.Tensor:
     m = grams.shape[-1]
     g = _zero_diagonal(grams)
     rows = g.sum(2)
-    return ((g * g).sum((1, 2)) + rows.sum(1) ** 2 / ((m - 1) * (m - 2)) - 2 / (m - 2) * (rows * rows).sum(1)) / (m * (m - 3))
+    traces = (g * g).sum((1, 2))
+    return (traces + rows.sum(1) ** 2 / ((m - 1) * (m - 2)) - 2 / (m - 2) * (rows * rows).sum(1)) / (m * (m - 3))
 
 
 def _batch_grams(model: nn.Module, batch: torch.Tensor, layers: Sequence[str], device) -> torch.Tensor:
