@@ -199,6 +199,24 @@ def test_thick_restart_lanczos_on_a_known_spectrum():
         thick_restart_lanczos(lambda v: a @ v, n, 8, which="LM", tol=1e-10, ncv=30, max_matvecs=40)
 
 
+def test_float32_basis_across_many_column_blocks():
+    """A 1.5M-dimensional operator (23 float32 product blocks per basis row, each added up in float64):
+    the eigenvalues still come out to 1e-6 and the eigenvectors are those of the operator."""
+    from rf_bench.probes import hessian as H
+
+    rng = np.random.default_rng(0)
+    n = 1_500_000
+    assert n > 20 * H._LOW_PRECISION_BLOCK
+    diag = torch.from_numpy(np.concatenate([[50.0, 49.9, 49.8, 20.0, 10.0], rng.uniform(-30.0, 5.0, n - 5)]))
+    perm = torch.from_numpy(rng.permutation(n))
+    diag = diag[perm]  # the wanted directions are scattered over the blocks
+    values, vectors, _ = thick_restart_lanczos(lambda v: diag * v, n, 5, tol=1e-5, ncv=15,
+                                               basis_dtype=torch.float32, eigenvectors=True)
+    np.testing.assert_allclose(values.numpy(), [50.0, 49.9, 49.8, 20.0, 10.0], rtol=1e-6)
+    where = torch.argsort(perm)[:5]  # positions of the five largest entries
+    np.testing.assert_allclose(vectors[where].abs().diagonal().numpy(), 1.0, atol=1e-4)
+
+
 _TWO_PROCESS_SCRIPT = '''
 import json, os, sys
 import numpy as np, torch
