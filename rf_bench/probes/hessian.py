@@ -168,8 +168,10 @@ _LOW_PRECISION_BLOCK = 1 << 16  # columns per float32 product of a float32 basis
 
 def _project(basis: torch.Tensor, rows: int, w: torch.Tensor, chunk: int) -> torch.Tensor:
     """``basis[:rows] @ w`` in float64. A float32 basis is multiplied in place, ``_LOW_PRECISION_BLOCK``
-    columns at a time, each block's float32 products added up in float64 (about 2e-7 relative on a
-    23.5M-vector, below what a float32 basis can hold): no float64 copy of the basis, which cost 5x the time."""
+    columns at a time, each block's float32 products added up in float64: about 2e-7 relative on a
+    23.5M-vector, the order of the basis's own float32 rounding, which the second Gram-Schmidt pass and
+    the solver's tolerance floor (50 eps of float32) allow for. No float64 copy of the basis: converting
+    it cost 5x the memory traffic."""
     if basis.dtype == torch.float64:
         return basis[:rows] @ w
     out = torch.zeros(rows, dtype=torch.float64)
