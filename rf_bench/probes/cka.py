@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import nn
@@ -139,6 +139,25 @@ def default_layers(model: nn.Module, mode: str = "main") -> List[str]:
     return names
 
 
+def _forward_with_hooks(model: nn.Module, hooks: Dict[str, Callable], inputs: Iterable[torch.Tensor]) -> None:
+    """Each input through ``model`` without gradients, ``hooks[name]`` a forward hook on layer ``name``
+    (hooks must return None: a value would replace the output); they are removed afterwards."""
+    handles = [model.get_submodule(name).register_forward_hook(hook) for name, hook in hooks.items()]
+    try:
+        with torch.no_grad():
+            for x in inputs:
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _check_ran(layers: Sequence[str], seen) -> None:
+    missing = [n for n in layers if n not in seen]
+    if missing:
+        raise ValueError(f"layers {missing[:3]} did not run in the forward pass")
+
+
 def _capture_plan(model: nn.Module, layers: Sequence[str], image: torch.Tensor) -> Tuple[Dict[str, int], Set[str]]:
     """One example through the model: each layer's features per example, and the layers whose output
     must be copied to be kept, because a later module changes it in place (a BatchNorm before an
@@ -147,22 +166,14 @@ def _capture_plan(model: nn.Module, layers: Sequence[str], image: torch.Tensor) 
     seen: Dict[str, Tuple[torch.Tensor, int]] = {}
 
     def record(name):
-        def hook(module, inputs, output) -> None:  # must return None: a value would replace the output
+        def hook(module, inputs, output) -> None:
             if name not in sizes:
                 sizes[name] = output[0].numel()
                 seen[name] = (output, output._version)
         return hook
 
-    hooks = [model.get_submodule(n).register_forward_hook(record(n)) for n in layers]
-    try:
-        with torch.no_grad():
-            model(image)
-    finally:
-        for h in hooks:
-            h.remove()
-    missing = [n for n in layers if n not in sizes]
-    if missing:
-        raise ValueError(f"layers {missing[:3]} did not run in the forward pass")
+    _forward_with_hooks(model, {n: record(n) for n in layers}, [image])
+    _check_ran(layers, sizes)
     return sizes, {name for name, (out, version) in seen.items() if out._version != version}
 
 
@@ -204,14 +215,8 @@ def layer_grams(model: nn.Module, images: torch.Tensor, layers: Sequence[str], b
                 kept[name].append(out)
             return hook
 
-        hooks = [model.get_submodule(name).register_forward_hook(keep(name)) for name in group]
-        try:
-            with torch.no_grad():
-                for start in range(0, n, batch_size):
-                    model(images[start:start + batch_size].to(device))
-        finally:
-            for h in hooks:
-                h.remove()
+        _forward_with_hooks(model, {name: keep(name) for name in group},
+                            (images[start:start + batch_size].to(device) for start in range(0, n, batch_size)))
         for name in group:
             gram = _centred_gram(kept.pop(name), gram_dtype, scratch, out=grams[index[name]])
             gram /= gram.norm()
@@ -320,16 +325,8 @@ def _batch_grams(model: nn.Module, batch: torch.Tensor, layers: Sequence[str], d
             grams[name] = (x @ x.T).cpu()
         return hook
 
-    hooks = [model.get_submodule(name).register_forward_hook(keep(name)) for name in layers]
-    try:
-        with torch.no_grad():
-            model(batch.to(device))
-    finally:
-        for h in hooks:
-            h.remove()
-    missing = [n for n in layers if n not in grams]
-    if missing:
-        raise ValueError(f"layers {missing[:3]} did not run in the forward pass")
+    _forward_with_hooks(model, {name: keep(name) for name in layers}, [batch.to(device)])
+    _check_ran(layers, grams)
     return torch.stack([grams[name] for name in layers])
 
 

@@ -166,7 +166,7 @@ def _arpack(hvp: "HVP", k: int, which: str, tol: float, ncv: Optional[int], max_
 _LOW_PRECISION_BLOCK = 1 << 16  # columns per float32 product of a float32 basis, added up in float64
 
 
-def _project(basis: torch.Tensor, rows: int, w: torch.Tensor, chunk: int) -> torch.Tensor:
+def _project(basis: torch.Tensor, rows: int, w: torch.Tensor) -> torch.Tensor:
     """``basis[:rows] @ w`` in float64. A float32 basis is multiplied in place, ``_LOW_PRECISION_BLOCK``
     columns at a time, each block's float32 products added up in float64: about 2e-7 relative on a
     23.5M-vector, the order of the basis's own float32 rounding, which the second Gram-Schmidt pass and
@@ -185,7 +185,7 @@ def _block(rows: int, chunk: int) -> int:
     return max(1 << 12, (chunk * 32) // max(rows, 1))
 
 
-def _subtract_span(basis: torch.Tensor, rows: int, coef: torch.Tensor, w: torch.Tensor, chunk: int) -> None:
+def _subtract_span(basis: torch.Tensor, rows: int, coef: torch.Tensor, w: torch.Tensor) -> None:
     """``w -= basis[:rows].T @ coef`` in place, ``w`` in float64 (a float32 basis's correction in float32:
     the second Gram-Schmidt pass removes what its rounding leaves)."""
     if basis.dtype == torch.float64:
@@ -228,10 +228,10 @@ def thick_restart_lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int
         for j in range(start, m):
             w = matvec(basis[j].double()).to(torch.float64).clone()
             matvecs += 1
-            h = _project(basis, j + 1, w, chunk)
-            _subtract_span(basis, j + 1, h, w, chunk)
-            h2 = _project(basis, j + 1, w, chunk)  # twice is enough (Parlett)
-            _subtract_span(basis, j + 1, h2, w, chunk)
+            h = _project(basis, j + 1, w)
+            _subtract_span(basis, j + 1, h, w)
+            h2 = _project(basis, j + 1, w)  # twice is enough (Parlett)
+            _subtract_span(basis, j + 1, h2, w)
             h = (h + h2).numpy()
             proj[: j + 1, j] = h
             proj[j, : j + 1] = h
