@@ -174,7 +174,8 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         console.print(_sweep_status_table(sweep))
         return
     outcome = run_sweep(sweep, args.launcher, max_parallel=args.max_parallel, dry_run=args.dry_run,
-                        wait=not args.no_wait, progress=not args.no_progress, log=console.print)
+                        wait=not args.no_wait, progress=not args.no_progress, log=console.print,
+                        runs_per_gpu=args.runs_per_gpu)
     if outcome["failed"]:
         console.print(_sweep_status_table(sweep))
         raise CliError(f"{len(outcome['failed'])} run(s) failed (see the table); fix and rerun the same command")
@@ -245,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="train and probe a grid of runs from a TOML file, locally or on SLURM")
     p.add_argument("file", help="sweep file, e.g. benchmarks/configs/paper.toml")
     p.add_argument("--launcher", default="local", choices=("local", "slurm", "submitit-local"))
-    p.add_argument("--max-parallel", type=int, default=1, help="local: runs at once (one GPU each)")
+    p.add_argument("--max-parallel", type=int, default=1, help="local: runs at once (one GPU each, or packed)")
+    p.add_argument("--runs-per-gpu", type=int,
+                   help="local: runs that share one GPU (packed; default the file's [sweep] runs_per_gpu, else 1)")
     p.add_argument("--output", help="put runs/, results/ and report/ under this folder instead of the file's paths")
     p.add_argument("--status", action="store_true", help="print done / running / failed / pending per run")
     p.add_argument("--dry-run", action="store_true", help="list the runs that would be started")

@@ -18,20 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from .results import Run, load_run, sha256_file, write_json_atomic
+from .checkpoints import (REGISTRY_ENV, WEIGHTS_NAME, HubError, fetch_checkpoint, hub_error, is_hub_failure,
+                          published_tags, sha256_file)
+from .results import Run, load_run, write_json_atomic
 
 __all__ = [
     "HubError", "PublishedTag", "tag_for_run", "repo_id_for", "build_repo_folder", "model_card", "publish",
     "publish_run", "write_manifest", "default_registry_dir", "fetch_checkpoint", "pull", "published_tags",
 ]
 
-WEIGHTS_NAME = "model.safetensors"
 HUB_DATASETS = {"cifar10": "uoft-cs/cifar10", "tiny-imagenet": "zh-plus/tiny-imagenet"}
-REGISTRY_ENV = "RF_BENCH_REGISTRY"
-
-
-class HubError(RuntimeError):
-    """A Hub problem stated in one line, with what to do about it."""
 
 
 @dataclass(frozen=True)
@@ -216,17 +212,6 @@ def write_manifest(registry_dir: str | os.PathLike, model: str, tag: str, entry:
     return path
 
 
-def published_tags() -> Dict[str, Dict[str, Any]]:
-    """``{"<model>.<tag>": manifest entry}`` for every published tag this install knows."""
-    from .models._registry import iter_manifests
-
-    out = {}
-    for manifest in iter_manifests():
-        for tag, entry in manifest.get("tags", {}).items():
-            out[f"{manifest['model']}.{tag}"] = entry
-    return dict(sorted(out.items()))
-
-
 # ---------------------------------------------------------------- upload
 
 
@@ -237,41 +222,6 @@ def _token() -> str:
     if not token:
         raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)")
     return token
-
-
-def _endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-def _hub_error(e: Exception, repo_id: str, doing: str) -> HubError:
-    """The Hub's answer (or the network's silence) as one actionable line."""
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    if isinstance(e, OfflineModeIsEnabled):
-        return HubError(f"cannot {doing} {repo_id}: HF_HUB_OFFLINE is set; unset it, or use --dry-run")
-    if isinstance(e, HfHubHTTPError) and e.response is not None:
-        status = e.response.status_code
-        server = e.server_message or e.response.reason_phrase
-        if status == 401:
-            return HubError(f"the Hub refused the token ({status}: {server}); run `hf auth login` or set HF_TOKEN")
-        if status == 403:
-            return HubError(f"{repo_id} exists and this token cannot write to it ({status}: {server}); "
-                            f"publish under a namespace you own with --namespace")
-        if status == 404:
-            return HubError(f"{repo_id} not found on {_endpoint()} ({server}); check the name and revision")
-        return HubError(f"the Hub answered {status} to {doing} {repo_id}: {server}")
-    return HubError(f"cannot reach the Hub at {_endpoint()} to {doing} {repo_id} ({type(e).__name__}: {e}); "
-                    f"check the network, or work offline with HF_HUB_OFFLINE=1 and `rf-bench pull` done elsewhere")
-
-
-def _is_hub_failure(e: Exception) -> bool:
-    """An HTTP answer from the Hub, offline mode, or a transport failure (whichever HTTP client the Hub uses)."""
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    transport = type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests", "urllib3")
-    return isinstance(e, (HfHubHTTPError, OfflineModeIsEnabled, OSError)) or transport
 
 
 def upload(published: PublishedTag, *, private: bool = False, token: Optional[str] = None) -> str:
@@ -286,9 +236,9 @@ def upload(published: PublishedTag, *, private: bool = False, token: Optional[st
                                  commit_message=f"rf-bench: publish run {run_id} as {published.name}",
                                  commit_description=f"test accuracy {published.entry['metrics'].get('test_acc')}")
     except Exception as e:
-        if not _is_hub_failure(e):
+        if not is_hub_failure(e):
             raise
-        raise _hub_error(e, published.repo_id, "publish to") from None
+        raise hub_error(e, published.repo_id, "publish to") from None
     return info.oid
 
 
@@ -334,34 +284,6 @@ def _tracked(items: Sequence[Any], what: str, show: bool) -> Iterable[Any]:
 
 
 # ---------------------------------------------------------------- download
-
-
-def fetch_checkpoint(entry: Dict[str, Any], *, cache_dir: Optional[str] = None) -> Path:
-    """Download (or find in the cache) one published file at its pinned revision and check its sha256.
-
-    This is the call timm's loader makes (same cache), so loading right after costs no second download.
-    """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    repo_id, filename, revision = entry["repo_id"], entry.get("filename", WEIGHTS_NAME), entry.get("revision")
-    try:
-        path = Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir))
-    except LocalEntryNotFoundError:
-        raise HubError(f"{repo_id}@{revision} is not in the local cache and the Hub cannot be reached; "
-                       f"run `rf-bench pull` where there is network (same HF_HOME), then use HF_HUB_OFFLINE=1") from None
-    except Exception as e:
-        if not _is_hub_failure(e):
-            raise
-        raise _hub_error(e, repo_id, "download") from None
-    expected = entry.get("sha256")
-    if expected:
-        actual = sha256_file(path)
-        if actual != expected:
-            raise HubError(f"{repo_id}/{filename}@{revision} has sha256 {actual[:12]}..., the manifest says "
-                           f"{expected[:12]}...; delete {path} (or the repo's cache folder) and download again, "
-                           f"and tell the publisher if it persists")
-    return path
 
 
 def pull(names: Sequence[str] = (), *, all_tags: bool = False, cache_dir: Optional[str] = None,

@@ -18,18 +18,12 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import torch
 from torch import nn
 
+from .checkpoints import load_weights, sha256_file
+
 __all__ = [
     "Run", "load_run", "find_runs", "group_runs", "load_weights", "sha256_file", "write_json_atomic",
     "ResultStore", "config_hash",
 ]
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def config_hash(obj: Any) -> str:
@@ -41,33 +35,6 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> None:
-    """Load a safetensors state dict, with one-line errors for corrupt or mismatched files."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights at {path}")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"corrupt checkpoint {path} ({e}); re-download it or rerun its training") from None
-    missing, unexpected = [], []
-    own = model.state_dict()
-    for k, v in own.items():
-        if k not in state:
-            missing.append(k)
-        elif state[k].shape != v.shape:
-            raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}: {k} is "
-                             f"{tuple(state[k].shape)}, the model wants {tuple(v.shape)}; check the model name and kwargs")
-    unexpected = [k for k in state if k not in own]
-    if strict and (missing or unexpected):
-        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}; check the model name and kwargs")
-    model.load_state_dict(state, strict=strict)
 
 
 _RFPOOL = re.compile(r"rfpool(\d+)")
@@ -122,7 +89,7 @@ class Run:
         """The run's model with its ``init`` or ``final`` weights, in eval mode on the CPU."""
         import timm
 
-        import rf_bench  # noqa: F401
+        import rf_bench.models  # noqa: F401  (registers the rfpool models)
 
         model = timm.create_model(self.model_name, **self.meta["model_kwargs"])
         load_weights(model, self.path / ("init.safetensors" if stage == "init" else "model.safetensors"))

@@ -22,6 +22,9 @@ A sweep file::
     [probes.hessian]
     k = 90
 
+    [sweep]                    # (continued) packing: several runs share one GPU (`--runs-per-gpu` overrides)
+    runs_per_gpu = 1
+
     [slurm]                    # submitit's parameters for `--launcher slurm`
     partition = "gpu"
     gpus_per_job = 1
@@ -47,7 +50,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from .results import load_run, write_json_atomic
 from .train import TrainConfig, resolve_config, run_dir_for
 
-__all__ = ["Sweep", "load_sweep", "SweepJob", "run_sweep", "sweep_status", "finish_sweep", "LAUNCHERS"]
+__all__ = ["Sweep", "load_sweep", "SweepJob", "run_sweep", "sweep_status", "finish_sweep", "gpu_slots", "LAUNCHERS"]
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 _SLURM_KEYS = {"partition", "gpus_per_job", "time_min", "array_parallelism", "cpus_per_task", "mem_gb",
@@ -67,6 +70,7 @@ class Sweep:
     probe_settings: List[str] = field(default_factory=list)  # ``probe.key=<json>``, as `rf-bench probe --set`
     data_dir: Optional[str] = None
     slurm: Dict[str, Any] = field(default_factory=dict)
+    runs_per_gpu: int = 1  # local launcher: worker processes that share one GPU (packed runs)
 
     @property
     def state_dir(self) -> Path:
@@ -139,7 +143,14 @@ def load_sweep(path: str | os.PathLike | None = None, *, text: Optional[str] = N
         results=root / "results" if root else Path(head.get("results", "results")),
         report=root / "report" if root else Path(head.get("report", "report")),
         suite=suite, probe_settings=settings, data_dir=head.get("data_dir"), slurm=slurm,
+        runs_per_gpu=_positive_int(head.get("runs_per_gpu", 1), f"{where}: [sweep] runs_per_gpu"),
     )
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a whole number >= 1, got {value!r}")
+    return value
 
 
 # ---------------------------------------------------------------- job state
@@ -324,15 +335,20 @@ def _pending_indices(sweep: Sweep) -> List[int]:
 
 
 def run_sweep(sweep: Sweep, launcher: str = "local", *, max_parallel: int = 1, dry_run: bool = False,
-              wait: bool = True, progress: bool = True, log: Callable[..., None] = print) -> Dict[str, Any]:
+              wait: bool = True, progress: bool = True, log: Callable[..., None] = print,
+              runs_per_gpu: Optional[int] = None) -> Dict[str, Any]:
     """Run every unfinished run of the grid, then the group probes and the report.
 
     ``local`` runs the jobs in this process one after another, or ``max_parallel`` at a time in worker processes
-    (one GPU each); ``slurm`` submits a job array through submitit and, with ``wait``, waits for it before the
-    group probes; ``submitit-local`` is the same submitit path with its local executor (for tests).
+    (``runs_per_gpu`` of them share each GPU, default the sweep file's; with several per GPU and no
+    ``max_parallel``, every GPU is filled); ``slurm`` submits a job array through submitit and, with ``wait``,
+    waits for it before the group probes; ``submitit-local`` is the same submitit path with its local executor.
     """
     if launcher not in LAUNCHERS:
         raise ValueError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
+    per_gpu = _positive_int(runs_per_gpu if runs_per_gpu is not None else sweep.runs_per_gpu, "--runs-per-gpu")
+    if launcher == "local" and max_parallel <= 1 and per_gpu > 1:
+        max_parallel = per_gpu * max(1, _visible_gpus())
     todo = _pending_indices(sweep)
     log(f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(todo)} done, {len(todo)} to run")
     if dry_run:
@@ -352,7 +368,7 @@ def run_sweep(sweep: Sweep, launcher: str = "local", *, max_parallel: int = 1, d
                 failed.append(dict(index=i, run=sweep.run_dir(cfg).name, error=_last_line(e)))
                 log(f"  failed: {_last_line(e)}")
     elif launcher == "local":
-        failed = _run_in_pool(sweep, todo, max_parallel, progress, log)
+        failed = _run_in_pool(sweep, todo, max_parallel, progress, log, per_gpu)
     elif todo:
         failed = _run_with_submitit(sweep, launcher, todo, wait, log)
         if not wait:
@@ -373,20 +389,33 @@ def _init_worker(slots, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def gpu_slots(workers: int, gpus: int, runs_per_gpu: int = 1) -> List[Optional[int]]:
+    """The GPU of each worker: ``runs_per_gpu`` consecutive workers share a GPU, then the next GPU (round robin
+    when there are more workers than places); ``None`` for every worker on a machine without GPUs."""
+    if not gpus:
+        return [None] * workers
+    return [(slot // runs_per_gpu) % gpus for slot in range(workers)]
+
+
 def _run_in_pool(sweep: Sweep, todo: Sequence[int], max_parallel: int, progress: bool,
-                 log: Callable[..., None]) -> List[Dict[str, Any]]:
-    """``max_parallel`` worker processes, each pinned to one GPU (or cores / max_parallel threads on a CPU)."""
+                 log: Callable[..., None], runs_per_gpu: int = 1) -> List[Dict[str, Any]]:
+    """``max_parallel`` worker processes, each pinned to one GPU that ``runs_per_gpu`` of them share (or
+    cores / max_parallel threads on a CPU)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     ctx = multiprocessing.get_context("spawn")
-    gpus = torch.cuda.device_count()
     slots = ctx.Queue()
-    for slot in range(max_parallel):
-        slots.put(slot % gpus if gpus else None)
+    for gpu in gpu_slots(max_parallel, _visible_gpus(), runs_per_gpu):
+        slots.put(gpu)
     threads = max(1, (os.cpu_count() or 1) // max_parallel)
     failed = []
     bar = Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),

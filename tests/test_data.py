@@ -102,7 +102,7 @@ def test_cache_is_reused_and_corruption_is_rebuilt(tmp_path, cache, cifar_arrays
 
     def boom(*a, **k):
         raise AssertionError("decoded again although cached")
-    monkeypatch.setattr(D, "_cifar_batches", boom)
+    monkeypatch.setattr(D.sources, "_cifar_batches", boom)
     assert torch.equal(D.load("cifar10", "train", data_dir=root, cache_dir=cache).images, first.images)
     monkeypatch.undo()
 

@@ -80,9 +80,16 @@ def _kill_after(cmd, checkpoint: Path):
     assert proc.returncode == -signal.SIGKILL
 
 
+# on CPU as it is; on CUDA (the GPU machine) with --deterministic, which is what makes cuDNN repeatable
+DEVICES = [pytest.param(["--cpu"], id="cpu"),
+           pytest.param(["--deterministic"], id="cuda-deterministic",
+                        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))]
+
+
 @pytest.mark.slow
-def test_sigkill_then_rerun_gives_bit_identical_weights(tmp_path):
-    args = ["--model", "vgg19_rfpool2", "--epochs", "3", "--checkpoint-every-steps", "10", *TINY]
+@pytest.mark.parametrize("device_args", DEVICES)
+def test_sigkill_then_rerun_gives_bit_identical_weights(tmp_path, device_args):
+    args = ["--model", "vgg19_rfpool2", "--epochs", "3", "--checkpoint-every-steps", "10", *TINY, *device_args]
     ref = _run([sys.executable, TRAIN_PY, *args, "--output", str(tmp_path / "ref")])
     assert ref.returncode == 0, ref.stderr[-3000:]
     ref_dir = _run_dir(ref)
@@ -110,7 +117,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     # clipping at lr 0.01 this tiny net amplifies them ~6x per step)
     args = ["--model", "resnet50_rfpool2", "--epochs", "1", "--model-kwargs", "norm_layer=layernorm2d",
             "--augment", *TINY, "--recipe", "paper", "--batch-size", "64", "--lr", "0.002"]
-    one = _run([sys.executable, TRAIN_PY, *args, "--output", str(tmp_path / "one")])
+    # both on the CPU: the two processes below use CPU gloo, so the one process must not take a visible GPU
+    one = _run([sys.executable, TRAIN_PY, *args, "--cpu", "--output", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
     env = _env(ACCELERATE_USE_CPU="true")
     two = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29531", TRAIN_PY, *args,

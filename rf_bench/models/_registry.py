@@ -7,39 +7,16 @@ valid (every model then has one untagged cfg without weights).
 """
 from __future__ import annotations
 
-import json
-import os
-from importlib import resources
-from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Optional
 
 from timm.models import generate_default_cfgs
 
+from ..checkpoints import fetch_checkpoint, iter_manifests, manifest_entry
 from ._rfpool import CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = ["RFPOOL_KS", "rfpool_default_cfgs", "iter_manifests", "manifest_entry", "published_model_kwargs"]
 
 RFPOOL_KS = tuple(range(1, 9))
-
-
-def _manifest_folders() -> Iterator[Any]:
-    try:
-        yield resources.files("rf_bench.registry")
-    except ModuleNotFoundError:
-        pass
-    # extra folders (a lab's own publications) come after the shipped one, so their tags win
-    for folder in filter(None, os.environ.get("RF_BENCH_REGISTRY", "").split(os.pathsep)):
-        if Path(folder).is_dir():
-            yield Path(folder)
-
-
-def iter_manifests() -> Iterator[Dict[str, Any]]:
-    """Yield every manifest: those shipped in ``rf_bench.registry`` (the repo's ``registry/``), then those in
-    the folders named by ``$RF_BENCH_REGISTRY`` (``os.pathsep``-separated)."""
-    for folder in _manifest_folders():
-        for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-            if entry.name.endswith(".json"):
-                yield json.loads(entry.read_text(encoding="utf-8"))
 
 
 def _base_cfg(**kwargs: Any) -> Dict[str, Any]:
@@ -81,18 +58,6 @@ def rfpool_default_cfgs(prefix: str, **kwargs: Any) -> Dict[str, Any]:
     return generate_default_cfgs(cfgs)
 
 
-def manifest_entry(model_tag: str) -> Tuple[str, Dict[str, Any]]:
-    """Find the manifest entry of ``model.tag`` (the last folder wins); ``KeyError`` if it was never published."""
-    name, _, tag = model_tag.partition(".")
-    found = None
-    for manifest in iter_manifests():
-        if manifest["model"] == name and tag in manifest.get("tags", {}):
-            found = manifest["tags"][tag]
-    if found is None:
-        raise KeyError(model_tag)
-    return name, found
-
-
 _WEIGHT_SOURCES = ("file", "url", "state_dict", "hf_hub_id")
 
 
@@ -124,8 +89,6 @@ def published_model_kwargs(variant: str, pretrained: bool, kwargs: Dict[str, Any
         return kwargs  # the caller points at their own weights
     if entry is None:
         raise ValueError(f"{variant} has no default weights; name a published tag: {_published_hint(variant)}")
-    from rf_bench.hub import fetch_checkpoint
-
     fetch_checkpoint(entry)
     return kwargs
 

@@ -1,85 +1,35 @@
-"""Data: every source decoded once into uint8 tensors ``(N, C, H, W)``, cached, and batched on device.
-
-Sources (``load(name, split, data_dir=None)``):
-
-- ``cifar10``: the Hub dataset ``uoft-cs/cifar10`` through ``datasets``, or offline from ``data_dir``:
-  a ``save_to_disk`` folder, a local copy of the Hub repo's parquet files, ``cifar-10-python.tar.gz``
-  or its extracted ``cifar-10-batches-py/`` folder.
-- ``tiny-imagenet``: the Hub dataset ``zh-plus/tiny-imagenet`` (its ``valid`` split is the test set),
-  or offline: ``save_to_disk``, parquet copy, the original ``tiny-imagenet-200/`` folder or ``.zip``.
-- ``digits``: scikit-learn's 8x8 digits, upscaled to 32x32 RGB, fixed stratified split (no network).
-- ``synthetic``: seeded, learnable class templates plus noise, any size (tests).
+"""Where a split comes from: the Hub through ``datasets``, or a local copy in one of its known formats.
 
 Every offline format of a data set yields identical tensors: images are decoded by one function from
-the same bytes, classes are in the Hub's order (CIFAR's label order; sorted WordNet ids).
+the same bytes, classes are in the Hub's order (CIFAR's label order; sorted WordNet ids). ``load``
+resolves the source and goes through the checked cache (``cache.py``).
 """
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import pickle
 import tarfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-__all__ = [
-    "ImageSet", "load", "DATASETS", "TensorLoader", "augment_batch", "normalize", "default_cache_dir",
-    "DATA_DIR_ENV", "CACHE_DIR_ENV", "IGNORE_INDEX",
-]
+from .cache import CACHE_VERSION, cached, default_cache_dir, source_fingerprint
+from .imageset import ImageSet
+
+__all__ = ["load", "DATASETS", "DATA_DIR_ENV", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "TINY_MEAN",
+           "TINY_STD"]
 
 DATA_DIR_ENV = "RF_BENCH_DATA_DIR"
-CACHE_DIR_ENV = "RF_BENCH_CACHE"
-_CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
-
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-IGNORE_INDEX = -100  # label of padding slots in a sharded eval split (cross_entropy ignores it)
 TINY_MEAN, TINY_STD = (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)
-
-
-@dataclass
-class ImageSet:
-    """A decoded split: uint8 images ``(N, C, H, W)``, int64 labels, class names, normalisation stats."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    classes: List[str]
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
-    name: str = ""
-    split: str = ""
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"{len(self.labels)} labels for {self.images.shape[0]} images")
-        self.labels = self.labels.to(torch.int64)
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def input_size(self) -> Tuple[int, int, int]:
-        return tuple(self.images.shape[1:])
-
-    def subset(self, indices: Sequence[int] | torch.Tensor) -> "ImageSet":
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return ImageSet(self.images[idx], self.labels[idx], self.classes, self.mean, self.std,
-                        self.name, self.split, self.source)
 
 
 # ----------------------------------------------------------------------------------------- decoding
@@ -435,86 +385,6 @@ DATASETS: Dict[str, _DatasetSpec] = {
 }
 _SPLITS = {"train": "train", "test": "test", "valid": "test", "val": "test", "validation": "test"}
 
-
-# ------------------------------------------------------------------------------------------ cache
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "rf_bench" / "data")
-
-
-def _source_fingerprint(path: Path) -> str:
-    """Paths, sizes and mtimes of the source files: changes when the local copy does."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    h = hashlib.sha256(str(path.resolve()).encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(path) if f != path else f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()
-
-
-def _digest(images: torch.Tensor, labels: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    h.update(images.contiguous().numpy().data)
-    h.update(labels.contiguous().numpy().data)
-    return h.hexdigest()
-
-
-def _cache_path(cache_dir: Path, name: str, split: str, key: str) -> Path:
-    return cache_dir / f"{name}-{split}-{key[:16]}.safetensors"
-
-
-def _read_cache(path: Path) -> Optional[ImageSet]:
-    """The cached split, or None if it is missing, truncated or does not match its checksum."""
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            images, labels = f.get_tensor("images"), f.get_tensor("labels")
-        if meta.get("sha256") != _digest(images, labels):
-            raise ValueError("checksum mismatch")
-        info = json.loads(meta["info"])
-    except (SafetensorError, ValueError, KeyError, OSError, RuntimeError) as e:
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[yellow]warning:[/] cache {path} is corrupt ({e}); rebuilding it")
-        return None
-    return ImageSet(images, labels, info["classes"], tuple(info["mean"]), tuple(info["std"]), info["name"],
-                    info["split"], info["source"])
-
-
-def _write_cache(path: Path, data: ImageSet) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = dict(classes=data.classes, mean=data.mean, std=data.std, name=data.name, split=data.split,
-                source=data.source)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"images": data.images.contiguous(), "labels": data.labels.contiguous()}, str(tmp),
-              metadata={"sha256": _digest(data.images, data.labels), "info": json.dumps(info),
-                        "version": str(_CACHE_VERSION)})
-    os.replace(tmp, path)  # readers see the old file or the whole new one, never half of it
-
-
-def _cached(cache_dir: Path, name: str, split: str, key: str, build: Callable[[], ImageSet]) -> ImageSet:
-    """Load from the cache or build it once; a file lock makes concurrent processes (DDP ranks) wait."""
-    from filelock import FileLock
-
-    path = _cache_path(cache_dir, name, split, key)
-    data = _read_cache(path)
-    if data is not None:
-        return data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        data = _read_cache(path)  # another process may have built it while we waited
-        if data is None:
-            data = build()
-            _write_cache(path, data)
-    return data
-
-
 # ------------------------------------------------------------------------------------------- load
 
 def _resolve(name: str, split: str) -> Tuple[str, _DatasetSpec, str]:
@@ -569,152 +439,15 @@ def load(name: str, split: str, data_dir: Optional[str | os.PathLike] = None,
                 path = source.find(base, split) if base.is_dir() else None
                 if path is None:
                     continue
-                key = f"v{_CACHE_VERSION}:{source.layout}:{_source_fingerprint(path)}"
+                key = f"v{CACHE_VERSION}:{source.layout}:{source_fingerprint(path)}"
 
                 def build(source=source, path=path) -> ImageSet:
                     images, labels, classes = source.read(path, split)
                     return ImageSet(images, labels, classes or list(spec.classes), spec.mean, spec.std, name,
                                     split, str(path))
-                return _cached(cache, name, split, hashlib.sha256(key.encode()).hexdigest(), build)
+                return cached(cache, name, split, hashlib.sha256(key.encode()).hexdigest(), build)
         raise _no_local_copy_error(name, spec, root, "no local copy found")
-    key = hashlib.sha256(f"v{_CACHE_VERSION}:{spec.hub.repo}:{spec.hub.config}:{split}".encode()).hexdigest()
-    return _cached(cache, name, split, key, lambda: _load_hub(name, spec, split))
+    key = hashlib.sha256(f"v{CACHE_VERSION}:{spec.hub.repo}:{spec.hub.config}:{split}".encode()).hexdigest()
+    return cached(cache, name, split, key, lambda: _load_hub(name, spec, split))
 
 
-# ----------------------------------------------------------------------------------------- loader
-
-def _mix(*parts: object) -> int:
-    """A 63-bit seed from several values, so different streams (order, augmentation) never collide."""
-    h = hashlib.blake2b(",".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
-def _draw_crop_flip(n: int, padding: int, flip: bool, generator: torch.Generator,
-                    device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Random crop offsets (dy, dx) in ``0..2 padding`` and flip flags for ``n`` images."""
-    draw = dict(generator=generator, device=generator.device)
-    dy = torch.randint(0, 2 * padding + 1, (n,), **draw).to(device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), **draw).to(device)
-    mirrored = (torch.rand(n, **draw) < 0.5).to(device) if flip else None
-    return dy, dx, mirrored
-
-
-def _crop_flip(padded: torch.Tensor, idx: torch.Tensor, out_hw: Tuple[int, int], dy: torch.Tensor,
-               dx: torch.Tensor, mirrored: Optional[torch.Tensor]) -> torch.Tensor:
-    """Samples ``idx`` of a zero-padded uint8 set, cropped at ``(dy, dx)`` and mirrored where asked.
-
-    One ``take`` with a flat index does crop, flip and batch gather together (3x faster than
-    padding, advanced indexing and ``where`` per batch on a CPU).
-    """
-    n, device = idx.shape[0], padded.device
-    h, w = out_hw
-    c, hp, wp = padded.shape[1:]
-    ar_h, ar_w = torch.arange(h, device=device), torch.arange(w, device=device)
-    cols = ar_w.expand(n, w) if mirrored is None else torch.where(mirrored[:, None], ar_w.flip(0), ar_w)
-    rows = dy[:, None] + ar_h
-    cols = dx[:, None] + cols
-    flat = ((idx * (c * hp * wp))[:, None, None, None] + (torch.arange(c, device=device) * (hp * wp))[None, :, None, None]
-            + (rows * wp)[:, None, :, None] + cols[:, None, None, :])
-    return padded.reshape(-1).take(flat)
-
-
-def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True) -> torch.Tensor:
-    """Random crop with zero padding and horizontal flip of a uint8 batch, on its own device."""
-    padded = F.pad(x, (padding,) * 4) if padding else x
-    idx = torch.arange(x.shape[0], device=x.device)
-    dy, dx, mirrored = _draw_crop_flip(x.shape[0], padding, flip, generator, x.device)
-    return _crop_flip(padded.contiguous(), idx, tuple(x.shape[-2:]), dy, dx, mirrored)
-
-
-def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-              dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 -> ``(x / 255 - mean) / std`` in ``dtype``, as one fused multiply-add."""
-    scale = 1.0 / (torch.tensor(std, device=x.device, dtype=torch.float64) * 255)
-    shift = -torch.tensor(mean, device=x.device, dtype=torch.float64) / torch.tensor(std, device=x.device,
-                                                                                      dtype=torch.float64)
-    return torch.addcmul(shift.to(dtype).view(1, -1, 1, 1), x.to(dtype), scale.to(dtype).view(1, -1, 1, 1))
-
-
-@dataclass
-class TensorLoader:
-    """Batches of an ``ImageSet`` on ``device``, augmented there; no workers, no PIL.
-
-    The order is a pure function of ``(seed, epoch)`` and each sample's crop and flip of
-    ``(seed, epoch, sample)``, so a resumed run sees the same batches, and so do 1 or N processes. With ``num_replicas`` > 1,
-    each rank takes a disjoint interleaved slice (as ``DistributedSampler`` does) and every rank takes
-    the same number of steps.
-    """
-
-    data: ImageSet
-    batch_size: int
-    train: bool = True
-    seed: int = 0
-    device: torch.device | str = "cpu"
-    augment: bool = True
-    padding: int = 4
-    flip: bool = True
-    num_replicas: int = 1
-    rank: int = 0
-    drop_last: Optional[bool] = None
-    channels_last: bool = False
-    epoch: int = 0
-    _images: torch.Tensor = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.device = torch.device(self.device)
-        if self.drop_last is None:
-            self.drop_last = self.train
-        if not 0 <= self.rank < self.num_replicas:
-            raise ValueError(f"rank {self.rank} outside 0..{self.num_replicas - 1}")
-        # the whole split lives on the device as uint8 (150 MB for CIFAR10 train), padded once for cropping
-        images = self.data.images.to(self.device)
-        self._augmenting = self.train and self.augment
-        if self._augmenting and self.padding:
-            images = F.pad(images, (self.padding,) * 4)
-        self._images = images.contiguous()
-        self._labels = self.data.labels.to(self.device)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _indices(self) -> torch.Tensor:
-        n = len(self.data)
-        if self.train:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch)))
-        else:
-            order = torch.arange(n)
-        per_rank = n // self.num_replicas if self.drop_last else -(-n // self.num_replicas)
-        total = per_rank * self.num_replicas
-        if total > n:  # pad with -1 so every rank has equal work; padded slots get label IGNORE_INDEX
-            order = torch.cat([order, torch.full((total - n,), -1, dtype=order.dtype)])
-        return order[:total][self.rank::self.num_replicas]
-
-    def __len__(self) -> int:
-        n = len(self.data)
-        per_rank = n // self.num_replicas if self.drop_last else -(-n // self.num_replicas)
-        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
-
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        return self.iter_from(0)
-
-    def iter_from(self, start_step: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """Batches ``start_step..`` of the current epoch (mid-epoch resume skips without computing)."""
-        indices = self._indices().to(self.device)
-        if self._augmenting:
-            # one draw per sample and epoch: a sample's crop depends on (seed, epoch, sample), not on which
-            # rank or batch it lands in, so 1 and N processes see the same augmented global batch
-            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, "augment"))
-            dy, dx, mirrored = _draw_crop_flip(len(self.data), self.padding, self.flip, g, self.device)
-        for step in range(start_step, len(self)):
-            idx = indices[step * self.batch_size:(step + 1) * self.batch_size]
-            safe = idx.clamp(min=0)
-            labels = torch.where(idx >= 0, self._labels[safe], IGNORE_INDEX)
-            if self._augmenting:
-                x = _crop_flip(self._images, safe, self.data.images.shape[-2:], dy[safe], dx[safe],
-                               None if mirrored is None else mirrored[safe])
-            else:
-                x = self._images[safe]
-            x = normalize(x, self.data.mean, self.data.std)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, labels

@@ -1,0 +1,517 @@
+"""The trainer: one run from set-up to ``done``, one short method per job.
+
+``Trainer(cfg, output).fit()`` builds the accelerator, data, model and optimizer (``setup``), resumes from
+the last intact checkpoint (``resume``), then runs epochs of steps (``train_epoch``, ``step``), evaluates and
+logs each epoch (``evaluate``, ``log_epoch``) and checkpoints after it (``save_checkpoint``). Everything a
+resumed run needs is in its checkpoint, so a run killed at any point and started again ends with the same
+weights, bit for bit (on CUDA with ``deterministic``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .pruning import apply_masks, global_magnitude_masks
+from .recipes import COMPILE_MODES, TrainConfig, lr_factor, run_dir_for
+from .results import sha256_file, write_json_atomic
+
+__all__ = ["Trainer", "NonFiniteLossError", "check_writable", "deterministic_mode"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient; the last good checkpoint is kept."""
+
+
+# -------------------------------------------------------------------------------------- helpers
+
+def _versions() -> Dict[str, str]:
+    import accelerate
+    import datasets
+    import timm
+
+    import rf_bench
+
+    return dict(rf_bench=rf_bench.__version__, torch=torch.__version__, timm=timm.__version__,
+                accelerate=accelerate.__version__, datasets=datasets.__version__, python=sys.version.split()[0])
+
+
+def _git_sha() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _save_weights(model: nn.Module, path: Path, metadata: Dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file(state, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _checkpoint_bytes(model: nn.Module) -> int:
+    """Rough size of one checkpoint: weights + SGD momentum, float32."""
+    return 2 * sum(p.numel() * 4 for p in model.parameters()) + 1_000_000
+
+
+def check_writable(run_dir: Path, need_bytes: int) -> None:
+    """Refuse to start when the run could not be saved (unwritable dir, disk too full)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"cannot write to {run_dir} ({e.strerror}); pass a writable --output") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < need_bytes:
+        raise OSError(f"only {free / 1e6:.0f} MB free at {run_dir}, a run needs about {need_bytes / 1e6:.0f} MB; "
+                      "free some space or pass another --output")
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
+    """Weight decay on every parameter, as in the paper's plain SGD (and PyTorch's default)."""
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+
+
+def _latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    complete = [p for p in ckpts if (p / "trainer_state.json").is_file()]
+    return complete[-1] if complete else None
+
+
+def _truncate_metrics(path: Path, before_epoch: int) -> None:
+    """Drop metric lines of epochs that the checkpoint being resumed did not finish."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] < before_epoch]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+class deterministic_mode:
+    """Deterministic kernels while training (as Lightning's ``deterministic=True``), restored afterwards.
+
+    ``torch.use_deterministic_algorithms``, cuDNN's deterministic algorithms without benchmarking, and the cuBLAS
+    workspace setting that deterministic cuBLAS needs (it must be set before cuBLAS starts: the trainer sets it
+    before building the model).
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __enter__(self) -> "deterministic_mode":
+        self._saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                       torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+        if self.enabled:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        algorithms, cudnn_deterministic, cudnn_benchmark, workspace = self._saved
+        torch.use_deterministic_algorithms(algorithms)
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+class _RunningStats:
+    """Loss/accuracy sums and the first non-finite step, kept on the device: read only every few steps.
+
+    The tensors are reset in place between epochs, so a captured CUDA graph that writes them stays valid.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.float64, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.seen = 0.0
+
+    def reset(self, loss_sum: float = 0.0, correct: float = 0.0, seen: float = 0.0) -> "_RunningStats":
+        self.loss_sum.fill_(loss_sum)
+        self.correct.fill_(correct)
+        self.first_bad.fill_(-1)
+        self.seen = seen
+        return self
+
+    def record(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, grad_norm: Optional[torch.Tensor],
+               global_step: torch.Tensor | int) -> None:
+        """The device half of an update (no host sync, so it can be captured in a CUDA graph)."""
+        loss = loss.detach()
+        finite = torch.isfinite(loss) if grad_norm is None else torch.isfinite(loss + grad_norm)
+        self.first_bad.copy_(torch.where((self.first_bad < 0) & ~finite, global_step, self.first_bad))
+        self.loss_sum.add_(loss * y.shape[0])
+        self.correct.add_((logits.detach().argmax(1) == y).sum())
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, grad_norm: Optional[torch.Tensor],
+               global_step: int) -> None:
+        self.record(loss, logits, y, grad_norm, global_step)
+        self.seen += y.shape[0]
+
+    @property
+    def sums(self) -> torch.Tensor:
+        seen = torch.tensor(float(self.seen), dtype=torch.float64, device=self.loss_sum.device)
+        return torch.stack([self.loss_sum, self.correct, seen])
+
+    def as_dict(self) -> Dict[str, float]:
+        return dict(loss_sum=self.loss_sum.item(), correct=self.correct.item(), seen=float(self.seen))
+
+
+def _progress_bar(show: bool, epoch: int, epochs: int, steps: int, done: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.3f} {task.fields[ips]:.0f} img/s"),
+                   TimeRemainingColumn(), disable=not show, transient=True)
+    bar.add_task("train", total=steps, completed=done, loss=float("nan"), acc=0.0, ips=0.0)
+    return bar
+
+
+def validate_config(cfg: TrainConfig, world: int, device: torch.device) -> None:
+    """Refuse settings that cannot work together, in one line each, before any work."""
+    if cfg.compile_mode is not None and cfg.compile_mode not in COMPILE_MODES:
+        raise ValueError(f"--compile-mode {cfg.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
+    if cfg.batch_size % world:
+        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by {world} processes; pick a multiple")
+    if not cfg.cuda_graphs:
+        return
+    if device.type != "cuda":
+        raise ValueError(f"--cuda-graphs needs a CUDA device, this process trains on {device.type}; drop the flag")
+    if world > 1:
+        raise ValueError("--cuda-graphs captures one process's step; train several runs per GPU "
+                         "(rf-bench sweep --runs-per-gpu) instead of one run on several")
+    if cfg.compile or cfg.compile_mode:
+        raise ValueError("--cuda-graphs and --compile/--compile-mode both capture the step; choose one")
+    if cfg.mixed_precision == "fp16":
+        raise ValueError("--cuda-graphs does not capture fp16's loss scaler; use --mixed-precision bf16")
+
+
+# ------------------------------------------------------------------------------------- the trainer
+
+class Trainer:
+    """Train (or resume, or skip if finished) the run of ``cfg`` under ``output``."""
+
+    sync_every = 10  # host syncs (progress, NaN check) every few steps, so GPUs are not stalled each step
+
+    def __init__(self, cfg: TrainConfig, output: str | os.PathLike = "runs", data_dir: Optional[str] = None,
+                 checkpoint_every_steps: int = 0, log_with: Optional[str] = None, keep_checkpoints: int = 2,
+                 progress: bool = True, cpu: bool = False) -> None:
+        self.data_dir, self.log_with, self.progress = data_dir, log_with, progress
+        self.checkpoint_every_steps, self.keep_checkpoints = checkpoint_every_steps, keep_checkpoints
+        self.accelerator = self._make_accelerator(cfg, log_with, cpu)
+        self.cfg = self._complete(cfg)
+        self.world = self.accelerator.num_processes
+        validate_config(self.cfg, self.world, self.accelerator.device)
+        self.run_dir = run_dir_for(self.cfg, output)
+
+    @staticmethod
+    def _make_accelerator(cfg: TrainConfig, log_with: Optional[str], cpu: bool):
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+        from accelerate.utils import TorchDynamoPlugin
+
+        # a second train() in one process (a probe's fine-tunes, a notebook) may want other settings: start the
+        # accelerator state afresh (the process group, in PartialState, is kept)
+        AcceleratorState._reset_state()
+        dynamo = None
+        if cfg.compile or cfg.compile_mode:
+            dynamo = TorchDynamoPlugin(backend="inductor", mode=cfg.compile_mode or "default")
+        return Accelerator(
+            mixed_precision=None if cfg.mixed_precision in (None, "no") else cfg.mixed_precision,
+            step_scheduler_with_optimizer=False, log_with=log_with, dynamo_plugin=dynamo, cpu=cpu,
+        )
+
+    def _complete(self, cfg: TrainConfig) -> TrainConfig:
+        """Fill in what the launch decided (mixed precision) and the init weights' hash."""
+        cfg = dataclasses.replace(cfg, mixed_precision=self.accelerator.mixed_precision)
+        if cfg.init_from and not cfg.init_sha256:
+            if not Path(cfg.init_from).is_file():
+                raise FileNotFoundError(f"--init-from {cfg.init_from} does not exist")
+            cfg = dataclasses.replace(cfg, init_sha256=sha256_file(cfg.init_from))
+        return cfg
+
+    @property
+    def finished(self) -> bool:
+        return (self.run_dir / "done").is_file()
+
+    # ------------------------------------------------------------------------------- the whole run
+
+    def fit(self) -> Path:
+        if self.finished:
+            self.accelerator.print(f"{self.run_dir} is already finished; nothing to do")
+            return self.run_dir
+        with deterministic_mode(self.cfg.deterministic):
+            self.setup()
+            start_epoch, start_step, resumed = self.resume()
+            for epoch in range(start_epoch, self.cfg.epochs):
+                first_step = start_step if epoch == start_epoch else 0
+                seconds, images = self.train_epoch(epoch, first_step, resumed if epoch == start_epoch else {})
+                record = self.evaluate(epoch, seconds, images)
+                self.log_epoch(record)
+                self.save_checkpoint(epoch + 1, 0, self.stats.reset())
+            self.finish()
+        return self.run_dir
+
+    # ------------------------------------------------------------------------------------- set-up
+
+    def setup(self) -> None:
+        from accelerate.utils import set_seed
+
+        acc, cfg = self.accelerator, self.cfg
+        self._load_data()
+        set_seed(cfg.seed)
+        model, masks = self._build_model()
+        if acc.is_main_process:
+            check_writable(self.run_dir, need_bytes=(self.keep_checkpoints + 2) * _checkpoint_bytes(model))
+        acc.wait_for_everyone()
+        self._build_loaders()
+        optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
+                                    nesterov=cfg.nesterov)
+        steps = self.steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps))
+        if acc.is_main_process and not (self.run_dir / "init.safetensors").is_file():
+            self._write_run_header(model)
+        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        self.masks = None if masks is None else {name: m.to(acc.device) for name, m in masks.items()}
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.stats = _RunningStats(acc.device)
+        self.captured = None
+        if cfg.cuda_graphs:
+            from .capture import CapturedStep
+
+            self.captured = CapturedStep(acc.unwrap_model(self.model), self.optimizer, self.criterion, self.stats,
+                                         cfg, self.masks)
+
+    def _load_data(self) -> None:
+        from . import data as rf_data
+
+        # the main process decodes/caches first, the others then read the cache
+        with self.accelerator.main_process_first():
+            self.train_set = rf_data.load(self.cfg.dataset, "train", data_dir=self.data_dir)
+            self.test_set = rf_data.load(self.cfg.dataset, "test", data_dir=self.data_dir)
+
+    def _build_model(self) -> Tuple[nn.Module, Optional[Dict[str, torch.Tensor]]]:
+        import timm
+
+        import rf_bench.models  # noqa: F401  (registers the rfpool models)
+        from .results import load_weights
+
+        cfg = self.cfg
+        self.model_kwargs = dict(num_classes=self.train_set.num_classes, in_chans=self.train_set.input_size[0],
+                                 **cfg.model_kwargs)
+        model = timm.create_model(cfg.model, **self.model_kwargs)
+        with torch.no_grad():  # a k too large for the images fails here, with the model's own one-line error
+            model.eval()(torch.zeros(1, *self.train_set.input_size))
+        model.train()
+        if cfg.init_from:
+            load_weights(model, cfg.init_from)
+        masks = None
+        if cfg.prune_rate:
+            masks = global_magnitude_masks(model, [cfg.prune_rate])[cfg.prune_rate]
+            apply_masks(model, masks)
+        if self.world > 1 and cfg.sync_bn and self.accelerator.device.type != "cpu":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model, masks
+
+    def _build_loaders(self) -> None:
+        from .data import TensorLoader
+
+        acc, cfg = self.accelerator, self.cfg
+        local_batch = cfg.batch_size // self.world
+        kwargs = dict(device=acc.device, num_replicas=self.world, rank=acc.process_index,
+                      channels_last=cfg.channels_last)
+        self.train_loader = TensorLoader(self.train_set, local_batch, train=True, seed=cfg.seed, augment=cfg.augment,
+                                         **kwargs)
+        self.test_loader = TensorLoader(self.test_set, max(local_batch, 256), train=False, **kwargs)
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.train_set)} training images make no batch of {cfg.batch_size}; "
+                             "lower --batch-size")
+
+    def _write_run_header(self, model: nn.Module) -> None:
+        import rf_bench
+
+        cfg, train_set, test_set = self.cfg, self.train_set, self.test_set
+        meta = dict(model=cfg.model, stage="init", rf_bench=rf_bench.__version__)
+        _save_weights(model, self.run_dir / "init.safetensors", meta)
+        write_json_atomic(self.run_dir / "config.json", dict(
+            config=cfg.identity(), run_id=self.run_dir.name, model_kwargs=self.model_kwargs, num_processes=self.world,
+            data=dict(name=cfg.dataset, classes=train_set.classes, mean=train_set.mean, std=train_set.std,
+                      input_size=train_set.input_size, train_size=len(train_set), test_size=len(test_set)),
+            versions=_versions(), git_sha=_git_sha(), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        ))
+
+    def resume(self) -> Tuple[int, int, Dict[str, float]]:
+        """Load the last complete checkpoint, if any: ``(epoch, step in epoch, partial-epoch sums)``."""
+        acc = self.accelerator
+        start_epoch, start_step, partial = 0, 0, {}
+        ckpt = _latest_checkpoint(self.run_dir)
+        if ckpt is not None:
+            acc.load_state(str(ckpt))
+            state = json.loads((ckpt / "trainer_state.json").read_text())
+            start_epoch, start_step = state["epoch"], state["step_in_epoch"]
+            partial = state["partial_epoch"][acc.process_index]
+            acc.print(f"resuming {self.run_dir.name} from {ckpt.name} (epoch {start_epoch}, step {start_step})")
+        if acc.is_main_process:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", start_epoch)
+        if self.log_with:
+            acc.init_trackers(self.run_dir.name, config={k: str(v) for k, v in self.cfg.identity().items()})
+        return start_epoch, start_step, partial
+
+    # ------------------------------------------------------------------------------------ training
+
+    def train_epoch(self, epoch: int, first_step: int, resumed: Dict[str, float]) -> Tuple[float, int]:
+        """Steps ``first_step..`` of ``epoch``; returns (seconds, images seen by all processes)."""
+        self.train_loader.set_epoch(epoch)
+        self.model.train()
+        self.stats.reset(**resumed)
+        show = self.progress and self.accelerator.is_main_process
+        t0, images = time.perf_counter(), 0
+        with _progress_bar(show, epoch, self.cfg.epochs, self.steps_per_epoch, first_step) as bar:
+            for step, (x, y) in enumerate(self.train_loader.iter_from(first_step), start=first_step):
+                self.step(x, y, epoch * self.steps_per_epoch + step)
+                images += y.shape[0] * self.world
+                if (step + 1) % self.sync_every == 0 or step + 1 == self.steps_per_epoch:
+                    self.check_finite()
+                    if show:
+                        loss_sum, correct, seen = self.stats.sums.tolist()
+                        bar.update(bar.task_ids[0], completed=step + 1, loss=loss_sum / seen, acc=correct / seen,
+                                   ips=images / max(time.perf_counter() - t0, 1e-9))
+                every = self.checkpoint_every_steps
+                if every and (step + 1) % every == 0 and step + 1 < self.steps_per_epoch:
+                    self.save_checkpoint(epoch, step + 1, self.stats)
+        return time.perf_counter() - t0, images
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, global_step: int) -> None:
+        """One optimizer step on one batch; its loss and accuracy go to the running stats on the device."""
+        if self.captured is not None:
+            self.captured(x, y, global_step, lr=self.cfg.lr * lr_factor(self.cfg, global_step, self.steps_per_epoch))
+            self.scheduler.step()  # keeps the eager optimizer's lr (and the checkpointed scheduler) in step
+            return
+        acc, cfg = self.accelerator, self.cfg
+        with acc.autocast():
+            logits = self.model(x)
+            loss = self.criterion(logits, y)
+        acc.backward(loss)
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad) if cfg.clip_grad else None
+        self.stats.update(loss, logits, y, grad_norm, global_step)
+        self.optimizer.step()
+        if self.masks is not None:  # pruned weights stay exactly zero
+            apply_masks(acc.unwrap_model(self.model), self.masks)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def check_finite(self) -> None:
+        """Stop at the first non-finite loss or gradient; every rank takes the same verdict (a collective)."""
+        first_bad = self.accelerator.gather(self.stats.first_bad.reshape(1))
+        bad = first_bad[first_bad >= 0]
+        if bad.numel():
+            step = int(bad.min())
+            last = _latest_checkpoint(self.run_dir)
+            kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint had been written yet"
+            spe = self.steps_per_epoch
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient at epoch {step // spe} step {step % spe} (global step {step}); "
+                f"{kept}; lower --lr or enable --clip-grad")
+
+    # --------------------------------------------------------------------------- evaluate and log
+
+    def evaluate(self, epoch: int, seconds: float, images: int) -> Dict[str, float]:
+        """The epoch's record: train sums over all processes, then test loss and accuracy."""
+        acc = self.accelerator
+        self.check_finite()
+        loss_sum, correct, seen = acc.reduce(self.stats.sums.clone(), reduction="sum").tolist()
+        test_loss, test_acc = _evaluate(self.model, self.test_loader, acc)
+        return dict(epoch=epoch, step=(epoch + 1) * self.steps_per_epoch, train_loss=loss_sum / seen,
+                    train_acc=correct / seen, test_loss=test_loss, test_acc=test_acc,
+                    lr=self.optimizer.param_groups[0]["lr"], images_per_s=images / seconds, seconds=seconds)
+
+    def log_epoch(self, record: Dict[str, float]) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.progress:
+            acc.print(f"epoch {record['epoch'] + 1}/{self.cfg.epochs}  train loss {record['train_loss']:.4f} "
+                      f"acc {record['train_acc']:.4f}  test loss {record['test_loss']:.4f} "
+                      f"acc {record['test_acc']:.4f}  {record['images_per_s']:.0f} img/s")
+        if self.log_with:
+            acc.log({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+
+    # -------------------------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self, epoch: int, step_in_epoch: int, stats: _RunningStats) -> None:
+        """``checkpoints/step_<global step>``, complete or absent (written aside, then renamed)."""
+        acc = self.accelerator
+        self.check_finite()
+        global_step = epoch * self.steps_per_epoch + step_in_epoch
+        folder = self.run_dir / "checkpoints"
+        final, tmp = folder / f"step_{global_step:08d}", folder / f".tmp_step_{global_step:08d}"
+        partial = [None] * self.world
+        if self.world > 1:
+            torch.distributed.all_gather_object(partial, stats.as_dict())
+        else:
+            partial = [stats.as_dict()]
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            write_json_atomic(tmp / "trainer_state.json", dict(epoch=epoch, step_in_epoch=step_in_epoch,
+                                                               global_step=global_step, partial_epoch=partial))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)  # a checkpoint is either complete or absent
+            for old in sorted(folder.glob("step_*"))[:-self.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def finish(self) -> None:
+        import rf_bench
+
+        acc = self.accelerator
+        if acc.is_main_process:
+            meta = dict(model=self.cfg.model, stage="final", rf_bench=rf_bench.__version__)
+            _save_weights(acc.unwrap_model(self.model), self.run_dir / "model.safetensors", meta)
+            (self.run_dir / "done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+        if self.log_with:
+            acc.end_training()
+        acc.wait_for_everyone()
+
+
+def _evaluate(model: nn.Module, loader, accelerator) -> Tuple[float, float]:
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+    with torch.no_grad(), accelerator.autocast():
+        for x, y in loader:
+            logits = model(x)
+            mask = y >= 0
+            totals[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+            totals[1] += (logits.argmax(1) == y)[mask].sum()
+            totals[2] += mask.sum()
+    totals = accelerator.reduce(totals, reduction="sum")
+    loss, correct, n = totals.tolist()
+    return loss / max(n, 1), correct / max(n, 1)

@@ -1,0 +1,203 @@
+"""The GPU side of training: the capturable step, deterministic mode, packed runs; CUDA-only checks run on a GPU."""
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import rf_bench  # noqa: F401
+from rf_bench.capture import GraphSafeStep
+from rf_bench.pruning import apply_masks, global_magnitude_masks
+from rf_bench.recipes import TrainConfig, resolve_config, run_dir_for
+from rf_bench.sweep import gpu_slots, load_sweep
+from rf_bench.train import train
+from rf_bench.trainer import _RunningStats, deterministic_mode
+
+from conftest import TINY
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (runs on the GPU machine)")
+
+
+def _tiny_model():
+    import timm
+
+    return timm.create_model("vgg19_rfpool2", width_mult=TINY, num_classes=10)
+
+
+def _eager_step(model, optimizer, criterion, stats, cfg, masks, x, y, step):
+    """The eager trainer's step without accelerate (which adds nothing on one CPU process)."""
+    logits = model(x)
+    loss = criterion(logits, y)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad) if cfg.clip_grad else None
+    stats.update(loss, logits, y, grad_norm, step)
+    optimizer.step()
+    if masks is not None:
+        apply_masks(model, masks)
+    optimizer.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("recipe, prune", [("paper", None), ("fast", 0.5)])
+def test_graph_safe_step_matches_the_eager_step(recipe, prune):
+    """SGD in foreach ops with a device lr, clipping, masks and the device-side stats equal the eager step.
+
+    Equal within float32 rounding, not bit for bit: ``p + (u * -lr)`` rounds twice where eager SGD's
+    ``p.add_(u, alpha=-lr)`` rounds once. At lr 0.1 this tiny pruned net amplifies that 1-ulp difference to 4e-3
+    in 6 steps (measured), so the fast recipe runs at lr 0.01 here.
+    """
+    cfg = resolve_config(recipe, clip_grad=0.5, weight_decay=5e-4, prune_rate=prune, lr=0.01 if recipe == "fast" else None)
+    eager_model = _tiny_model().train()
+    masks = global_magnitude_masks(eager_model, [prune])[prune] if prune else None
+    if masks:
+        apply_masks(eager_model, masks)
+    graph_model = copy.deepcopy(eager_model)
+    make_opt = lambda m: torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=cfg.momentum,  # noqa: E731
+                                         nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    eager_opt, graph_opt = make_opt(eager_model), make_opt(graph_model)
+    criterion = nn.CrossEntropyLoss()
+    eager_stats, graph_stats = _RunningStats(torch.device("cpu")), _RunningStats(torch.device("cpu"))
+    body = GraphSafeStep(graph_model, graph_opt, criterion, graph_stats, cfg, masks)
+    g = torch.Generator().manual_seed(0)
+    for step in range(6):
+        x, y = torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)
+        lr = cfg.lr * (1.0 - step / 10)  # a schedule: the device lr must follow it
+        for group in eager_opt.param_groups:
+            group["lr"] = lr
+        _eager_step(eager_model, eager_opt, criterion, eager_stats, cfg, masks, x, y, step)
+        body.set_step(step, lr)
+        for p in graph_model.parameters():
+            p.grad = None
+        body(x, y)
+        graph_stats.seen += y.shape[0]
+    moved = max(float((a - b).abs().max()) for a, b in zip(eager_model.state_dict().values(),
+                                                            _tiny_model().state_dict().values()))
+    assert moved > 1e-3
+    for (name, a), b in zip(eager_model.state_dict().items(), graph_model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    for p_eager, p_graph in zip(eager_model.parameters(), graph_model.parameters()):  # resumable: the same buffers
+        torch.testing.assert_close(graph_opt.state[p_graph]["momentum_buffer"],
+                                   eager_opt.state[p_eager]["momentum_buffer"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(graph_stats.sums, eager_stats.sums, rtol=1e-6, atol=0)
+    if masks:
+        params = dict(graph_model.named_parameters())
+        assert all(bool((params[n][~m] == 0).all()) for n, m in masks.items())
+
+
+def test_graph_safe_step_records_the_first_non_finite_step():
+    cfg = resolve_config("fast", clip_grad=0.1)
+    model = _tiny_model().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    stats = _RunningStats(torch.device("cpu"))
+    body = GraphSafeStep(model, opt, nn.CrossEntropyLoss(), stats, cfg)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    body.set_step(7, 0.1)
+    body(x, y)
+    assert int(stats.first_bad) == -1
+    body.set_step(8, 0.1)
+    body(torch.full_like(x, float("nan")), y)
+    body.set_step(9, 0.1)
+    body(x, y)
+    assert int(stats.first_bad) == 8
+
+
+def test_cuda_graphs_and_compile_mode_are_refused_where_they_cannot_work(tmp_path):
+    base = dict(model="vgg19_rfpool2", dataset="digits", epochs=1, batch_size=32, model_kwargs=dict(width_mult=TINY))
+    if not CUDA:
+        with pytest.raises(ValueError, match="--cuda-graphs needs a CUDA device, this process trains on cpu"):
+            train(resolve_config("fast", cuda_graphs=True, **base), output=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="--compile-mode 'fastest' is not one of default, reduce-overhead"):
+        train(resolve_config("fast", compile_mode="fastest", **base), output=tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_deterministic_mode_is_switched_on_and_restored():
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+              os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    with deterministic_mode(True):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] in (":4096:8", ":16:8")
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+            os.environ.get("CUBLAS_WORKSPACE_CONFIG")) == before
+    with deterministic_mode(False):
+        assert torch.are_deterministic_algorithms_enabled() == before[0]
+
+
+def test_new_fields_keep_old_run_ids_and_change_them_when_set():
+    cfg = resolve_config("paper", model="resnet50_rfpool3", dataset="cifar10")
+    assert not {"deterministic", "cuda_graphs", "compile_mode"} & set(cfg.identity())
+    # the id an rf-bench 0.1.0 run directory of this config has: the hash of its 23 original fields
+    import dataclasses
+
+    from rf_bench.results import config_hash
+    old_fields = {k: v for k, v in dataclasses.asdict(cfg).items()
+                  if k not in ("compile_mode", "cuda_graphs", "deterministic")}
+    assert len(old_fields) == 23
+    assert run_dir_for(cfg, "r").name.endswith(config_hash(old_fields))
+    for change in (dict(deterministic=True), dict(cuda_graphs=True), dict(compile_mode="max-autotune")):
+        other = resolve_config("paper", model="resnet50_rfpool3", dataset="cifar10", **change)
+        assert run_dir_for(other, "r") != run_dir_for(cfg, "r")
+        assert TrainConfig(**other.identity()) == other  # sweeps ship configs as identity() dicts
+
+
+@pytest.mark.slow
+def test_deterministic_training_on_cpu_is_bit_identical_to_a_rerun(tmp_path):
+    cfg = resolve_config("fast", model="vgg19_rfpool2", dataset="digits", epochs=1, batch_size=64, lr=0.02,
+                         deterministic=True, model_kwargs=dict(width_mult=TINY))
+    a = train(cfg, output=tmp_path / "a", progress=False)
+    b = train(cfg, output=tmp_path / "b", progress=False)
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert json.loads((a / "config.json").read_text())["config"]["deterministic"] is True
+    assert not torch.are_deterministic_algorithms_enabled()  # the mode ended with the run
+
+
+def test_packed_workers_share_gpus_in_blocks():
+    assert gpu_slots(4, 0, 2) == [None] * 4
+    assert gpu_slots(4, 2, 1) == [0, 1, 0, 1]
+    assert gpu_slots(8, 2, 4) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert gpu_slots(6, 1, 3) == [0, 0, 0, 0, 0, 0]
+
+
+def test_runs_per_gpu_comes_from_the_sweep_file_and_is_checked():
+    text = '[sweep]\nname = "p"\nruns_per_gpu = 4\n[grid]\nmodels = ["vgg19_rfpool1"]\ndatasets = ["digits"]\n'
+    assert load_sweep(text=text, output="o").runs_per_gpu == 4
+    assert load_sweep(text=text.replace("runs_per_gpu = 4\n", ""), output="o").runs_per_gpu == 1
+    with pytest.raises(ValueError, match=r"\[sweep\] runs_per_gpu must be a whole number >= 1, got 0"):
+        load_sweep(text=text.replace("= 4", "= 0"), output="o")
+
+
+# ------------------------------------------------------------------------------ CUDA only (GPU machine)
+
+def _digits_cfg(**extra):
+    return resolve_config("paper", model="vgg19_rfpool2", dataset="digits", epochs=1, batch_size=32, lr=0.002,
+                          model_kwargs=dict(width_mult=TINY), **extra)
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_captured_training_matches_eager_on_cuda(tmp_path, precision):
+    eager = train(_digits_cfg(mixed_precision=precision), output=tmp_path / "eager", progress=False)
+    graph = train(_digits_cfg(mixed_precision=precision, cuda_graphs=True), output=tmp_path / "graph",
+                  progress=False)
+    a, b = load_file(str(eager / "model.safetensors")), load_file(str(graph / "model.safetensors"))
+    tol = dict(rtol=1e-3, atol=1e-4) if precision == "no" else dict(rtol=2e-2, atol=2e-3)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], msg=k, **tol)
+    m_eager = json.loads((eager / "metrics.jsonl").read_text().splitlines()[-1])
+    m_graph = json.loads((graph / "metrics.jsonl").read_text().splitlines()[-1])
+    assert m_graph["train_loss"] == pytest.approx(m_eager["train_loss"], rel=1e-2)
+
+
+@needs_cuda
+def test_deterministic_cuda_training_is_bit_identical_to_a_rerun(tmp_path):
+    a = train(_digits_cfg(deterministic=True), output=tmp_path / "a", progress=False)
+    b = train(_digits_cfg(deterministic=True), output=tmp_path / "b", progress=False)
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert Path(a).name == Path(b).name
