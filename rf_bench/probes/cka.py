@@ -18,13 +18,14 @@ minibatch-HSIC estimator of Nguyen et al. (2021): it estimates the population CK
 """
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import nn
+
+from ._numerics import exact_matmul
 
 __all__ = ["linear_cka", "cka_matrix", "minibatch_cka_matrix", "hsic1", "layer_grams", "default_layers", "CKAConfig", "CKAProbe"]
 
@@ -55,7 +56,7 @@ def _centred_gram(blocks: Sequence[torch.Tensor], dtype: torch.dtype = torch.flo
         torch.sub(b, mean, out=x[row:row + b.shape[0]])
         row += b.shape[0]
     gram = torch.zeros(n, n, dtype=torch.float64) if out is None else out.zero_()
-    with _exact_matmul():
+    with exact_matmul():
         for c in range(0, p, _CHUNK):
             gram += _gram_product(x[:, c:c + _CHUNK]).to(gram.device)
     gram -= gram.mean(0, keepdim=True)
@@ -75,17 +76,6 @@ def _gram_product(a: torch.Tensor, parts: int = 4) -> torch.Tensor:
         out[lo:hi, :hi] = block
         out[:lo, lo:hi] = block[:, :lo].T
     return out
-
-
-@contextlib.contextmanager
-def _exact_matmul():
-    """No TF32 inside: on GPUs that allow it, a float32 product would silently keep 10 mantissa bits."""
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:

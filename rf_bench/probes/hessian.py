@@ -3,9 +3,11 @@
 Hessian-vector products (HVPs) are exact double-backward products of the mean loss over the given
 batches (one HVP = one pass over all of them), for the model in whatever mode it is in (the probe
 uses eval mode, as PyHessian does). Eigenvalues come from a thick-restart Lanczos
-(:func:`thick_restart_lanczos`, float64 arithmetic on the host) whose basis is stored in float64 for
-small models and in float32 for large ones: the basis is the memory (``(ncv + 1) x n_params x bytes``),
-12.8 GB instead of 34 GB for the top 90 of a full-width ResNet50. ARPACK's implicitly restarted
+(:func:`thick_restart_lanczos`, float64 arithmetic) whose basis is stored in float64 for small models
+and in float32 for large ones: the basis is the memory (``(ncv + 1) x n_params x bytes``), 12.8 GB
+instead of 34 GB for the top 90 of a full-width ResNet50. The basis lives on the model's device and
+every vector stays there inside the loop (on a GPU, no host round trip per HVP); when the basis does
+not fit the device's free memory, it is kept in pinned host memory instead, and a warning says so. ARPACK's implicitly restarted
 Lanczos (``scipy.sparse.linalg.eigsh``) is ``method="arpack"``. HVPs may be split across processes
 (:class:`HVP`). ``which="LA"`` (default) gives the largest by value; ``"LM"`` the
 largest by magnitude, which is what PyHessian's power iteration converges to on an indefinite
@@ -15,14 +17,17 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import distributed as dist
 from torch import nn
 from torch.nn import functional as F
+
+from ._numerics import exact_matmul
 
 __all__ = ["HVP", "HessianSpectrum", "hessian_eigenvalues", "hessian_trace", "spectral_density", "lanczos",
            "thick_restart_lanczos", "HessianConfig", "HessianProbe"]
@@ -57,26 +62,27 @@ class HVP:
         first = self.params[0]
         self.device, self.dtype = first.device, first.dtype
 
-    def _split(self, v: np.ndarray) -> List[torch.Tensor]:
-        flat = torch.from_numpy(np.ascontiguousarray(v)).to(self.device, self.dtype)
-        return [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in self.params]), self.params)]
-
-    def __call__(self, v: np.ndarray) -> np.ndarray:
-        """One HVP: a float64 host vector in, a float64 host vector out."""
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """One HVP on the model's device: ``v`` (any float dtype, any device) in, ``H v`` in float64 on the
+        model's device out. The product accumulates into one flat buffer, in the model's dtype."""
         self.calls += 1
-        vs = self._split(np.asarray(v, dtype=np.float64).ravel())
-        out = [torch.zeros_like(p) for p in self.params]
+        sizes = [p.numel() for p in self.params]
+        vs = [t.view_as(p) for t, p in zip(v.reshape(-1).to(self.device, self.dtype).split(sizes), self.params)]
+        out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+        outs = [t.view_as(p) for t, p in zip(out.split(sizes), self.params)]
         for x, y in self.batches:
             loss = self.loss_fn(self.model(x), y) * (len(y) / self.total)
             grads = torch.autograd.grad(loss, self.params, create_graph=True)
             dot = sum((g * u).sum() for g, u in zip(grads, vs))
-            for acc, h in zip(out, torch.autograd.grad(dot, self.params)):
-                acc += h
+            torch._foreach_add_(outs, torch.autograd.grad(dot, self.params))
             self.passes += 1
-        flat = torch.cat([h.reshape(-1) for h in out])
         if self.distributed:
-            dist.all_reduce(flat)
-        return flat.double().cpu().numpy()
+            dist.all_reduce(out)
+        return out.double()
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        """One HVP: a float64 host vector in, a float64 host vector out (ARPACK's interface)."""
+        return self.matvec(torch.from_numpy(np.asarray(v, dtype=np.float64).ravel())).cpu().numpy()
 
     def loss(self) -> float:
         with torch.no_grad():
@@ -124,16 +130,14 @@ def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, batches: Batches, k
     if method == "auto":
         method = "lanczos"
         basis_rows = min(hvp.n - 1, ncv or k + max(20, k // 2)) + 1
-        basis_dtype = basis_dtype or (torch.float64 if basis_rows * hvp.n * 8 <= _FLOAT64_BASIS_MAX_BYTES
-                                      else torch.float32)
+        basis_dtype = basis_dtype or _auto_basis_dtype(basis_rows, hvp.n)
     t0 = time.perf_counter()
     if method == "arpack":
         values, vectors = _arpack(hvp, k, which, tol, ncv, max_hvps, seed)
     else:
         values, vectors, _ = thick_restart_lanczos(
-            lambda v: torch.from_numpy(hvp(v.numpy())), hvp.n, k, which=which, tol=tol, ncv=ncv,
-            max_matvecs=max_hvps, seed=seed, basis_dtype=basis_dtype or torch.float64,
-            eigenvectors=eigenvectors or residuals)
+            hvp.matvec, hvp.n, k, which=which, tol=tol, ncv=ncv, max_matvecs=max_hvps, seed=seed,
+            basis_dtype=basis_dtype or torch.float64, eigenvectors=eigenvectors or residuals, device=hvp.device)
         values, vectors = values.numpy(), None if vectors is None else vectors.numpy()
     hvps = hvp.calls
     res = None
@@ -163,20 +167,51 @@ def _arpack(hvp: "HVP", k: int, which: str, tol: float, ncv: Optional[int], max_
     return values[order], vectors[:, order]
 
 
-_LOW_PRECISION_BLOCK = 1 << 16  # columns per float32 product of a float32 basis, added up in float64
+_LOW_PRECISION_BLOCK = 1 << 16  # columns per float32 product of a float32 basis on a CPU, added up in float64
+_LOW_PRECISION_BLOCK_GPU = 1 << 22  # on a GPU: fewer, larger products (each one sums in a tree; launches cost)
+_DEVICE_HEADROOM = 0.8  # share of the device's free memory a basis may take (the HVP needs the rest)
+
+
+def _auto_basis_dtype(rows: int, n: int) -> torch.dtype:
+    return torch.float64 if rows * n * 8 <= _FLOAT64_BASIS_MAX_BYTES else torch.float32
+
+
+def _basis_device(device: Optional[torch.device | str], rows: int, n: int, dtype: torch.dtype) -> torch.device:
+    """Where a ``rows x n`` basis goes: ``device`` when it fits in its free memory, else the host (with a warning)."""
+    device = torch.device(device if device is not None else "cpu")
+    if device.type != "cuda":
+        return device
+    need = rows * n * torch.finfo(dtype).bits // 8
+    free, _ = torch.cuda.mem_get_info(device)
+    if need <= _DEVICE_HEADROOM * free:
+        return device
+    warnings.warn(f"the Lanczos basis ({need / 2**30:.1f} GiB) does not fit in the free memory of {device} "
+                  f"({free / 2**30:.1f} GiB): it stays in pinned host memory, one host round trip per HVP (slower)",
+                  stacklevel=3)
+    return torch.device("cpu")
+
+
+def _empty_basis(rows: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    pin = device.type == "cpu" and torch.cuda.is_available()  # host fallback of a GPU run: fast copies
+    return torch.empty(rows, n, dtype=dtype, device=device, pin_memory=pin)
+
+
+def _column_block(basis: torch.Tensor) -> int:
+    return _LOW_PRECISION_BLOCK if basis.device.type == "cpu" else _LOW_PRECISION_BLOCK_GPU
 
 
 def _project(basis: torch.Tensor, rows: int, w: torch.Tensor) -> torch.Tensor:
-    """``basis[:rows] @ w`` in float64. A float32 basis is multiplied in place, ``_LOW_PRECISION_BLOCK``
-    columns at a time, each block's float32 products added up in float64: about 2e-7 relative on a
+    """``basis[:rows] @ w`` in float64, on the basis's device. A float32 basis is multiplied in place, a block
+    of columns at a time, each block's float32 products added up in float64: about 2e-7 relative on a
     23.5M-vector, the order of the basis's own float32 rounding, which the second Gram-Schmidt pass and
     the solver's tolerance floor (50 eps of float32) allow for. No float64 copy of the basis: converting
     it cost 5x the memory traffic."""
     if basis.dtype == torch.float64:
         return basis[:rows] @ w
-    out = torch.zeros(rows, dtype=torch.float64)
-    for c in range(0, w.numel(), _LOW_PRECISION_BLOCK):
-        out += basis[:rows, c:c + _LOW_PRECISION_BLOCK] @ w[c:c + _LOW_PRECISION_BLOCK].to(basis.dtype)
+    out = torch.zeros(rows, dtype=torch.float64, device=basis.device)
+    step = _column_block(basis)
+    for c in range(0, w.numel(), step):
+        out += basis[:rows, c:c + step] @ w[c:c + step].to(basis.dtype)
     return out
 
 
@@ -192,23 +227,44 @@ def _subtract_span(basis: torch.Tensor, rows: int, coef: torch.Tensor, w: torch.
         w -= basis[:rows].T @ coef
         return
     coef = coef.to(basis.dtype)
-    for c in range(0, w.numel(), _LOW_PRECISION_BLOCK):
-        w[c:c + _LOW_PRECISION_BLOCK] -= basis[:rows, c:c + _LOW_PRECISION_BLOCK].T @ coef
+    step = _column_block(basis)
+    for c in range(0, w.numel(), step):
+        w[c:c + step] -= basis[:rows, c:c + step].T @ coef
+
+
+def _orthogonalise(basis: torch.Tensor, rows: int, w: torch.Tensor) -> torch.Tensor:
+    """Remove ``w``'s components along ``basis[:rows]`` (two Gram-Schmidt passes: twice is enough, Parlett);
+    returns the coefficients, float64 on the host."""
+    h = _project(basis, rows, w)
+    _subtract_span(basis, rows, h, w)
+    h2 = _project(basis, rows, w)
+    _subtract_span(basis, rows, h2, w)
+    return (h + h2).cpu()
+
+
+def _next_vector(matvec: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``matvec(v)`` as a fresh float64 vector on the basis's device (never a view of the basis)."""
+    w = matvec(v)
+    return w.to(basis.device, torch.float64, copy=True)
 
 
 def thick_restart_lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, k: int, *, which: str = "LA",
                           tol: float = 1e-6, ncv: Optional[int] = None, max_matvecs: Optional[int] = None,
                           seed: int = 0, basis_dtype: torch.dtype = torch.float64, eigenvectors: bool = False,
-                          chunk: int = 1 << 20) -> Tuple[torch.Tensor, Optional[torch.Tensor], int]:
+                          chunk: int = 1 << 20, device: Optional[torch.device | str] = None
+                          ) -> Tuple[torch.Tensor, Optional[torch.Tensor], int]:
     """Top-``k`` eigenpairs of a symmetric operator by thick-restart Lanczos (Wu & Simon 2000).
 
     A basis of ``ncv`` vectors (stored in ``basis_dtype``; all arithmetic in float64) is built with full
     reorthogonalisation (two Gram-Schmidt passes); when it is full, the ``k + (ncv - k) // 2`` wanted Ritz
     vectors are kept, rotated into place column block by column block (no second copy of the basis), and
-    the Krylov space grows again from the residual. Converged when every wanted residual is at most
-    ``tol * |eigenvalue|`` (``tol`` is at least ``50 eps`` of the basis dtype: 6e-6 for float32); float64
-    temporaries are kept to ``chunk x 32`` elements (256 MB by default) whatever ``ncv`` is; gives up
-    with ``RuntimeError`` after ``max_matvecs`` (default ``max(1000, 50 ncv)``). Returns ``(eigenvalues descending, eigenvectors (n x k) or None, matvecs)``.
+    the Krylov space grows again from the residual. The basis and every vector live on ``device`` (default
+    the CPU; pass the model's device: ``matvec`` gets and returns vectors there), or on the host when the
+    basis does not fit the device. Converged when every wanted residual is at most ``tol * |eigenvalue|``
+    (``tol`` is at least ``50 eps`` of the basis dtype: 6e-6 for float32); float64 temporaries are kept to
+    ``chunk x 32`` elements (256 MB by default) whatever ``ncv`` is; gives up with ``RuntimeError`` after
+    ``max_matvecs`` (default ``max(1000, 50 ncv)``). Returns ``(eigenvalues descending, eigenvectors (n x k,
+    on the host) or None, matvecs)``.
     """
     if which not in ("LA", "LM"):
         raise ValueError(f"which must be 'LA' or 'LM', got {which!r}")
@@ -218,93 +274,124 @@ def thick_restart_lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int
     # a float32 basis cannot resolve residuals much below its rounding: hold it to what it can reach
     tol = max(tol, 50 * torch.finfo(basis_dtype).eps)
     max_matvecs = max_matvecs or max(1000, 50 * m)
-    basis = torch.empty(m + 1, n, dtype=basis_dtype)
+    basis = _empty_basis(m + 1, n, basis_dtype, _basis_device(device, m + 1, n, basis_dtype))
     v = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    basis[0] = (v / v.norm()).to(basis_dtype)
+    basis[0] = (v / v.norm()).to(basis.device, basis_dtype)
     proj = np.zeros((m, m))
     start, matvecs = 0, 0
-    while True:
-        beta = 0.0
-        for j in range(start, m):
-            w = matvec(basis[j].double()).to(torch.float64).clone()
-            matvecs += 1
-            h = _project(basis, j + 1, w)
-            _subtract_span(basis, j + 1, h, w)
-            h2 = _project(basis, j + 1, w)  # twice is enough (Parlett)
-            _subtract_span(basis, j + 1, h2, w)
-            h = (h + h2).numpy()
-            proj[: j + 1, j] = h
-            proj[j, : j + 1] = h
-            beta = float(w.norm())
-            if beta <= 1e-14 * max(1.0, float(np.abs(h).max())):  # invariant subspace: nothing more to find
-                m_eff = j + 1
+    with exact_matmul():
+        while True:
+            beta, m_eff = _extend(matvec, basis, proj, start, m)
+            matvecs += m_eff - start
+            theta, ritz = np.linalg.eigh(proj[:m_eff, :m_eff])
+            order = np.argsort(-theta if which == "LA" else -np.abs(theta), kind="stable")
+            wanted = order[:k]
+            residual = np.abs(beta * ritz[m_eff - 1, wanted])
+            converged = (residual <= tol * np.maximum(np.abs(theta[wanted]), 1e-300)).all() or m_eff < m
+            if converged or matvecs >= max_matvecs:
+                if not converged:
+                    raise RuntimeError(f"Lanczos did not converge within {matvecs} HVPs "
+                                       f"({int((residual <= tol * np.abs(theta[wanted])).sum())} of {k} eigenvalues); "
+                                       "raise max_hvps or tol")
                 break
-            if j + 1 < m:
-                proj[j + 1, j] = proj[j, j + 1] = beta
-            basis[j + 1] = (w / beta).to(basis_dtype)
-        else:
-            m_eff = m
-        theta, ritz = np.linalg.eigh(proj[:m_eff, :m_eff])
-        order = np.argsort(-theta if which == "LA" else -np.abs(theta), kind="stable")
-        wanted = order[:k]
-        residual = np.abs(beta * ritz[m_eff - 1, wanted])
-        converged = (residual <= tol * np.maximum(np.abs(theta[wanted]), 1e-300)).all() or m_eff < m
-        if converged or matvecs >= max_matvecs:
-            if not converged:
-                raise RuntimeError(f"Lanczos did not converge within {matvecs} HVPs "
-                                   f"({int((residual <= tol * np.abs(theta[wanted])).sum())} of {k} eigenvalues); "
-                                   "raise max_hvps or tol")
-            break
-        keep = order[: min(m - 1, k + (m - k) // 2)]
-        rotation = torch.from_numpy(np.ascontiguousarray(ritz[:, keep].T))  # l x m
-        step = _block(m, chunk)
-        for c in range(0, n, step):  # V[:l] = S_keep^T V[:m], block by block, in place
-            basis[: len(keep), c:c + step] = (rotation @ basis[:m, c:c + step].double()).to(basis_dtype)
-        basis[len(keep)] = basis[m]
-        proj = np.zeros((m, m))
-        proj[np.arange(len(keep)), np.arange(len(keep))] = theta[keep]
-        start = len(keep)
-    final = wanted[np.argsort(-theta[wanted], kind="stable")]  # descending by value
-    values = torch.from_numpy(theta[final].copy())
-    vectors = None
-    if eigenvectors:
-        coef = torch.from_numpy(np.ascontiguousarray(ritz[:, final]))
-        vectors = torch.zeros(n, k, dtype=torch.float64)
-        for c in range(0, n, chunk):
-            vectors[c:c + chunk] = basis[:m_eff, c:c + chunk].double().T @ coef
-    return values, vectors, matvecs
+            keep = order[: min(m - 1, k + (m - k) // 2)]
+            _restart(basis, ritz[:, keep], m, chunk)
+            proj = np.zeros((m, m))
+            proj[np.arange(len(keep)), np.arange(len(keep))] = theta[keep]
+            start = len(keep)
+        final = wanted[np.argsort(-theta[wanted], kind="stable")]  # descending by value
+        vectors = _ritz_vectors(basis, ritz[:, final], m_eff, chunk) if eigenvectors else None
+    return torch.from_numpy(theta[final].copy()), vectors, matvecs
+
+
+def _extend(matvec: Callable, basis: torch.Tensor, proj: np.ndarray, start: int, m: int) -> Tuple[float, int]:
+    """Grow the Krylov basis from row ``start`` to ``m`` (filling ``proj``); returns (last beta, rows built),
+    fewer rows when the space became invariant."""
+    beta = 0.0
+    for j in range(start, m):
+        w = _next_vector(matvec, basis[j].double(), basis)
+        h = _orthogonalise(basis, j + 1, w).numpy()
+        proj[: j + 1, j] = h
+        proj[j, : j + 1] = h
+        beta = float(w.norm())
+        if beta <= 1e-14 * max(1.0, float(np.abs(h).max())):  # invariant subspace: nothing more to find
+            return beta, j + 1
+        if j + 1 < m:
+            proj[j + 1, j] = proj[j, j + 1] = beta
+        basis[j + 1] = (w / beta).to(basis.dtype)
+    return beta, m
+
+
+def _restart(basis: torch.Tensor, keep: np.ndarray, m: int, chunk: int) -> None:
+    """``V[:l] = S_keep^T V[:m]`` block by block, in place, then the residual vector moves to row ``l``."""
+    rotation = torch.from_numpy(np.ascontiguousarray(keep.T)).to(basis.device)  # l x m
+    kept = rotation.shape[0]
+    step = _block(m, chunk)
+    for c in range(0, basis.shape[1], step):
+        basis[:kept, c:c + step] = (rotation @ basis[:m, c:c + step].double()).to(basis.dtype)
+    basis[kept] = basis[m]
+
+
+def _ritz_vectors(basis: torch.Tensor, coef: np.ndarray, rows: int, chunk: int) -> torch.Tensor:
+    """``V[:rows]^T coef`` (n x k, float64), computed on the basis's device a block at a time, kept on the host."""
+    n, k = basis.shape[1], coef.shape[1]
+    coef_t = torch.from_numpy(np.ascontiguousarray(coef)).to(basis.device)
+    vectors = torch.zeros(n, k, dtype=torch.float64)
+    for c in range(0, n, chunk):
+        vectors[c:c + chunk] = (basis[:rows, c:c + chunk].double().T @ coef_t).cpu()
+    return vectors
+
+
+def _rademacher(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """A +-1 vector drawn on the host (the same draws whatever the device), then moved to ``device``."""
+    signs = torch.randint(0, 2, (n,), generator=generator, dtype=torch.int8)
+    return (signs.to(device) * 2 - 1).to(torch.float64)
 
 
 def hessian_trace(model: nn.Module, loss_fn: Callable, batches: Batches, samples: int = 100,
                   seed: int = 0, distributed: Optional[bool] = None) -> Tuple[float, float, int]:
-    """Hutchinson's estimate of ``tr(H)`` with Rademacher vectors: ``(trace, standard error, hvps)``."""
+    """Hutchinson's estimate of ``tr(H)`` with Rademacher vectors: ``(trace, standard error, hvps)``.
+
+    Vectors and products stay on the model's device; one scalar per sample comes back."""
     hvp = HVP(model, loss_fn, batches, distributed)
-    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
     estimates = []
     for _ in range(samples):
-        v = rng.integers(0, 2, hvp.n).astype(np.float64) * 2 - 1
-        estimates.append(float(v @ hvp(v)))
+        v = _rademacher(hvp.n, g, hvp.device)
+        estimates.append(float(v @ hvp.matvec(v)))
     est = np.asarray(estimates)
     return float(est.mean()), float(est.std(ddof=1) / math.sqrt(samples)), hvp.calls
 
 
-def lanczos(matvec: Callable[[np.ndarray], np.ndarray], n: int, steps: int, v0: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """``steps`` Lanczos steps with full reorthogonalisation: the tridiagonal's ``(alpha, beta)``."""
-    basis = np.empty((steps, n))
+def lanczos(matvec: Callable, n: int, steps: int, v0, *, device: Optional[torch.device | str] = None,
+            basis_dtype: Optional[torch.dtype] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """``steps`` Lanczos steps with full reorthogonalisation: the tridiagonal's ``(alpha, beta)`` (numpy).
+
+    With a tensor ``v0``, ``matvec`` takes and returns tensors, and the basis lives on ``device`` (default
+    ``v0``'s; the host when it does not fit), in ``basis_dtype`` (default float64 while it fits in 2 GiB, else
+    float32). With a numpy ``v0``, ``matvec`` is a numpy function, as before.
+    """
+    if isinstance(v0, np.ndarray):
+        host_matvec = matvec
+        matvec = lambda t: torch.from_numpy(np.asarray(host_matvec(t.cpu().numpy()), dtype=np.float64))  # noqa: E731
+        v0 = torch.from_numpy(v0)
+    dtype = basis_dtype or _auto_basis_dtype(steps, n)
+    basis = _empty_basis(steps, n, dtype, _basis_device(device or v0.device, steps, n, dtype))
+    v = v0.to(basis.device, torch.float64)
+    v = v / v.norm()
     alpha, beta = np.zeros(steps), np.zeros(max(steps - 1, 0))
-    v = v0 / np.linalg.norm(v0)
-    for j in range(steps):
-        basis[j] = v
-        w = matvec(v)
-        alpha[j] = w @ v
-        w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)  # twice is enough (Parlett)
-        w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
-        if j == steps - 1:
-            break
-        beta[j] = np.linalg.norm(w)
-        if beta[j] < 1e-12:  # invariant subspace: the spectrum seen from v0 is complete
-            return alpha[: j + 1], beta[:j]
-        v = w / beta[j]
+    with exact_matmul():
+        for j in range(steps):
+            basis[j] = v.to(dtype)
+            w = _next_vector(matvec, v, basis)
+            alpha[j] = float(w @ v)
+            _orthogonalise(basis, j + 1, w)
+            if j == steps - 1:
+                break
+            beta[j] = float(w.norm())
+            if beta[j] < 1e-12:  # invariant subspace: the spectrum seen from v0 is complete
+                return alpha[: j + 1], beta[:j]
+            v = w / beta[j]
     return alpha, beta
 
 
@@ -320,11 +407,10 @@ def spectral_density(model: nn.Module, loss_fn: Callable, batches: Batches, step
 
     hvp = HVP(model, loss_fn, batches, distributed)
     steps = min(steps, hvp.n)
-    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
     nodes, weights = [], []
     for _ in range(runs):
-        v0 = rng.integers(0, 2, hvp.n).astype(np.float64) * 2 - 1
-        alpha, beta = lanczos(hvp, hvp.n, steps, v0)
+        alpha, beta = lanczos(hvp.matvec, hvp.n, steps, _rademacher(hvp.n, g, hvp.device))
         theta, vecs = eigh_tridiagonal(alpha, beta)
         nodes.append(theta)
         weights.append(vecs[0] ** 2)
@@ -358,7 +444,7 @@ class HessianProbe:
     """Top-k Hessian eigenvalues and the Hutchinson trace at init and after training (Figures 1-2)."""
 
     name = "hessian"
-    version = 1
+    version = 2  # 2: Hutchinson's Rademacher vectors drawn by torch (on any device), not numpy
     scope = "run"
     min_runs = 1
     Config = HessianConfig
