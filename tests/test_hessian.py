@@ -297,3 +297,69 @@ def test_hvps_split_across_two_processes_match_one(tmp_path):
         assert r["trace"] == pytest.approx(trace, rel=1e-10)
         assert r["loss"] == pytest.approx(hvp.loss(), rel=1e-12)
     assert ranks[0]["eigenvalues"] == ranks[1]["eigenvalues"]  # the same iteration on both, bit for bit
+
+
+# ------------------------------------------------------------------ the basis's device (GPU machine for CUDA)
+
+def test_basis_falls_back_to_the_host_when_the_device_is_full(monkeypatch):
+    """A basis larger than the device's free memory stays on the host, says so, and gives the same answer."""
+    from rf_bench.probes import hessian as H
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    diag = torch.from_numpy(np.concatenate([[9.0, 8.0, 7.0], rng.uniform(-3.0, 3.0, n - 3)]))
+    assert H._basis_device("cpu", 10, n, torch.float64) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 << 18, 1 << 30))  # 256 KiB free
+    with pytest.warns(UserWarning, match=r"does not fit in the free memory of cuda:0 .* pinned host memory"):
+        assert H._basis_device("cuda:0", 30, n, torch.float64) == torch.device("cpu")
+    assert H._basis_device("cuda:0", 2, 100, torch.float32) == torch.device("cuda:0")  # 800 bytes fit
+    values, _, _ = thick_restart_lanczos(lambda v: diag * v, n, 3, tol=1e-10, ncv=20, device="cpu")
+    np.testing.assert_allclose(values.numpy(), [9.0, 8.0, 7.0], rtol=1e-10)
+
+
+def test_lanczos_takes_numpy_or_tensor_operators_alike():
+    from rf_bench.probes.hessian import lanczos
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((50, 50))
+    a = a + a.T
+    v0 = rng.standard_normal(50)
+    alpha_np, beta_np = lanczos(lambda v: a @ v, 50, 20, v0)
+    at = torch.from_numpy(a)
+    alpha_t, beta_t = lanczos(lambda v: at @ v, 50, 20, torch.from_numpy(v0))
+    np.testing.assert_allclose(alpha_t, alpha_np, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(beta_t, beta_np, rtol=1e-12)
+    # the tridiagonal's extreme eigenvalues converge to the matrix's
+    from scipy.linalg import eigh_tridiagonal
+    full = lanczos(lambda v: a @ v, 50, 50, v0)
+    np.testing.assert_allclose(eigh_tridiagonal(*full)[0][[0, -1]], np.linalg.eigvalsh(a)[[0, -1]], rtol=1e-8)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on the GPU machine)")
+
+
+@needs_cuda
+@pytest.mark.parametrize("basis_dtype, tol, rtol", [(torch.float64, 1e-10, 1e-6), (torch.float32, 1e-6, 1e-4)])
+def test_device_resident_lanczos_matches_the_dense_hessian_on_cuda(case, basis_dtype, tol, rtol):
+    model, batches, dense = case
+    true = np.sort(np.linalg.eigvalsh(dense))[::-1][:10]
+    cuda_model = copy.deepcopy(model).cuda()
+    cuda_batches = [(x.cuda(), y.cuda()) for x, y in batches]
+    spec = hessian_eigenvalues(cuda_model, F.cross_entropy, cuda_batches, k=10, tol=tol, method="lanczos",
+                               ncv=24, basis_dtype=basis_dtype)
+    np.testing.assert_allclose(spec.eigenvalues.numpy(), true, rtol=rtol)
+    cpu = hessian_eigenvalues(model, F.cross_entropy, batches, k=10, tol=tol, method="lanczos", ncv=24,
+                              basis_dtype=basis_dtype)
+    assert abs(spec.hvps - cpu.hvps) <= 0.05 * cpu.hvps  # the same iteration, within rounding
+    trace, se, _ = hessian_trace(cuda_model, F.cross_entropy, cuda_batches, samples=60)
+    assert abs(trace - np.trace(dense)) < 3 * se
+
+
+@needs_cuda
+def test_hvp_on_cuda_is_the_dense_product(case):
+    model, batches, dense = case
+    hvp = HVP(copy.deepcopy(model).cuda(), F.cross_entropy, [(x.cuda(), y.cuda()) for x, y in batches])
+    v = torch.from_numpy(np.random.default_rng(1).standard_normal(hvp.n)).cuda()
+    out = hvp.matvec(v)
+    assert out.device.type == "cuda" and out.dtype == torch.float64
+    np.testing.assert_allclose(out.cpu().numpy(), dense @ v.cpu().numpy(), rtol=1e-8, atol=1e-10)
