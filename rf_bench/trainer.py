@@ -117,7 +117,8 @@ class deterministic_mode:
         self.enabled = enabled
 
     def __enter__(self) -> "deterministic_mode":
-        self._saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+        self._saved = (torch.are_deterministic_algorithms_enabled(),
+                       torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.deterministic,
                        torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
         if self.enabled:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -127,8 +128,8 @@ class deterministic_mode:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        algorithms, cudnn_deterministic, cudnn_benchmark, workspace = self._saved
-        torch.use_deterministic_algorithms(algorithms)
+        algorithms, warn_only, cudnn_deterministic, cudnn_benchmark, workspace = self._saved
+        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
         torch.backends.cudnn.deterministic = cudnn_deterministic
         torch.backends.cudnn.benchmark = cudnn_benchmark
         if workspace is None:
