@@ -29,10 +29,10 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
+from _common import benchmark_device, synchronize, write_result  # noqa: E402
+from grid_cost import forward_flops  # noqa: E402
 
 # dense bf16 peak TFLOP/s (no sparsity), from the vendors' data sheets
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
@@ -44,23 +44,6 @@ def peak_tflops(device: torch.device) -> Optional[float]:
         return None
     name = torch.cuda.get_device_name(device)
     return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
-
-
-def train_flops_per_image(model_name: str, size: int, classes: int, model_kwargs: Dict[str, Any]) -> float:
-    import timm
-
-    import rf_bench  # noqa: F401
-
-    model = timm.create_model(model_name, num_classes=classes, **model_kwargs).eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.zeros(1, 3, size, size))
-    return 3.0 * counter.get_total_flops()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bare_rate(model_name: str, size: int, classes: int, batch: int, steps: int, warmup: int, device: torch.device,
@@ -88,11 +71,11 @@ def bare_rate(model_name: str, size: int, classes: int, batch: int, steps: int, 
 
     for i in range(warmup):
         step(i)
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     for i in range(steps):
         step(i)
-    _sync(device)
+    synchronize(device)
     return steps * batch / (time.perf_counter() - t0)
 
 
@@ -140,13 +123,13 @@ def trainer_rate(model_name: str, size: int, classes: int, batch: int, steps: in
                     trainer.check_finite()
 
         run(0, warmup)
-        _sync(device)
+        synchronize(device)
         if barrier is not None:
             barrier.wait()
         t0 = time.perf_counter()
         run(warmup, steps)
         trainer.check_finite()
-        _sync(device)
+        synchronize(device)
         return steps * batch / (time.perf_counter() - t0)
 
 
@@ -173,7 +156,7 @@ def measure(model: str, size: int, args: argparse.Namespace, device: torch.devic
     kwargs = dict(width_mult=args.width_mult) if args.width_mult != 1 else {}
     common = (model, size, classes, args.batch_size, args.steps, args.warmup, device, kwargs, device.type == "cuda")
     row: Dict[str, Any] = dict(model=model, size=size, batch=args.batch_size)
-    row["flops_per_image"] = train_flops_per_image(model, size, classes, kwargs)
+    row["flops_per_image"] = 3.0 * forward_flops(model, size, classes, **kwargs)  # forward + backward
     row["bare"] = bare_rate(*common)
     row["trainer"] = trainer_rate(*common, cuda_graphs=False)
     if device.type == "cuda":
@@ -215,14 +198,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="CPU smoke test: tiny model, few steps")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: no CUDA device here; run on a GPU machine, or `--device cpu --quick` to check the "
-                         "script itself")
+    device, device_name = benchmark_device(args.device)
     if args.quick:
         args.models, args.sizes, args.steps, args.warmup, args.batch_size = args.models[:1], [32], 4, 2, 16
         args.width_mult = min(args.width_mult, 0.125)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = peak_tflops(device)
     rows = [measure(m, s, args, device) for s in args.sizes for m in args.models]
     md = _markdown(rows, device_name, peak, args)

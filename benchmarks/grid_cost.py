@@ -26,12 +26,13 @@ from _common import write_result  # noqa: E402
 DATASETS = (("cifar10", 32, 10, 50_000, 10_000), ("tiny-imagenet", 64, 200, 100_000, 10_000))
 
 
-def forward_flops(name: str, size: int, classes: int) -> int:
+def forward_flops(name: str, size: int, classes: int, **model_kwargs) -> int:
+    """Forward FLOPs of one ``size x size`` image, counted by torch's FlopCounterMode."""
     import timm
 
     import rf_bench  # noqa: F401
 
-    model = timm.create_model(name, num_classes=classes).eval()
+    model = timm.create_model(name, num_classes=classes, **model_kwargs).eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.zeros(1, 3, size, size))

@@ -27,15 +27,10 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
+from _common import benchmark_device, synchronize, write_result  # noqa: E402
 
 import rf_bench  # noqa: E402,F401
 from rf_bench.probes.hessian import HVP, hessian_eigenvalues, hessian_trace, spectral_density  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _setup(name: str, args, device: torch.device):
@@ -59,17 +54,17 @@ def measure(name: str, args, device: torch.device) -> Dict[str, Any]:
     hvp.matvec(v)  # warm-up (cuDNN autotuning, allocator)
     times = []
     for _ in range(args.hvp_repeats):
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         hvp.matvec(v)
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     per_hvp = statistics.median(times)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     spec = hessian_eigenvalues(model, F.cross_entropy, batches, k=args.k, tol=args.tol)
-    _sync(device)
+    synchronize(device)
     eig_seconds = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     t0 = time.perf_counter()
@@ -119,14 +114,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="CPU smoke test: narrow model, small k")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: no CUDA device here; run on a GPU machine, or `--device cpu --quick` to check the "
-                         "script itself")
+    device, device_name = benchmark_device(args.device)
     if args.quick:
         args.models, args.k, args.images, args.batch, args.width_mult = args.models[:1], 5, 64, 32, 0.125
         args.hvp_repeats, args.trace_samples, args.slq_steps, args.slq_runs = 2, 3, 10, 1
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     rows = [measure(name, args, device) for name in args.models]
     md = _markdown(rows, device_name, args)
     print(md)

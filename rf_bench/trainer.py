@@ -408,8 +408,8 @@ class Trainer:
     def step(self, x: torch.Tensor, y: torch.Tensor, global_step: int) -> None:
         """One optimizer step on one batch; its loss and accuracy go to the running stats on the device."""
         if self.captured is not None:
-            self.captured(x, y, global_step, lr=self.cfg.lr * lr_factor(self.cfg, global_step, self.steps_per_epoch))
-            self.scheduler.step()  # keeps the eager optimizer's lr (and the checkpointed scheduler) in step
+            self.captured(x, y, global_step, lr=self.optimizer.param_groups[0]["lr"])  # what the scheduler set
+            self.scheduler.step()
             return
         acc, cfg = self.accelerator, self.cfg
         with acc.autocast():

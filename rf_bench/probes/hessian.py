@@ -187,11 +187,13 @@ def _basis_device(device: Optional[torch.device | str], rows: int, n: int, dtype
         return device
     warnings.warn(f"the Lanczos basis ({need / 2**30:.1f} GiB) does not fit in the free memory of {device} "
                   f"({free / 2**30:.1f} GiB): it stays in pinned host memory, one host round trip per HVP (slower)",
-                  stacklevel=3)
+                  stacklevel=4)
     return torch.device("cpu")
 
 
-def _empty_basis(rows: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _new_basis(rows: int, n: int, dtype: torch.dtype, device: Optional[torch.device | str]) -> torch.Tensor:
+    """An empty ``rows x n`` basis on ``device``, or in pinned host memory when it does not fit there."""
+    device = _basis_device(device, rows, n, dtype)
     pin = device.type == "cpu" and torch.cuda.is_available()  # host fallback of a GPU run: fast copies
     return torch.empty(rows, n, dtype=dtype, device=device, pin_memory=pin)
 
@@ -274,7 +276,7 @@ def thick_restart_lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int
     # a float32 basis cannot resolve residuals much below its rounding: hold it to what it can reach
     tol = max(tol, 50 * torch.finfo(basis_dtype).eps)
     max_matvecs = max_matvecs or max(1000, 50 * m)
-    basis = _empty_basis(m + 1, n, basis_dtype, _basis_device(device, m + 1, n, basis_dtype))
+    basis = _new_basis(m + 1, n, basis_dtype, device)
     v = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     basis[0] = (v / v.norm()).to(basis.device, basis_dtype)
     proj = np.zeros((m, m))
@@ -376,7 +378,7 @@ def lanczos(matvec: Callable, n: int, steps: int, v0, *, device: Optional[torch.
         matvec = lambda t: torch.from_numpy(np.asarray(host_matvec(t.cpu().numpy()), dtype=np.float64))  # noqa: E731
         v0 = torch.from_numpy(v0)
     dtype = basis_dtype or _auto_basis_dtype(steps, n)
-    basis = _empty_basis(steps, n, dtype, _basis_device(device or v0.device, steps, n, dtype))
+    basis = _new_basis(steps, n, dtype, device or v0.device)
     v = v0.to(basis.device, torch.float64)
     v = v / v.norm()
     alpha, beta = np.zeros(steps), np.zeros(max(steps - 1, 0))
