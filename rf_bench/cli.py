@@ -129,6 +129,44 @@ def _cmd_report(args: argparse.Namespace) -> None:
     console.print(f"report: {path}")
 
 
+_VERDICT_STYLE = {"supported": "green", "contradicted": "red", "inconclusive": "yellow", "not measured": "dim"}
+
+
+def _cmd_claims(args: argparse.Namespace) -> None:
+    import json
+
+    from .claims import evaluate_claims
+
+    if not os.path.isdir(args.results):
+        raise CliError(f"no results folder {args.results}; run `rf-bench probe` (or a sweep) first, or name the folder")
+    verdicts = evaluate_claims(args.results)
+    if args.json:
+        print(json.dumps([v.as_dict() for v in verdicts], indent=2))
+        return
+    if not verdicts:
+        raise CliError(f"no probe results in {args.results}; run `rf-bench probe` first")
+    # piped output keeps whole rows (a terminal folds them to its width)
+    out = console if console.is_terminal else Console(width=220)
+    out.print(_claims_table(verdicts, args.results))
+
+
+def _claims_table(verdicts, results: str) -> Table:
+    from rich.markup import escape
+
+    ks = sorted({k for v in verdicts for k in v.means})
+    table = Table(title=f"Does the paper hold? ({results})", show_lines=False)
+    for col in ["claim", "family", "data", "metric", "paper"] + [f"k={k}" for k in ks] + ["rho", "p", "verdict", "why"]:
+        table.add_column(col, overflow="fold")
+    for v in verdicts:
+        means = [f"{v.means[k]:.3g}" if k in v.means else "-" for k in ks]
+        rho = "-" if v.rho is None or v.rho != v.rho else f"{v.rho:+.2f}"
+        p = "-" if v.p_value is None or v.p_value != v.p_value else f"{v.p_value:.2g}"
+        style = _VERDICT_STYLE.get(v.verdict, "")
+        table.add_row(v.claim, v.family, v.dataset, escape(v.metric), v.direction, *means, rho, p,
+                      f"[{style}]{v.verdict}[/]", escape(v.reason))
+    return table
+
+
 def _cmd_publish(args: argparse.Namespace) -> None:
     from .hub import publish
 
@@ -181,21 +219,40 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         raise CliError(f"{len(outcome['failed'])} run(s) failed (see the table); fix and rerun the same command")
 
 
-def _cmd_demo(args: argparse.Namespace) -> None:
+def _run_shipped_sweep(text: str, out: str, jobs: int, progress: bool, banner: str) -> None:
+    """Run a sweep file shipped in the package (the demo, a study), then print the report and the claims."""
     import time
-    from importlib import resources
 
+    from .claims import evaluate_claims
     from .sweep import load_sweep, run_sweep
 
-    text = resources.files("rf_bench").joinpath("demo.toml").read_text()
-    sweep = load_sweep(text=text, output=args.out)
+    sweep = load_sweep(text=text, output=out)
     start = time.perf_counter()
-    console.print(f"[bold]rf-bench demo[/]: {len(sweep.runs)} tiny runs on digits (both families, k = 1..4, "
-                  f"2 seeds), every probe, then the report; results in {args.out}/")
-    outcome = run_sweep(sweep, "local", max_parallel=args.jobs, progress=not args.no_progress, log=console.print)
+    console.print(banner.format(runs=len(sweep.runs), out=out))
+    outcome = run_sweep(sweep, "local", max_parallel=jobs, progress=progress, log=console.print)
     if outcome["failed"]:
-        raise CliError(f"{len(outcome['failed'])} demo run(s) failed: {outcome['failed'][0]['error']}")
+        raise CliError(f"{len(outcome['failed'])} run(s) failed: {outcome['failed'][0]['error']}")
+    out_console = console if console.is_terminal else Console(width=220)
+    out_console.print(_claims_table(evaluate_claims(sweep.results), str(sweep.results)))
     console.print(f"[bold green]done[/] in {time.perf_counter() - start:.0f} s; the report is {outcome['report']}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from importlib import resources
+
+    text = resources.files("rf_bench").joinpath("demo.toml").read_text()
+    _run_shipped_sweep(text, args.out, args.jobs, not args.no_progress,
+                       "[bold]rf-bench demo[/]: {runs} tiny runs on digits (both families, k = 1..4, 2 seeds), "
+                       "every probe, then the report; results in {out}/")
+
+
+def _cmd_study(args: argparse.Namespace) -> None:
+    from .studies import study_text
+
+    out = args.out or f"study_{args.name}"
+    _run_shipped_sweep(study_text(args.name), out, args.jobs, not args.no_progress,
+                       f"[bold]rf-bench study {args.name}[/]: {{runs}} runs, every probe, the report and the "
+                       "paper's claims; results in {out}/ (a rerun resumes)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report")
     p.set_defaults(func=_cmd_report)
 
+    p = sub.add_parser("claims", help="a verdict on each of the paper's claims from a results folder")
+    p.add_argument("results", nargs="?", default="results")
+    p.add_argument("--json", action="store_true", help="print the verdicts as a JSON list instead of a table")
+    p.set_defaults(func=_cmd_claims)
+
     p = sub.add_parser("publish", help="publish finished runs to the Hub as timm checkpoints (same as hub_upload.py)")
     add_publish_args(p)
     p.set_defaults(func=_cmd_publish)
@@ -262,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs at once (worker processes; default: 2, tiny models use one core best)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("study", help="a shipped study that can reach verdicts on the paper's claims (e.g. digits)")
+    p.add_argument("name", help="digits: both families, k = 1..4, 5 seeds, every probe, on a 2-core CPU")
+    p.add_argument("--out", help="folder for runs/, results/ and report/ (default: study_<name>)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at once (worker processes)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_study)
     return parser
 
 

@@ -199,6 +199,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> 
             sections += probe.report(records, store, out)
     if not sections:
         raise FileNotFoundError(f"no probe results in {results_dir}; run `rf-bench probe` first")
+    sections.append(claims_section(results_dir))
     sections.sort(key=lambda s: (s.order, s.title))
     body = [f"# rf-bench report\n\nFrom `{results_dir}`, {time.strftime('%Y-%m-%d %H:%M')}.\n"]
     body += [f"## {s.title}\n\n{s.markdown}" for s in sections]
@@ -207,6 +208,14 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> 
     tmp.write_text("\n".join(body))
     os.replace(tmp, path)
     return path
+
+
+def claims_section(results_dir: str | os.PathLike):
+    """The verdict on each of the paper's claims: the report's first section."""
+    from rf_bench.claims import claims_markdown, evaluate_claims
+    from rf_bench.probes.base import ReportSection
+
+    return ReportSection(title="Does the paper hold?", markdown=claims_markdown(evaluate_claims(results_dir)), order=0)
 
 
 # ----------------------------------------------------------------------------------------- rfmap

@@ -167,6 +167,8 @@ def test_demo_runs_in_five_minutes_and_reports_every_table_and_figure(tmp_path):
     report_path = tmp_path / "demo" / "report" / "REPORT.md"
     assert str(report_path) in out.replace("\n", "")
     report = report_path.read_text()
+    assert report.index("## Does the paper hold?") < report.index("## Pruning")  # the claims come first
+    assert "dense_accuracy" in out and "Does the paper hold?" in out  # and are printed on the terminal
     for kind in ("Pruning", "Hessian", "CKA", "RF maps"):
         for family in ("resnet50_rfpool", "vgg19_rfpool"):
             assert f"## {kind}: {family} on digits" in report

@@ -25,6 +25,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tupl
 import torch
 from torch import nn
 
+from rf_bench.claims import Claim
+
 from ._numerics import exact_matmul
 
 __all__ = ["linear_cka", "cka_matrix", "minibatch_cka_matrix", "hsic1", "layer_grams", "default_layers", "CKAConfig", "CKAProbe"]
@@ -339,6 +341,20 @@ class CKAConfig:
     gram_dtype: str = "float32"  # precision of the exact estimator's Gram products (float64: 2x the time)
 
 
+def _cross_seed_cka(record):
+    """The deeper half's cross-seed CKA diagonal, one value per seed pair (none with one seed)."""
+    values = record["values"]
+    return {f"deeper-half cross-seed CKA ({values.get('estimator', 'exact')})":
+            [pair["deeper_half_diagonal"] for pair in values["pairs"]]}
+
+
+CKA_CLAIMS = (
+    Claim("cka_divergence", "deeper layers' representations diverge across seeds as the RF grows: the deeper "
+          "half's cross-seed CKA falls (Figure 3)", "falls", "cka", _cross_seed_cka,
+          missing="one seed per k: no seed pairs to compare", order=4),
+)
+
+
 class CKAProbe:
     """Within-model CKA for every seed and cross-seed CKA for every pair of seeds (Figure 3)."""
 
@@ -347,6 +363,7 @@ class CKAProbe:
     scope = "group"
     min_runs = 1
     Config = CKAConfig
+    claims = CKA_CLAIMS
 
     def run(self, runs, config: CKAConfig, ctx):
         from rf_bench.data import normalize

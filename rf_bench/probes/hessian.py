@@ -27,6 +27,8 @@ from torch import distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
+from rf_bench.claims import Claim
+
 from ._numerics import exact_matmul
 
 __all__ = ["HVP", "HessianSpectrum", "hessian_eigenvalues", "hessian_trace", "spectral_density", "lanczos",
@@ -442,6 +444,20 @@ class HessianConfig:
     stages: Tuple[str, ...] = ("init", "final")
 
 
+def _init_width(record):
+    """Three readings of "wider" at initialisation, each its own row."""
+    init = record["values"].get("init")
+    return {"top eigenvalue (init)": [init["top"]] if init else [],
+            "top / last eigenvalue (init)": [init["ratio_top_last"]] if init else [],
+            "trace (init)": [init["trace"]] if init else []}
+
+
+HESSIAN_CLAIMS = (
+    Claim("hessian_width", "the Hessian spectrum at initialisation gets wider as the RF grows (Figures 1-2)",
+          "rises", "hessian", _init_width, missing="no init stage in these results (hessian.stages)", order=3),
+)
+
+
 class HessianProbe:
     """Top-k Hessian eigenvalues and the Hutchinson trace at init and after training (Figures 1-2)."""
 
@@ -450,6 +466,7 @@ class HessianProbe:
     scope = "run"
     min_runs = 1
     Config = HessianConfig
+    claims = HESSIAN_CLAIMS
 
     def run(self, run, config: HessianConfig, ctx):
         from rf_bench.data import normalize

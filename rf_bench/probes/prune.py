@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Tuple
 
+from rf_bench.claims import Claim, at_chance, chance_level
 from rf_bench.pruning import apply_masks, global_magnitude_masks, prunable_parameters, sparsity
 
 __all__ = ["prunable_parameters", "global_magnitude_masks", "apply_masks", "sparsity", "PruneConfig", "PruneProbe"]
@@ -21,6 +22,56 @@ class PruneConfig:
     eval_batch_size: int = 500
 
 
+def _dense_accuracy(record):
+    return {"dense test accuracy": [record["values"]["dense_acc"]]}
+
+
+_STAGES = (("one-shot", "pruned_acc"), ("fine-tuned", "finetuned_acc"))
+
+
+def _drop_metric(rate: float, stage: str) -> str:
+    return f"accuracy lost at {rate:g}, {stage}"
+
+
+def _accuracy_lost(record):
+    """Dense minus pruned (and fine-tuned) accuracy at every rate; empty where there was no fine-tune."""
+    values = record["values"]
+    return {_drop_metric(row["rate"], stage): [values["dense_acc"] - row[key]] if key in row else []
+            for row in values["rates"] for stage, key in _STAGES}
+
+
+def _accuracies_behind(metric: str, records):
+    """By k, the accuracies a metric is computed from: dense, or pruned / fine-tuned at its rate."""
+    by_k = {}
+    for rec in records:
+        values = rec["values"]
+        accs = [values["dense_acc"]] if metric == "dense test accuracy" else [
+            row[key] for row in values["rates"] for stage, key in _STAGES
+            if key in row and _drop_metric(row["rate"], stage) == metric]
+        by_k.setdefault(values["k"], []).extend(accs)
+    return by_k
+
+
+def _at_chance(metric: str, records):
+    """Accuracies at chance for every k cannot rank the k's (and make drops track dense accuracy)."""
+    chance = chance_level(records[0])
+    dense = _accuracies_behind("dense test accuracy", records)
+    if at_chance(dense, chance):
+        return "dense accuracy at chance for every k"
+    if metric != "dense test accuracy" and at_chance(_accuracies_behind(metric, records), chance):
+        return f"{'fine-tuned' if 'fine-tuned' in metric else 'pruned'} accuracy at chance for every k"
+    return None
+
+
+PRUNE_CLAIMS = (
+    Claim("dense_accuracy", "dense test accuracy falls as the RF grows (Table 1)", "falls", "prune",
+          _dense_accuracy, caveat=_at_chance, order=1),
+    Claim("prune_robustness", "the accuracy lost to one-shot pruning shrinks as the RF grows, before and after "
+          "the masked fine-tune (Tables 1-2)", "falls", "prune", _accuracy_lost, caveat=_at_chance,
+          missing="no fine-tune in these results (prune.finetune_epochs = 0)", order=2),
+)
+
+
 class PruneProbe:
     """Dense, pruned and masked-fine-tuned test accuracy at each rate (Tables 1-2 of the paper)."""
 
@@ -29,6 +80,7 @@ class PruneProbe:
     scope = "run"
     min_runs = 1
     Config = PruneConfig
+    claims = PRUNE_CLAIMS
 
     def run(self, run, config: PruneConfig, ctx):
         import copy
@@ -64,7 +116,8 @@ class PruneProbe:
                 row.update(finetuned_acc=tuned_acc, finetuned_sparsity=check["zero_fraction"],
                            finetune_run=ft_dir.name)
             rows.append(row)
-        return ProbeOutput(values=dict(dense_acc=dense, k=run.k, family=run.family, rates=rows))
+        return ProbeOutput(values=dict(dense_acc=dense, k=run.k, family=run.family, rates=rows,
+                                       num_classes=len(test.classes)))
 
     @staticmethod
     def report(records, store, out_dir):

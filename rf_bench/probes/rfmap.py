@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from rf_bench.claims import Claim
+
 __all__ = ["RFMap", "gradient_map", "last_conv_name", "effective_rf", "RFMapConfig", "RFMapProbe", "plot_map"]
 
 
@@ -120,6 +122,17 @@ class RFMapConfig:
     measure_rf: bool = True  # also the gradient-measured RF (on an input larger than the RF)
 
 
+def _init_maxima(record):
+    init = record["values"].get("init")
+    return {"RF-map maximum (init)": [init["mean_max"]] if init else []}
+
+
+RFMAP_CLAIMS = (
+    Claim("rfmap_maxima", "the RF maps' maxima of a randomly initialised model fall as the RF grows (Tables 3-4)",
+          "falls", "rfmap", _init_maxima, missing="no init stage in these results (rfmap.stages)", order=5),
+)
+
+
 class RFMapProbe:
     """RF maps, their maxima, analytic / measured / effective RFs, at init and after training."""
 
@@ -128,6 +141,7 @@ class RFMapProbe:
     scope = "run"
     min_runs = 1
     Config = RFMapConfig
+    claims = RFMAP_CLAIMS
 
     def run(self, run, config: RFMapConfig, ctx):
         from rf_bench.probes.base import ProbeOutput

@@ -1,0 +1,314 @@
+"""Verdicts on the paper's claims from stored probe results.
+
+A :class:`Claim` is data: the paper's statement, the direction it predicts as ``k`` (and the RF) grows,
+the probe whose results hold the evidence, and a ``measure`` that turns one stored result into values
+(one per seed, or per seed pair). Probes declare their claims in a ``claims`` attribute, so a
+third-party probe adds rows to ``rf-bench claims`` without touching this module.
+
+For every claim, metric, family and data set the evidence is tested the same way: Spearman's rank
+correlation of the metric with ``k`` over all (k, seed) points, a two-sided permutation p-value
+(exact over every arrangement up to 8 points, Monte Carlo beyond), and the k_max - k_min difference of
+means with a Welch 95% interval. The verdict is **supported** (the paper's direction, p < 0.05),
+**contradicted** (the opposite direction, p < 0.05), **inconclusive** (with the reason) or **not
+measured** (the results lack the metric).
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["Claim", "Verdict", "ALPHA", "collect_claims", "evaluate_claims", "evaluate_metric", "spearman_rho",
+           "permutation_p_value", "welch_interval", "claims_markdown", "chance_level"]
+
+ALPHA = 0.05
+DIRECTIONS = ("falls", "rises")
+EXACT_MAX_POINTS = 8  # 8! = 40,320 arrangements: enumerated; beyond, Monte Carlo
+MONTE_CARLO_RESAMPLES = 20_000
+
+Measure = Callable[[Dict[str, Any]], Dict[str, Sequence[float]]]
+Caveat = Callable[[str, List[Dict[str, Any]]], Optional[str]]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper, tested on one probe's stored results.
+
+    ``measure(record)`` maps metric names to the record's values (an empty list where the record
+    lacks that metric: it is then reported as not measured, with ``missing`` as the reason).
+    ``caveat(metric, records)`` may return why the metric cannot decide the claim in these records
+    (e.g. every accuracy at chance), which makes the verdict inconclusive.
+    """
+
+    id: str
+    statement: str
+    direction: str  # the paper's, as k grows: "falls" or "rises"
+    probe: str
+    measure: Measure
+    caveat: Optional[Caveat] = None
+    missing: str = "the results lack this metric"
+    order: int = 50  # rows sort by it: the paper's claims are 1-5
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"claim {self.id!r}: direction must be one of {DIRECTIONS}, got {self.direction!r}")
+
+
+@dataclass
+class Verdict:
+    """The evidence on one (claim, metric, family, data set) and what it says."""
+
+    claim: str
+    statement: str
+    family: str
+    dataset: str
+    metric: str
+    direction: str
+    verdict: str
+    reason: str
+    means: Dict[int, float] = field(default_factory=dict)
+    stds: Dict[int, Optional[float]] = field(default_factory=dict)
+    counts: Dict[int, int] = field(default_factory=dict)
+    n: int = 0
+    rho: Optional[float] = None
+    p_value: Optional[float] = None
+    p_method: Optional[str] = None
+    effect: Optional[float] = None
+    effect_ci: Optional[Tuple[float, float]] = None
+
+    def as_dict(self) -> Dict[str, Any]:
+        """JSON-ready (k keys as strings, NaN as None)."""
+        return dict(claim=self.claim, statement=self.statement, family=self.family, dataset=self.dataset,
+                    metric=self.metric, direction=self.direction, means={str(k): v for k, v in self.means.items()},
+                    stds={str(k): v for k, v in self.stds.items()}, counts={str(k): v for k, v in self.counts.items()},
+                    n=self.n, rho=_finite(self.rho), p_value=_finite(self.p_value), p_method=self.p_method,
+                    effect=_finite(self.effect), effect_ci=list(self.effect_ci) if self.effect_ci else None,
+                    verdict=self.verdict, reason=self.reason)
+
+
+def _finite(value: Optional[float]) -> Optional[float]:
+    return None if value is None or math.isnan(value) else value
+
+
+# ----------------------------------------------------------------------------------- statistics
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties sharing their average rank."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    start = 0
+    for end in range(1, len(values) + 1):
+        if end == len(values) or sorted_values[end] != sorted_values[start]:
+            ranks[order[start:end]] = (start + end + 1) / 2.0
+            start = end
+    return ranks
+
+
+def _rho_of_ranks(rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
+    """Pearson correlation of ``rx`` with each row of ``ry`` (ranks, so Spearman's rho)."""
+    cx = rx - rx.mean()
+    cy = ry - ry.mean(axis=-1, keepdims=True)
+    denom = np.sqrt((cx ** 2).sum() * (cy ** 2).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (cy * cx).sum(axis=-1) / denom
+
+
+def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN when either side is constant."""
+    return float(_rho_of_ranks(_ranks(np.asarray(x, float)), _ranks(np.asarray(y, float))))
+
+
+@functools.lru_cache(maxsize=None)
+def _all_permutations(n: int) -> np.ndarray:
+    return np.array(list(itertools.permutations(range(n))), dtype=np.int8)
+
+
+def permutation_p_value(x: Sequence[float], y: Sequence[float], resamples: int = MONTE_CARLO_RESAMPLES,
+                        seed: int = 0) -> Tuple[float, str]:
+    """Two-sided p-value of Spearman's rho under random pairing of ``x`` with ``y``.
+
+    Exact (every one of the n! pairings) up to :data:`EXACT_MAX_POINTS` points; beyond, ``resamples``
+    random pairings with the (1 + hits) / (1 + resamples) estimate, which never reports p = 0.
+    """
+    rx, ry = _ranks(np.asarray(x, float)), _ranks(np.asarray(y, float))
+    observed = abs(float(_rho_of_ranks(rx, ry)))
+    if math.isnan(observed):
+        return math.nan, "none"
+    n = len(rx)
+    if n <= EXACT_MAX_POINTS:
+        perms = _all_permutations(n)
+        rhos = np.abs(_rho_of_ranks(rx, ry[perms]))
+        return float((rhos >= observed - 1e-12).mean()), "exact"
+    rng = np.random.default_rng(seed)
+    perms = rng.permuted(np.tile(np.arange(n), (resamples, 1)), axis=1)
+    hits = int((np.abs(_rho_of_ranks(rx, ry[perms])) >= observed - 1e-12).sum())
+    return (1 + hits) / (1 + resamples), f"{resamples:,} permutations"
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Optional[Tuple[float, float]]:
+    """Welch's interval for mean(b) - mean(a); None with fewer than two values on a side."""
+    from scipy import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    diff = b.mean() - a.mean()
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return (float(diff), float(diff))
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, dof)) * se
+    return (float(diff - half), float(diff + half))
+
+
+# ------------------------------------------------------------------------------------- verdicts
+
+def _mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def evaluate_metric(claim: Claim, metric: str, family: str, dataset: str, records: List[Dict[str, Any]]) -> Verdict:
+    """The verdict on one metric of ``claim`` from the records of one (family, data set)."""
+    points = [(int(rec["values"]["k"]), float(v)) for rec in records for v in (claim.measure(rec).get(metric) or [])]
+    points = [(k, v) for k, v in points if math.isfinite(v)]
+    verdict = Verdict(claim=claim.id, statement=claim.statement, family=family, dataset=dataset, metric=metric,
+                      direction=claim.direction, verdict="not measured", reason=claim.missing)
+    if not points:
+        return verdict
+    by_k: Dict[int, List[float]] = {}
+    for k, v in sorted(points):
+        by_k.setdefault(k, []).append(v)
+    for k, vals in by_k.items():
+        verdict.means[k], verdict.stds[k] = _mean_std(vals)
+        verdict.counts[k] = len(vals)
+    verdict.n = len(points)
+    ks, values = [p[0] for p in points], [p[1] for p in points]
+    verdict.rho = spearman_rho(ks, values)
+    lo, hi = min(by_k), max(by_k)
+    verdict.effect = verdict.means[hi] - verdict.means[lo]
+    verdict.effect_ci = welch_interval(by_k[lo], by_k[hi])
+    verdict.verdict = "inconclusive"
+    if len(by_k) < 2:
+        verdict.reason = f"only k = {lo} measured"
+        return verdict
+    caveat = claim.caveat(metric, records) if claim.caveat else None
+    if math.isnan(verdict.rho):
+        verdict.reason = caveat or "the metric is constant over every k"
+        return verdict
+    verdict.p_value, verdict.p_method = permutation_p_value(ks, values)
+    stats_text = f"rho = {verdict.rho:+.2f}, p = {verdict.p_value:.2g} ({verdict.p_method}, {verdict.n} points)"
+    if caveat:
+        verdict.reason = f"{caveat}; {stats_text}"
+    elif verdict.p_value < ALPHA:
+        agrees = (verdict.rho < 0) == (claim.direction == "falls")
+        verdict.verdict = "supported" if agrees else "contradicted"
+        verdict.reason = stats_text
+    else:
+        fewest = min(verdict.counts.values())
+        seeds = f"; {fewest} point{'s' if fewest > 1 else ''} per k at the fewest" if fewest < 3 else ""
+        verdict.reason = f"p = {verdict.p_value:.2g} >= {ALPHA} ({verdict.p_method}, {verdict.n} points){seeds}"
+    return verdict
+
+
+def collect_claims(probes: Optional[Dict[str, Any]] = None) -> List[Claim]:
+    """Every claim declared by the installed probes (their ``claims`` attribute), in probe order."""
+    if probes is None:
+        from rf_bench.probes.base import available_probes
+
+        probes = available_probes()
+    claims: List[Claim] = []
+    for probe in probes.values():
+        claims += list(getattr(probe, "claims", ()) or ())
+    return sorted(claims, key=lambda c: c.order)
+
+
+def _families(records: Iterable[Dict[str, Any]]) -> List[Tuple[str, str]]:
+    found = set()
+    for rec in records:
+        family = (rec.get("values") or {}).get("family")
+        if family and rec.get("dataset"):
+            found.add((family, rec["dataset"]))
+    return sorted(found)
+
+
+def evaluate_claims(results_dir: str | Path, claims: Optional[Sequence[Claim]] = None) -> List[Verdict]:
+    """A verdict for every claim and metric, in every (family, data set) that has any result at all."""
+    from rf_bench.results import ResultStore
+
+    store = ResultStore(results_dir)
+    records = store.records()
+    claims = collect_claims() if claims is None else list(claims)
+    verdicts: List[Verdict] = []
+    for claim, (family, dataset) in itertools.product(claims, _families(records)):
+        mine = sorted((r for r in records if r["probe"] == claim.probe and r["dataset"] == dataset
+                       and r["values"].get("family") == family), key=lambda r: r["values"].get("k", 0))
+        if not mine:
+            verdicts.append(Verdict(claim=claim.id, statement=claim.statement, family=family, dataset=dataset,
+                                    metric="-", direction=claim.direction, verdict="not measured",
+                                    reason=f"no {claim.probe} results"))
+            continue
+        for metric in dict.fromkeys(m for r in mine for m in claim.measure(r)):
+            verdicts.append(evaluate_metric(claim, metric, family, dataset, mine))
+    return verdicts
+
+
+# -------------------------------------------------------------------------------------- helpers
+
+def chance_level(record: Dict[str, Any]) -> Optional[float]:
+    """1 / number of classes of a result's runs (from the first run's config.json), if it can be read."""
+    if "num_classes" in record.get("values", {}):
+        return 1.0 / record["values"]["num_classes"]
+    try:
+        meta = json.loads((Path(record["run_dirs"][0]) / "config.json").read_text())
+        return 1.0 / len(meta["data"]["classes"])
+    except (OSError, KeyError, IndexError, ValueError, ZeroDivisionError):
+        return None
+
+
+def at_chance(accuracies_by_k: Dict[int, List[float]], chance: Optional[float]) -> bool:
+    """True when every k's mean accuracy is within half of chance above it (10 classes: below 15%)."""
+    if chance is None or not accuracies_by_k:
+        return False
+    return all(statistics.fmean(v) < 1.5 * chance for v in accuracies_by_k.values() if v)
+
+
+def _format_value(value: float) -> str:
+    return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"
+
+
+def _cell(verdict: Verdict, k: int) -> str:
+    mean, std = verdict.means[k], verdict.stds.get(k)
+    return _format_value(mean) + (f" ± {_format_value(std)}" if std is not None else "")
+
+
+def claims_markdown(verdicts: Sequence[Verdict]) -> str:
+    """The claims table for REPORT.md."""
+    ks = sorted({k for v in verdicts for k in v.means})
+    header = ["claim", "family", "data", "metric", "paper"] + [f"k={k}" for k in ks]
+    header += ["rho", "p", "k_max - k_min [95% CI]", "verdict", "why"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for v in verdicts:
+        cells = [v.claim, v.family, v.dataset, v.metric, v.direction]
+        cells += [_cell(v, k) if k in v.means else "-" for k in ks]
+        cells.append(f"{v.rho:+.2f}" if v.rho is not None and not math.isnan(v.rho) else "-")
+        cells.append(f"{v.p_value:.2g}" if v.p_value is not None and not math.isnan(v.p_value) else "-")
+        effect = "-" if v.effect is None else _format_value(v.effect)
+        if v.effect_ci:
+            effect += f" [{_format_value(v.effect_ci[0])}, {_format_value(v.effect_ci[1])}]"
+        cells += [effect, f"**{v.verdict}**", v.reason]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    counts = {name: sum(v.verdict == name for v in verdicts)
+              for name in ("supported", "contradicted", "inconclusive", "not measured")}
+    summary = ", ".join(f"{n} {name}" for name, n in counts.items())
+    return ("Each row tests one claim of the paper on one metric: values are mean ± std per k over seeds "
+            "(seed pairs for CKA); rho is Spearman's rank correlation with k over all points; p is two-sided, "
+            f"by permutation; a verdict needs p < {ALPHA}. Rows: {summary}.\n\n" + "\n".join(lines) + "\n")

@@ -1,0 +1,205 @@
+"""Claims: statistics against scipy and an independent permutation count, verdicts on results built to a
+known truth, claims declared by a third-party probe, and the CLI / report surface."""
+import itertools
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from rf_bench.claims import (Claim, collect_claims, evaluate_claims, evaluate_metric, permutation_p_value,
+                             spearman_rho, welch_interval)
+from rf_bench.results import ResultStore
+
+KS = (1, 2, 3, 4)
+
+
+def _independent_p(x, y):
+    """Two-sided permutation p: every distinct arrangement of the labels, rho from scipy."""
+    observed = abs(stats.spearmanr(x, y).statistic)
+    arrangements = set(itertools.permutations(x))
+    hits = sum(abs(stats.spearmanr(a, y).statistic) >= observed - 1e-12 for a in arrangements)
+    return hits / len(arrangements)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_spearman_matches_scipy_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    x = np.repeat(KS, 3)
+    y = np.round(rng.normal(size=x.size) - 0.3 * x, 1)  # rounding makes ties on both sides
+    assert spearman_rho(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+
+
+def test_spearman_of_a_constant_is_nan():
+    assert math.isnan(spearman_rho([1, 2, 3], [5, 5, 5]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_exact_p_matches_an_independent_count(seed):
+    rng = np.random.default_rng(seed)
+    x = np.repeat(KS, 2)  # 8 points: exact
+    y = rng.normal(size=8) - 0.5 * x
+    p, method = permutation_p_value(x, y)
+    assert method == "exact"
+    assert p == pytest.approx(_independent_p(x, y), abs=1e-12)
+
+
+def test_monte_carlo_p_agrees_with_the_exact_count():
+    rng = np.random.default_rng(7)
+    x = np.repeat((1, 2, 3), 3)  # 9 points: Monte Carlo
+    y = rng.normal(size=9) - 0.4 * x
+    p, method = permutation_p_value(x, y, resamples=20_000)
+    assert "permutations" in method
+    exact = _independent_p(x, y)
+    assert abs(p - exact) < 4 * math.sqrt(exact * (1 - exact) / 20_000) + 1e-4
+
+
+def test_welch_interval_matches_scipy():
+    a, b = [0.90, 0.92, 0.91, 0.93], [0.80, 0.84, 0.79]
+    lo, hi = welch_interval(a, b)
+    res = stats.ttest_ind(b, a, equal_var=False)
+    ci = res.confidence_interval(0.95)
+    assert (lo, hi) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    assert welch_interval([1.0], b) is None
+
+
+# ------------------------------------------------------------------------- results of known truth
+
+def _prune_record(family, k, seed, dense, pruned, finetuned=None, run_dir="/nonexistent"):
+    row = dict(rate=0.9, pruned_acc=pruned, drop=dense - pruned)
+    if finetuned is not None:
+        row["finetuned_acc"] = finetuned
+    return dict(probe="prune", version=1, dataset="digits", run_dirs=[run_dir], seeds=[seed],
+                values=dict(k=k, family=family, dense_acc=dense, rates=[row], num_classes=10))
+
+
+def _store(tmp_path, records):
+    store = ResultStore(tmp_path / "results")
+    for i, rec in enumerate(records):
+        store.write(store.path(f"run{i}", rec["probe"], "h"), rec)
+    return tmp_path / "results"
+
+
+def _verdicts(results, claim_id, metric=None):
+    return [v for v in evaluate_claims(results) if v.claim == claim_id and (metric is None or v.metric == metric)]
+
+
+def _dense_grid(family, accuracy, seeds=5):
+    """accuracy(k, seed) -> prune records; pruned accuracy is well above chance everywhere."""
+    return [_prune_record(family, k, s, accuracy(k, s), 0.6) for k in KS for s in range(seeds)]
+
+
+def test_verdicts_follow_the_truth(tmp_path):
+    noise = np.random.default_rng(0).normal(scale=0.01, size=(5, 5))
+    records = (_dense_grid("vgg19_rfpool", lambda k, s: 0.95 - 0.05 * k + noise[k, s])  # falls: the paper's
+               + _dense_grid("resnet50_rfpool", lambda k, s: 0.70 + 0.05 * k + noise[k, s]))  # rises: the opposite
+    results = _store(tmp_path, records)
+    by_family = {v.family: v for v in _verdicts(results, "dense_accuracy")}
+    assert by_family["vgg19_rfpool"].verdict == "supported"
+    assert by_family["resnet50_rfpool"].verdict == "contradicted"
+    for v in by_family.values():
+        assert v.n == 20 and v.counts == {k: 5 for k in KS}
+        x = [k for k in KS for _ in range(5)]
+        y = [r["values"]["dense_acc"] for r in records if r["values"]["family"] == v.family]
+        assert v.rho == pytest.approx(stats.spearmanr(x, y).statistic)
+        assert v.p_value < 0.05
+        assert v.means[1] == pytest.approx(np.mean(y[:5]))
+    effect = by_family["vgg19_rfpool"]
+    assert effect.effect == pytest.approx(effect.means[4] - effect.means[1])
+    assert effect.effect_ci[0] < effect.effect < effect.effect_ci[1] < 0
+
+
+def test_flat_results_and_too_few_seeds_are_inconclusive(tmp_path):
+    rng = np.random.default_rng(1)
+    flat = [_prune_record("vgg19_rfpool", k, s, 0.8 + rng.normal(scale=0.02), 0.6) for k in KS for s in range(5)]
+    # perfectly monotone, but one seed per k: the smallest two-sided p over 4 points is 2/24
+    one_seed = [_prune_record("resnet50_rfpool", k, 0, 0.9 - 0.1 * k, 0.6) for k in KS]
+    results = _store(tmp_path, flat + one_seed)
+    by_family = {v.family: v for v in _verdicts(results, "dense_accuracy")}
+    assert by_family["vgg19_rfpool"].verdict == "inconclusive"
+    assert by_family["vgg19_rfpool"].p_value >= 0.05
+    few = by_family["resnet50_rfpool"]
+    assert few.verdict == "inconclusive" and few.rho == pytest.approx(-1.0)
+    assert few.p_value == pytest.approx(2 / 24) and "1 point per k" in few.reason
+
+
+def test_missing_metrics_are_reported_not_dropped(tmp_path):
+    records = _dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k, seeds=2)  # no fine-tune, no other probe
+    verdicts = evaluate_claims(_store(tmp_path, records))
+    finetuned = [v for v in verdicts if v.metric == "accuracy lost at 0.9, fine-tuned"]
+    assert len(finetuned) == 1 and finetuned[0].verdict == "not measured"
+    assert "finetune_epochs" in finetuned[0].reason
+    for claim in ("hessian_width", "cka_divergence", "rfmap_maxima"):
+        (row,) = [v for v in verdicts if v.claim == claim]
+        assert row.verdict == "not measured" and row.reason == f"no {row.claim.split('_')[0]} results"
+
+
+def test_accuracy_at_chance_for_every_k_cannot_decide(tmp_path):
+    # pruned accuracy at chance (10 classes) for every k: the drop only tracks the dense accuracy
+    records = [_prune_record("vgg19_rfpool", k, s, 0.95 - 0.05 * k, 0.10 + 0.001 * s) for k in KS for s in range(5)]
+    results = _store(tmp_path, records)
+    (drop,) = _verdicts(results, "prune_robustness", "accuracy lost at 0.9, one-shot")
+    assert drop.verdict == "inconclusive" and drop.reason.startswith("pruned accuracy at chance for every k")
+    assert drop.p_value < 0.05  # the statistics alone would have "supported" it
+    (dense,) = _verdicts(results, "dense_accuracy")
+    assert dense.verdict == "supported"
+
+
+def test_a_third_party_probe_declares_its_own_claim(tmp_path):
+    class Sharpness:
+        name = "sharpness"
+        claims = (Claim("sharpness_rises", "sharpness rises with the RF", "rises", "sharpness",
+                        lambda rec: {"sharpness": [rec["values"]["value"]]}),)
+
+    records = [dict(probe="sharpness", version=1, dataset="digits", run_dirs=[], seeds=[s],
+                    values=dict(k=k, family="vgg19_rfpool", value=float(k + 0.1 * s))) for k in KS for s in range(3)]
+    results = _store(tmp_path, records)
+    claims = collect_claims({"sharpness": Sharpness})
+    (verdict,) = evaluate_claims(results, claims)
+    assert (verdict.claim, verdict.verdict, verdict.n) == ("sharpness_rises", "supported", 12)
+    builtin = {c.id for c in collect_claims()}
+    assert builtin == {"dense_accuracy", "prune_robustness", "hessian_width", "cka_divergence", "rfmap_maxima"}
+
+
+def test_a_claim_needs_a_direction():
+    with pytest.raises(ValueError, match="direction"):
+        Claim("x", "x", "grows", "prune", lambda rec: {})
+
+
+def test_evaluate_metric_with_one_k_says_so():
+    claim = collect_claims()[0]
+    records = [_prune_record("vgg19_rfpool", 2, s, 0.8, 0.6) for s in range(3)]
+    verdict = evaluate_metric(claim, "dense test accuracy", "vgg19_rfpool", "digits", records)
+    assert verdict.verdict == "inconclusive" and verdict.reason == "only k = 2 measured"
+
+
+# ------------------------------------------------------------------------------------ CLI, report
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "rf_bench.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_claims_cli_json_and_report(tmp_path):
+    from rf_bench.report import claims_section
+
+    results = _store(tmp_path, _dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k + 0.001 * s, seeds=3))
+    proc = _cli("claims", str(results), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    keys = {"claim", "family", "dataset", "metric", "direction", "means", "n", "rho", "p_value", "verdict", "reason"}
+    assert all(keys <= set(row) for row in rows)
+    dense = next(r for r in rows if r["claim"] == "dense_accuracy")
+    assert dense["verdict"] == "supported" and dense["means"]["1"] == pytest.approx(0.851)
+    table = _cli("claims", str(results))
+    assert table.returncode == 0 and "dense_accuracy" in table.stdout and "supported" in table.stdout
+    section = claims_section(results)
+    assert section.order == 0 and "| dense_accuracy | vgg19_rfpool | digits |" in section.markdown
+
+
+def test_claims_cli_without_results_is_one_line(tmp_path):
+    proc = _cli("claims", str(tmp_path / "nowhere"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "rf-bench probe" in proc.stderr
