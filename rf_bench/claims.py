@@ -240,12 +240,18 @@ def _families(records: Iterable[Dict[str, Any]]) -> List[Tuple[str, str]]:
     return sorted(found)
 
 
-def evaluate_claims(results_dir: str | Path, claims: Optional[Sequence[Claim]] = None) -> List[Verdict]:
-    """A verdict for every claim and metric, in every (family, data set) that has any result at all."""
+def evaluate_claims(results_dir: str | Path, claims: Optional[Sequence[Claim]] = None,
+                    log: Optional[Callable[[str], None]] = None) -> List[Verdict]:
+    """A verdict for every claim and metric, in every (family, data set) that has any result at all.
+
+    Result files that cannot be used are left out (each point counts in ``n``) and named in ``log``.
+    """
     from rf_bench.results import ResultStore
 
     store = ResultStore(results_dir)
     records = store.records()
+    if store.skipped and log:
+        log(store.skipped_note().rstrip("\n"))
     claims = collect_claims() if claims is None else list(claims)
     verdicts: List[Verdict] = []
     for claim, (family, dataset) in itertools.product(claims, _families(records)):

@@ -25,6 +25,15 @@ err_console = Console(stderr=True)
 
 
 
+def _plain(message: str) -> None:
+    """Print library text as is: its brackets ([train], [grid]) are not rich markup."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def _warn(message: str) -> None:
+    err_console.print(message, markup=False, highlight=False, style="yellow", soft_wrap=True)
+
+
 class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
@@ -118,14 +127,14 @@ def _cmd_probe(args: argparse.Namespace) -> None:
     if not runs:
         raise CliError(f"no run directories match {' '.join(args.runs)}")
     written = run_suite(probes, runs, args.results, configs, force=args.force, data_dir=args.data_dir,
-                        progress=not args.no_progress, log=console.print)
+                        progress=not args.no_progress, log=_plain)
     console.print(f"{len(written)} results in {args.results}")
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
-    path = write_report(args.results, args.out)
+    path = write_report(args.results, args.out, log=_warn)
     console.print(f"report: {path}")
 
 
@@ -139,7 +148,7 @@ def _cmd_claims(args: argparse.Namespace) -> None:
 
     if not os.path.isdir(args.results):
         raise CliError(f"no results folder {args.results}; run `rf-bench probe` (or a sweep) first, or name the folder")
-    verdicts = evaluate_claims(args.results)
+    verdicts = evaluate_claims(args.results, log=_warn)
     if args.json:
         print(json.dumps([v.as_dict() for v in verdicts], indent=2))
         return
@@ -212,7 +221,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         console.print(_sweep_status_table(sweep))
         return
     outcome = run_sweep(sweep, args.launcher, max_parallel=args.max_parallel, dry_run=args.dry_run,
-                        wait=not args.no_wait, progress=not args.no_progress, log=console.print,
+                        wait=not args.no_wait, progress=not args.no_progress, log=_plain,
                         runs_per_gpu=args.runs_per_gpu)
     if outcome["failed"]:
         console.print(_sweep_status_table(sweep))
@@ -229,7 +238,7 @@ def _run_shipped_sweep(text: str, out: str, jobs: int, progress: bool, banner: s
     sweep = load_sweep(text=text, output=out)
     start = time.perf_counter()
     console.print(banner.format(runs=len(sweep.runs), out=out))
-    outcome = run_sweep(sweep, "local", max_parallel=jobs, progress=progress, log=console.print)
+    outcome = run_sweep(sweep, "local", max_parallel=jobs, progress=progress, log=_plain)
     if outcome["failed"]:
         raise CliError(f"{len(outcome['failed'])} run(s) failed: {outcome['failed'][0]['error']}")
     out_console = console if console.is_terminal else Console(width=220)
@@ -350,7 +359,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         args.func(args)
     except (CliError, ValueError, OSError, NotImplementedError, NonFiniteLossError, HubError) as e:
-        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
     return 0
 

@@ -184,8 +184,11 @@ def _plot_prune(curves, title: str, path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------- report
 
-def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Collect every probe's sections into ``out_dir/REPORT.md`` (tables, CSVs and PNGs beside it)."""
+def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, log=None) -> Path:
+    """Collect every probe's sections into ``out_dir/REPORT.md`` (tables, CSVs and PNGs beside it).
+
+    Result files that cannot be used are left out, named in ``log`` and counted at the top of the report.
+    """
     from rf_bench.probes.base import available_probes
     from rf_bench.results import ResultStore
 
@@ -202,6 +205,12 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> 
     sections.append(claims_section(results_dir))
     sections.sort(key=lambda s: (s.order, s.title))
     body = [f"# rf-bench report\n\nFrom `{results_dir}`, {time.strftime('%Y-%m-%d %H:%M')}.\n"]
+    if store.skipped:
+        note = store.skipped_note()
+        if log:
+            log(note.rstrip("\n"))
+        body.append(f"**{len(store.skipped)} result file(s) left out** (the tables count only what was read):\n\n"
+                    + "".join(f"- `{p}`: {why}\n" for p, why in sorted(store.skipped.items())))
     body += [f"## {s.title}\n\n{s.markdown}" for s in sections]
     path = out / "REPORT.md"
     tmp = path.with_name(".REPORT.md.tmp")

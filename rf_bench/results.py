@@ -107,7 +107,13 @@ def load_run(path: str | os.PathLike) -> Run:
         raise FileNotFoundError(f"{path} is not a run directory (no config.json); point at <output>/<run id>")
     if not (path / "done").is_file():
         raise ValueError(f"run {path} is not finished (no `done` marker); rerun its training command to finish it")
-    return Run(path=path, meta=json.loads((path / "config.json").read_text()))
+    try:
+        meta = json.loads((path / "config.json").read_text())
+        meta["config"]["model"], meta["config"]["dataset"]
+    except (ValueError, KeyError, TypeError) as e:  # ValueError: bad JSON or not UTF-8
+        raise ValueError(f"{path / 'config.json'} is damaged ({type(e).__name__}: {e}); delete the run directory "
+                         "and rerun its training command") from None
+    return Run(path=path, meta=meta)
 
 
 def find_runs(patterns: Sequence[str]) -> List[Run]:
@@ -140,20 +146,42 @@ def group_runs(runs: Iterable[Run]) -> Dict[str, List[Run]]:
     return {g: sorted(rs, key=lambda r: r.seed) for g, rs in sorted(groups.items())}
 
 
+def _record_problem(record: Any) -> Optional[str]:
+    """Why a parsed result file cannot be used (None if it can)."""
+    if not isinstance(record, dict):
+        return f"holds a JSON {type(record).__name__}, not a result object"
+    missing = [key for key in ("probe", "values", "dataset", "runs") if key not in record]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if not isinstance(record["values"], dict):
+        return "its values are not an object"
+    return None
+
+
 class ResultStore:
     """One JSON (+ optional safetensors) per (run or group, probe, probe-config hash)."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self.skipped: Dict[Path, str] = {}  # result files that could not be used, and why
 
     def path(self, key: str, probe: str, cfg_hash: str) -> Path:
         return self.root / key / f"{probe}-{cfg_hash}.json"
 
     def read(self, path: Path) -> Optional[Dict[str, Any]]:
+        """The result at ``path``; None if absent or unusable (then noted in ``skipped``, never raised)."""
         try:
-            return json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            record = json.loads(path.read_text())
+        except FileNotFoundError:
             return None
+        except (ValueError, OSError) as e:  # ValueError: bad JSON or not UTF-8
+            reason = f"unreadable ({type(e).__name__}: {str(e)[:80]})"
+        else:
+            reason = _record_problem(record)
+            if reason is None:
+                return record
+        self.skipped[path] = reason
+        return None
 
     def write(self, path: Path, record: Dict[str, Any], tensors: Optional[Dict[str, torch.Tensor]] = None) -> None:
         if tensors:
@@ -177,9 +205,14 @@ class ResultStore:
         out = []
         for path in sorted(self.root.glob("*/*.json")):
             rec = self.read(path)
-            if rec and "probe" in rec and (probe is None or rec["probe"] == probe):
+            if rec and (probe is None or rec["probe"] == probe):
                 out.append(dict(rec, _path=str(path)))
         return out
+
+    def skipped_note(self) -> str:
+        """One line per skipped result file, with what to do about it (empty when none was skipped)."""
+        return "".join(f"warning: result {path} is {reason}; left out (`rf-bench probe` recomputes it)\n"
+                       for path, reason in sorted(self.skipped.items()))
 
     def lock(self, path: Path):
         from filelock import FileLock

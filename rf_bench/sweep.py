@@ -92,6 +92,73 @@ class Sweep:
         return cls(**d)
 
 
+_SECTIONS = ("sweep", "grid", "train", "probes", "slurm")
+_SWEEP_KEYS = {"name", "output", "results", "report", "data_dir", "runs_per_gpu"}
+_GRID_KEYS = {"models", "families", "ks", "datasets", "seeds"}
+_GRID_ONLY = {"model": "models", "dataset": "datasets", "seed": "seeds"}  # [train] keys that belong to [grid]
+
+
+def _check_keys(table: Dict[str, Any], allowed: Sequence[str], where: str) -> None:
+    """Refuse a key that is not ``allowed``, suggesting the nearest one."""
+    import difflib
+
+    for key in table:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(allowed))}"
+            raise ValueError(f"{where} has no key {key!r}; {hint}")
+
+
+def _check_list(value: Any, kind: type, where: str) -> List[Any]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, kind) and not isinstance(v, bool)
+                                                           for v in value):
+        raise ValueError(f"{where} must be a non-empty list of {kind.__name__}s, got {value!r}")
+    return value
+
+
+def _check_grid(grid: Dict[str, Any], where: str) -> None:
+    _check_keys(grid, _GRID_KEYS, f"{where}: [grid]")
+    for key, kind in (("models", str), ("families", str), ("datasets", str), ("ks", int), ("seeds", int)):
+        if key in grid:
+            _check_list(grid[key], kind, f"{where}: [grid] {key}")
+
+
+def _check_train(train_spec: Dict[str, Any], where: str) -> None:
+    """Every [train] key is a TrainConfig field whose value has the field's type."""
+    for key, grid_key in _GRID_ONLY.items():
+        if key in train_spec:
+            raise ValueError(f"{where}: [train] {key} is set per run by [grid] {grid_key}; move it there")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    _check_keys(train_spec, list(defaults) + ["recipe"], f"{where}: [train]")
+    for key, value in train_spec.items():
+        default = defaults.get(key)
+        if isinstance(default, bool) and not isinstance(value, bool) or (
+                isinstance(default, (int, float)) and not isinstance(default, bool)
+                and (isinstance(value, bool) or not isinstance(value, (int, float)))) or (
+                isinstance(default, str) and not isinstance(value, str)):
+            kind = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}[type(default)]
+            raise ValueError(f"{where}: [train] {key} = {value!r} should be {kind}")
+
+
+def _check_probes(probes: Dict[str, Any], where: str) -> None:
+    """The suite names installed probes, and every [probes.<name>] table sets only that probe's settings."""
+    from .probes.base import available_probes, resolve_suite
+
+    suite = probes.get("suite", "all")
+    try:
+        chosen = {p.name: p for p in resolve_suite(suite)}
+    except ValueError as e:
+        raise ValueError(f"{where}: [probes] suite: {e}") from None
+    for name, table in probes.items():
+        if name == "suite":
+            continue
+        if not isinstance(table, dict):
+            raise ValueError(f"{where}: [probes] {name} = {table!r} is not a table; write [probes.{name}] settings")
+        _check_keys({name: None}, list(chosen), f"{where}: [probes] (suite {suite!r})")
+        settings = [f.name for f in dataclasses.fields(available_probes()[name].Config)]
+        _check_keys(table, settings, f"{where}: [probes.{name}]")
+
+
 def _grid_models(grid: Dict[str, Any], where: str) -> List[str]:
     if "models" in grid:
         return list(grid["models"])
@@ -114,21 +181,20 @@ def load_sweep(path: str | os.PathLike | None = None, *, text: Optional[str] = N
         raise FileNotFoundError(f"no sweep file {path}; see benchmarks/configs/paper.toml for one") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{where} is not valid TOML: {e}") from None
-    unknown = set(spec) - {"sweep", "grid", "train", "probes", "slurm"}
-    if unknown:
-        raise ValueError(f"{where}: unknown section(s) {sorted(unknown)}; use sweep, grid, train, probes, slurm")
+    _check_keys(spec, _SECTIONS, where)
     head, grid, train_spec = spec.get("sweep", {}), spec.get("grid", {}), dict(spec.get("train", {}))
+    _check_keys(head, _SWEEP_KEYS, f"{where}: [sweep]")
+    _check_grid(grid, where)
+    _check_train(train_spec, where)
+    _check_probes(spec.get("probes", {}), where)
     models = _grid_models(grid, where)
     for model in models:
         if not timm.is_model(model):
             raise ValueError(f"{where}: unknown model {model!r}; see timm.list_models('*rfpool*')")
     recipe = train_spec.pop("recipe", "paper")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    bad = set(train_spec) - fields
-    if bad:
-        raise ValueError(f"{where}: [train] has no field(s) {sorted(bad)}; TrainConfig fields are {sorted(fields)}")
     runs = [resolve_config(recipe, model=model, dataset=dataset, seed=seed, **train_spec)
             for dataset in grid.get("datasets", ["cifar10"]) for model in models for seed in grid.get("seeds", [0])]
+    _check_runs(runs, where)
     probes = dict(spec.get("probes", {}))
     suite = probes.pop("suite", "all")
     settings = [f"{probe}.{key}={json.dumps(value)}" for probe, table in sorted(probes.items())
@@ -145,6 +211,17 @@ def load_sweep(path: str | os.PathLike | None = None, *, text: Optional[str] = N
         suite=suite, probe_settings=settings, data_dir=head.get("data_dir"), slurm=slurm,
         runs_per_gpu=_positive_int(head.get("runs_per_gpu", 1), f"{where}: [sweep] runs_per_gpu"),
     )
+
+
+def _check_runs(runs: List[TrainConfig], where: str) -> None:
+    """The trainer's own checks (numbers, model and data set names), before any run starts."""
+    from .trainer import validate_settings
+
+    for cfg in {json.dumps(c.identity(), sort_keys=True, default=str): c for c in runs}.values():
+        try:
+            validate_settings(cfg)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e} (in [train] or [grid])") from None
 
 
 def _positive_int(value: Any, what: str) -> int:

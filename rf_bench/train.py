@@ -82,9 +82,29 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _config_from_file(path: Path) -> TrainConfig:
+    import dataclasses
+    import difflib
+
+    try:
+        fields = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config {path} is not valid JSON ({e}); pass a run's config.json or fix the file") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"--config {path} holds a {type(fields).__name__}, not an object of TrainConfig fields")
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    fields = fields.get("config", fields) if "run_id" in fields else fields  # a run's config.json works too
+    for key in fields:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+            raise ValueError(f"--config {path}: unknown field {key!r}; {hint}")
+    return TrainConfig(**fields)
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if getattr(args, "config", None):
-        return TrainConfig(**json.loads(Path(args.config).read_text()))
+        return _config_from_file(Path(args.config))
     if not args.model or not args.dataset:
         raise ValueError("name --model and --dataset (or pass --config FILE)")
     model_kwargs = _parse_kv(args.model_kwargs)

@@ -26,7 +26,8 @@ from .pruning import apply_masks, global_magnitude_masks
 from .recipes import COMPILE_MODES, TrainConfig, lr_factor, run_dir_for
 from .results import sha256_file, write_json_atomic
 
-__all__ = ["Trainer", "NonFiniteLossError", "check_writable", "deterministic_mode"]
+__all__ = ["Trainer", "NonFiniteLossError", "check_writable", "deterministic_mode", "validate_config",
+           "validate_settings"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,6 +65,25 @@ def _save_weights(model: nn.Module, path: Path, metadata: Dict[str, str]) -> Non
     os.replace(tmp, path)
 
 
+class _write_errors_explained:
+    """Turn a failed write (a full disk, a lost mount: safetensors' or the OS's error) into a one-line OSError."""
+
+    def __init__(self, what: str, run_dir: Path) -> None:
+        self.what, self.run_dir = what, run_dir
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        from safetensors import SafetensorError
+
+        if error is None or not isinstance(error, (SafetensorError, OSError)):
+            return False
+        last = _latest_checkpoint(self.run_dir)
+        raise OSError(f"could not write {self.what} ({type(error).__name__}: {error}); free space on that disk, "
+                      f"then rerun the same command: it resumes from {last.name if last else 'the start'}") from None
+
+
 def _checkpoint_bytes(model: nn.Module) -> int:
     """Rough size of one checkpoint: weights + SGD momentum, float32."""
     return 2 * sum(p.numel() * 4 for p in model.parameters()) + 1_000_000
@@ -89,10 +109,40 @@ def _param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]
     return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
 
 
-def _latest_checkpoint(run_dir: Path) -> Optional[Path]:
+def _complete_checkpoints(run_dir: Path) -> List[Path]:
+    """Checkpoints whose writing finished, oldest first (a corrupt one may still be among them)."""
     ckpts = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-    complete = [p for p in ckpts if (p / "trainer_state.json").is_file()]
+    return [p for p in ckpts if (p / "trainer_state.json").is_file()]
+
+
+def _latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    complete = _complete_checkpoints(run_dir)
     return complete[-1] if complete else None
+
+
+def _unreadable_checkpoint_errors() -> Tuple[type, ...]:
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return (SafetensorError, RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError)
+
+
+def _weights_intact(run_dir: Path) -> bool:
+    """``model.safetensors`` matches the sha256 in ``done`` (older runs: it loads)."""
+    path = run_dir / "model.safetensors"
+    if not path.is_file():
+        return False
+    recorded = [line.split()[-1] for line in (run_dir / "done").read_text().splitlines() if line.startswith("sha256")]
+    if recorded:
+        return sha256_file(path) == recorded[0]
+    from safetensors.torch import load_file
+
+    try:
+        load_file(str(path))
+    except _unreadable_checkpoint_errors():
+        return False
+    return True
 
 
 def _truncate_metrics(path: Path, before_epoch: int) -> None:
@@ -188,8 +238,53 @@ def _progress_bar(show: bool, epoch: int, epochs: int, steps: int, done: int):
     return bar
 
 
+_AT_LEAST = dict(epochs=(1, "--epochs"), batch_size=(1, "--batch-size"), lr=(0.0, "--lr"),
+                 weight_decay=(0.0, "--weight-decay"), warmup_epochs=(0.0, "--warmup-epochs"),
+                 momentum=(0.0, "--momentum"), label_smoothing=(0.0, "--label-smoothing"))
+
+
+def _validate_numbers(cfg: TrainConfig) -> None:
+    for name, (low, flag) in _AT_LEAST.items():
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
+            raise ValueError(f"{flag} {value!r} is invalid; it must be a number >= {low:g}")
+    if cfg.lr == 0:
+        raise ValueError("--lr 0 trains nothing; give a positive learning rate")
+    if not cfg.momentum < 1 or not cfg.label_smoothing < 1:
+        raise ValueError(f"--momentum {cfg.momentum} / --label-smoothing {cfg.label_smoothing} must be below 1")
+    if cfg.clip_grad is not None and not cfg.clip_grad >= 0:
+        raise ValueError(f"--clip-grad {cfg.clip_grad} is invalid; give a positive norm, or 0 to disable clipping")
+    if cfg.prune_rate is not None and not 0 <= cfg.prune_rate < 1:
+        raise ValueError(f"--prune-rate {cfg.prune_rate} is invalid; it is the pruned fraction, in [0, 1)")
+
+
+def _validate_names(cfg: TrainConfig) -> None:
+    import difflib
+
+    import timm
+
+    import rf_bench.models  # noqa: F401  (registers the rfpool models)
+    from .data import DATASETS
+
+    if not timm.is_model(cfg.model):
+        close = difflib.get_close_matches(cfg.model, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models('*rfpool*')"
+        raise ValueError(f"--model {cfg.model!r} is not a timm model; {hint}")
+    if cfg.dataset not in DATASETS:
+        close = difflib.get_close_matches(cfg.dataset, list(DATASETS), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ValueError(f"--dataset {cfg.dataset!r} is unknown; {hint}choose one of {', '.join(DATASETS)}")
+
+
+def validate_settings(cfg: TrainConfig) -> None:
+    """Refuse a number out of range or an unknown model / data set, in one line, before any work."""
+    _validate_numbers(cfg)
+    _validate_names(cfg)
+
+
 def validate_config(cfg: TrainConfig, world: int, device: torch.device) -> None:
     """Refuse settings that cannot work together, in one line each, before any work."""
+    validate_settings(cfg)
     if cfg.compile_mode is not None and cfg.compile_mode not in COMPILE_MODES:
         raise ValueError(f"--compile-mode {cfg.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
     if cfg.batch_size % world:
@@ -258,9 +353,15 @@ class Trainer:
     # ------------------------------------------------------------------------------- the whole run
 
     def fit(self) -> Path:
-        if self.finished:
+        if self.finished and _weights_intact(self.run_dir):
             self.accelerator.print(f"{self.run_dir} is already finished; nothing to do")
             return self.run_dir
+        if self.finished:
+            self.accelerator.print(f"warning: {self.run_dir}/model.safetensors is missing or damaged; rebuilding it "
+                                   "from the last checkpoint")
+            self.accelerator.wait_for_everyone()
+            if self.accelerator.is_main_process:
+                (self.run_dir / "done").unlink()
         with deterministic_mode(self.cfg.deterministic):
             self.setup()
             start_epoch, start_step, resumed = self.resume()
@@ -320,7 +421,10 @@ class Trainer:
         cfg = self.cfg
         self.model_kwargs = dict(num_classes=self.train_set.num_classes, in_chans=self.train_set.input_size[0],
                                  **cfg.model_kwargs)
-        model = timm.create_model(cfg.model, **self.model_kwargs)
+        try:
+            model = timm.create_model(cfg.model, **self.model_kwargs)
+        except TypeError as e:  # an unknown keyword reaches the model's constructor
+            raise ValueError(f"--model-kwargs {cfg.model_kwargs} do not fit {cfg.model}: {e}") from None
         with torch.no_grad():  # a k too large for the images fails here, with the model's own one-line error
             model.eval()(torch.zeros(1, *self.train_set.input_size))
         model.train()
@@ -368,18 +472,40 @@ class Trainer:
         """Load the last complete checkpoint, if any: ``(epoch, step in epoch, partial-epoch sums)``."""
         acc = self.accelerator
         start_epoch, start_step, partial = 0, 0, {}
-        ckpt = _latest_checkpoint(self.run_dir)
-        if ckpt is not None:
-            acc.load_state(str(ckpt))
-            state = json.loads((ckpt / "trainer_state.json").read_text())
-            start_epoch, start_step = state["epoch"], state["step_in_epoch"]
-            partial = state["partial_epoch"][acc.process_index]
+        unreadable = []
+        for ckpt in reversed(_complete_checkpoints(self.run_dir)):
+            try:
+                acc.load_state(str(ckpt))
+                state = json.loads((ckpt / "trainer_state.json").read_text())
+                start_epoch, start_step = state["epoch"], state["step_in_epoch"]
+                partial = state["partial_epoch"][acc.process_index]
+            except _unreadable_checkpoint_errors() as e:
+                unreadable.append(ckpt)
+                acc.print(f"warning: checkpoint {ckpt} is unreadable ({type(e).__name__}: {str(e)[:120]}); "
+                          "moving it aside and trying the one before it")
+                continue
             acc.print(f"resuming {self.run_dir.name} from {ckpt.name} (epoch {start_epoch}, step {start_step})")
+            break
+        else:
+            if unreadable:  # the model may hold part of a corrupt state: do not train on from it
+                self._move_aside(unreadable)
+                raise ValueError(f"every checkpoint of {self.run_dir} is unreadable (moved to corrupt_*); "
+                                 f"delete {self.run_dir} to train the run from the start")
+        self._move_aside(unreadable)
         if acc.is_main_process:
             _truncate_metrics(self.run_dir / "metrics.jsonl", start_epoch)
         if self.log_with:
             acc.init_trackers(self.run_dir.name, config={k: str(v) for k, v in self.cfg.identity().items()})
         return start_epoch, start_step, partial
+
+    def _move_aside(self, checkpoints: List[Path]) -> None:
+        """Keep unreadable checkpoints for inspection, out of the resume order."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            for ckpt in checkpoints:
+                os.replace(ckpt, ckpt.with_name(f"corrupt_{ckpt.name}"))
+        acc.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------ training
 
@@ -478,7 +604,8 @@ class Trainer:
         if acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp), safe_serialization=True)
+        with _write_errors_explained(f"checkpoint {final}", self.run_dir):
+            acc.save_state(str(tmp), safe_serialization=True)
         acc.wait_for_everyone()
         if acc.is_main_process:
             write_json_atomic(tmp / "trainer_state.json", dict(epoch=epoch, step_in_epoch=step_in_epoch,
@@ -496,8 +623,11 @@ class Trainer:
         acc = self.accelerator
         if acc.is_main_process:
             meta = dict(model=self.cfg.model, stage="final", rf_bench=rf_bench.__version__)
-            _save_weights(acc.unwrap_model(self.model), self.run_dir / "model.safetensors", meta)
-            (self.run_dir / "done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+            weights = self.run_dir / "model.safetensors"
+            with _write_errors_explained(f"the final weights {weights}", self.run_dir):
+                _save_weights(acc.unwrap_model(self.model), weights, meta)
+            # the sha256 lets a rerun tell intact final weights from damaged ones
+            (self.run_dir / "done").write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\nsha256 {sha256_file(weights)}\n")
         if self.log_with:
             acc.end_training()
         acc.wait_for_everyone()

@@ -32,7 +32,9 @@ def test_unknown_model_is_one_line_with_suggestions():
 
 
 def test_too_large_k_is_one_line():
-    proc = _run("rf", "vgg19_rfpool5", "--width-mult", "0.125")
+    default = _run("rf", "vgg19_rfpool5", "--width-mult", "0.125")  # the cfg's own input size (40x40) fits
+    assert default.returncode == 0, default.stderr
+    proc = _run("rf", "vgg19_rfpool5", "--width-mult", "0.125", "--input-size", "3", "32", "32")
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "use k <= 4" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout

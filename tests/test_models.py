@@ -18,7 +18,7 @@ def test_registered_in_timm():
     for name in names:
         assert timm.is_model(name)
         cfg = timm.get_pretrained_cfg(name)
-        assert cfg.input_size == (3, 32, 32) and cfg.num_classes == 10
+        assert cfg.num_classes == 10  # the input size per k: tests/test_timm_contracts.py
         assert cfg.mean == pytest.approx((0.4914, 0.4822, 0.4465))
 
 
@@ -50,7 +50,9 @@ def test_resnet_layout():
     assert model.layer2[0].conv2.stride == (2, 2) and model.layer2[0].conv1.stride == (1, 1)
     (pool,) = _pools(model)
     assert pool.kernel_size == 3 and pool.stride == 3
-    assert isinstance(timm.create_model("resnet50_rfpool1").rfpool, nn.Identity)
+    identity = timm.create_model("resnet50_rfpool1").rfpool  # k = 1: no pooling work, only the input check
+    x = torch.zeros(1, 64, 32, 32)
+    assert isinstance(identity, nn.Identity) and identity(x) is x
 
 
 def test_vgg_layout():

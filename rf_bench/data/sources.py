@@ -14,7 +14,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -182,18 +182,45 @@ def _unpickle(data: bytes, origin: str) -> dict:
         raise ValueError(f"corrupt CIFAR batch {origin}: {e}; re-download cifar-10-python.tar.gz") from None
 
 
+def _member(obj: Any, key: bytes, where: str) -> Any:
+    """``obj[key]`` of an unpickled CIFAR dict, or a one-line error naming the file."""
+    if not isinstance(obj, dict) or key not in obj:
+        raise ValueError(f"{where} is not a CIFAR-10 python batch (no {key.decode()!r} entry); "
+                         "re-download cifar-10-python.tar.gz")
+    return obj[key]
+
+
 def _cifar_batches(read_member: Callable[[str], bytes], split: str, origin: str):
     meta = _unpickle(read_member("batches.meta"), f"{origin}/batches.meta")
-    classes = [c.decode() for c in meta[b"label_names"]]
+    try:
+        classes = [c.decode() for c in _member(meta, b"label_names", f"{origin}/batches.meta")]
+    except (TypeError, AttributeError, UnicodeDecodeError):
+        raise ValueError(f"{origin}/batches.meta has no list of class names; re-download it") from None
     images, labels = [], []
     for name in _CIFAR_FILES[split]:
         batch = _unpickle(read_member(name), f"{origin}/{name}")
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        try:
+            data = np.asarray(_member(batch, b"data", f"{origin}/{name}"), dtype=np.uint8)
+            batch_labels = [int(v) for v in _member(batch, b"labels", f"{origin}/{name}")]
+        except (TypeError, ValueError) as e:
+            if "CIFAR-10 python batch" in str(e):
+                raise
+            raise ValueError(f"{origin}/{name} holds malformed data or labels ({e}); re-download it") from None
+        if len(batch_labels) != len(data):
+            raise ValueError(f"{origin}/{name} has {len(data)} images but {len(batch_labels)} labels; re-download it")
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise ValueError(f"{origin}/{name} holds {data.shape}, not (N, 3072) CIFAR rows; re-download it")
         images.append(data.reshape(-1, 3, 32, 32))
-        labels.extend(batch[b"labels"])
+        labels.extend(batch_labels)
     return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64), classes
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int, num_images: int, origin: Any) -> None:
+    if len(labels) != num_images:
+        raise ValueError(f"{origin}: {num_images} images but {len(labels)} labels; re-download or rebuild it")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"{origin}: labels run from {int(labels.min())} to {int(labels.max())}, outside the "
+                         f"{num_classes} classes; re-download or rebuild it")
 
 
 def _find_cifar_folder(root: Path, split: str) -> Optional[Path]:
@@ -443,6 +470,7 @@ def load(name: str, split: str, data_dir: Optional[str | os.PathLike] = None,
 
                 def build(source=source, path=path) -> ImageSet:
                     images, labels, classes = source.read(path, split)
+                    _check_labels(labels, len(classes or spec.classes), len(images), path)  # before it is cached
                     return ImageSet(images, labels, classes or list(spec.classes), spec.mean, spec.std, name,
                                     split, str(path))
                 return cached(cache, name, split, hashlib.sha256(key.encode()).hexdigest(), build)

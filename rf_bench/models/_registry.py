@@ -7,7 +7,7 @@ valid (every model then has one untagged cfg without weights).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from timm.models import generate_default_cfgs
 
@@ -19,10 +19,13 @@ __all__ = ["RFPOOL_KS", "rfpool_default_cfgs", "iter_manifests", "manifest_entry
 RFPOOL_KS = tuple(range(1, 9))
 
 
+CIFAR_SIZE = 32
+
+
 def _base_cfg(**kwargs: Any) -> Dict[str, Any]:
     return {
         "url": "",
-        "num_classes": 10, "input_size": (3, 32, 32), "pool_size": None,
+        "num_classes": 10, "input_size": (3, CIFAR_SIZE, CIFAR_SIZE), "pool_size": None,
         "crop_pct": 1.0, "interpolation": "bilinear",
         "mean": CIFAR10_MEAN, "std": CIFAR10_STD,
         "license": "apache-2.0",
@@ -46,15 +49,31 @@ def _tag_cfg(entry: Dict[str, Any], **kwargs: Any) -> Dict[str, Any]:
     )
 
 
-def rfpool_default_cfgs(prefix: str, **kwargs: Any) -> Dict[str, Any]:
-    """timm ``default_cfgs`` for ``<prefix>1..8``: one untagged cfg each, plus published tags."""
-    cfgs: Dict[str, Dict[str, Any]] = {f"{prefix}{k}": _base_cfg(**kwargs) for k in RFPOOL_KS}
+def _sizes(k: int, min_size_after_pool: int, final_side: Callable[[int, int], int], input_size=None):
+    """``input_size`` (the CIFAR size, or the smallest the model accepts at this ``k``) and ``pool_size``."""
+    if input_size is None:
+        side = max(CIFAR_SIZE, k * min_size_after_pool)
+        input_size = (3, side, side)
+    input_size = tuple(input_size)
+    return dict(input_size=input_size, pool_size=(final_side(input_size[1], k), final_side(input_size[2], k)))
+
+
+def rfpool_default_cfgs(prefix: str, min_size_after_pool: int, final_side: Callable[[int, int], int],
+                        **kwargs: Any) -> Dict[str, Any]:
+    """timm ``default_cfgs`` for ``<prefix>1..8``: one untagged cfg each, plus published tags.
+
+    ``final_side(size, k)`` is the side of the last feature map for a ``size`` input: the cfg's ``pool_size``.
+    """
+    cfgs: Dict[str, Dict[str, Any]] = {
+        f"{prefix}{k}": _base_cfg(**_sizes(k, min_size_after_pool, final_side), **kwargs) for k in RFPOOL_KS}
     for manifest in iter_manifests():
         name = manifest["model"]
         if not name.startswith(prefix):
             continue
+        k = int(name[len(prefix):])
         for tag, entry in sorted(manifest.get("tags", {}).items()):
-            cfgs[f"{name}.{tag}"] = _tag_cfg(entry, **kwargs)
+            pool_size = _sizes(k, min_size_after_pool, final_side, entry["input_size"])["pool_size"]
+            cfgs[f"{name}.{tag}"] = _tag_cfg(entry, pool_size=pool_size, **kwargs)
     return generate_default_cfgs(cfgs)
 
 

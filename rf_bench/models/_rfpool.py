@@ -1,21 +1,19 @@
-"""The one intervention rf-bench studies: a max-pool of kernel ``k`` right after the first conv."""
-from __future__ import annotations
+"""The one intervention rf-bench studies: a max-pool of kernel ``k`` right after the first conv.
 
+The pool checks its own input, so a ``k`` too large for the input is refused with the fix in one line on
+every path that runs it: ``forward``, ``forward_intermediates``, ``features_only`` wrappers, torch.fx
+graphs (the check returns its input, so dead-code elimination cannot drop it) and TorchScript.
+No ``from __future__ import annotations`` here or in the model files: TorchScript reads the annotations.
+"""
 import torch
 from timm.layers import register_notrace_function
 from torch import nn
+from torch.nn import functional as F
 
-__all__ = ["create_rfpool", "check_rfpool_input", "largest_valid_k"]
+__all__ = ["RfPool", "RfPoolCheck", "create_rfpool", "check_rfpool_input", "largest_valid_k", "rfpool_output_size"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-
-
-def create_rfpool(k: int) -> nn.Module:
-    """``MaxPool2d(k, stride=k)``; ``k = 1`` is the identity, so it gets no module work at all."""
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"rfpool kernel size must be a positive int, got {k!r}")
-    return nn.Identity() if k == 1 else nn.MaxPool2d(kernel_size=k, stride=k)
 
 
 def largest_valid_k(size: int, min_size_after_pool: int) -> int:
@@ -23,17 +21,61 @@ def largest_valid_k(size: int, min_size_after_pool: int) -> int:
     return size // min_size_after_pool
 
 
-@register_notrace_function  # shape checks are invisible to torch.fx traces (timm's own convention)
-def check_rfpool_input(x: torch.Tensor, k: int, min_size_after_pool: int, name: str) -> None:
-    """Refuse a ``k`` whose pooled map would be too small for the rest of the net, before any layer fails."""
-    h, w = x.shape[-2:]
+@register_notrace_function  # a leaf call in timm's fx graphs, not control flow on a proxy
+def check_rfpool_input(x: torch.Tensor, k: int, min_size_after_pool: int, name: str) -> torch.Tensor:
+    """``x`` itself, if the pooled map keeps ``min_size_after_pool`` px a side; else a one-line ValueError."""
+    h, w = x.shape[-2], x.shape[-1]
     if min(h // k, w // k) >= min_size_after_pool:
-        return
-    side = min(h, w)
-    best = largest_valid_k(side, min_size_after_pool)
-    fix = f"use k <= {best}" if best >= 1 else "use a larger input"
+        return x
+    best = min(h, w) // min_size_after_pool
+    fix = "use k <= " + str(best) if best >= 1 else "use a larger input"
+    need = k * min_size_after_pool
     raise ValueError(
         f"{name}: rfpool k={k} shrinks a {h}x{w} input to {h // k}x{w // k}, but the rest of the net needs "
-        f">= {min_size_after_pool}x{min_size_after_pool}; {fix} or an input of at least "
-        f"{k * min_size_after_pool}x{k * min_size_after_pool}"
+        f">= {min_size_after_pool}x{min_size_after_pool}; {fix} or an input of at least {need}x{need}"
     )
+
+
+torch.fx.wrap("check_rfpool_input")  # plain torch.fx.symbolic_trace keeps it as one call too
+
+
+class RfPool(nn.MaxPool2d):
+    """``MaxPool2d(k, stride=k)`` that refuses an input the rest of the net cannot take."""
+
+    def __init__(self, k: int, min_size_after_pool: int = 1, name: str = "rfpool") -> None:
+        super().__init__(kernel_size=k, stride=k)
+        self.k = k
+        self.min_size_after_pool = min_size_after_pool
+        self.name = name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_rfpool_input(x, self.k, self.min_size_after_pool, self.name)
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                            ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+
+
+class RfPoolCheck(nn.Identity):
+    """``k = 1``: no pooling work at all, only the input check."""
+
+    def __init__(self, min_size_after_pool: int = 1, name: str = "rfpool") -> None:
+        super().__init__()
+        self.min_size_after_pool = min_size_after_pool
+        self.name = name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return check_rfpool_input(x, 1, self.min_size_after_pool, self.name)
+
+
+def create_rfpool(k: int, min_size_after_pool: int = 1, name: str = "rfpool") -> nn.Module:
+    """The rfpool of kernel ``k`` for a net that needs ``min_size_after_pool`` px a side after it."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"rfpool kernel size must be a positive int, got {k!r}")
+    return RfPoolCheck(min_size_after_pool, name) if k == 1 else RfPool(k, min_size_after_pool, name)
+
+
+def rfpool_output_size(size: int, k: int, halvings: int, ceil: bool) -> int:
+    """Side of the final feature map: ``size // k``, then ``halvings`` stride-2 steps (ceil: padded convs)."""
+    side = size // k
+    for _ in range(halvings):
+        side = -(-side // 2) if ceil else side // 2
+    return side

@@ -3,8 +3,6 @@
 The blocks are timm's own ``Bottleneck`` built by timm's ``make_blocks``, so parameter names match
 timm's and torchvision's ResNet-50 from ``layer1`` on. Analytic receptive field: ``105 k + 2``.
 """
-from __future__ import annotations
-
 from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
 import torch
@@ -17,10 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._registry import RFPOOL_KS, published_model_kwargs, rfpool_default_cfgs
-from ._rfpool import check_rfpool_input, create_rfpool
-
-# the input-size check is a leaf call in torch.fx graphs, not control flow on a proxy
-torch.fx.wrap("check_rfpool_input")
+from ._rfpool import create_rfpool, rfpool_output_size
 
 __all__ = ["RfPoolResNet"]
 
@@ -48,6 +43,7 @@ class RfPoolResNet(nn.Module):
             act_layer: Union[str, Type[nn.Module]] = nn.ReLU,
             norm_layer: Union[str, Type[nn.Module]] = nn.BatchNorm2d,
             zero_init_last: bool = False,
+            model_name: Optional[str] = None,
             **block_args: Any,
     ) -> None:
         """
@@ -64,6 +60,7 @@ class RfPoolResNet(nn.Module):
             act_layer: Activation layer.
             norm_layer: Normalization layer.
             zero_init_last: Zero-init the last BN of each block (timm option, off as in the paper).
+            model_name: The registered name, for error messages (e.g. a too-large ``rf_pool``).
         """
         super().__init__()
         self.num_classes = num_classes
@@ -78,7 +75,7 @@ class RfPoolResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_chans, stem_chs, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = norm_layer(stem_chs)
         self.act1 = act_layer(inplace=True)
-        self.rfpool = create_rfpool(rf_pool)
+        self.rfpool = create_rfpool(rf_pool, self.min_size_after_pool, model_name or type(self).__name__)
         self.feature_info = [dict(num_chs=stem_chs, reduction=1, module="act1")]
 
         channels = tuple(_scaled(c, width_mult) for c in (64, 128, 256, 512))
@@ -98,14 +95,8 @@ class RfPoolResNet(nn.Module):
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
         self.init_weights(zero_init_last=zero_init_last)
 
-    @property
-    def min_size_after_pool(self) -> int:
-        """Stride-2 convs (pad 1) never empty a map, so any non-empty pooled map is enough."""
-        return 1
-
-    @property
-    def _variant(self) -> str:
-        return getattr(self, "pretrained_cfg", {}).get("architecture", type(self).__name__)
+    # stride-2 convs (pad 1) never empty a map, so any non-empty pooled map is enough
+    min_size_after_pool: int = 1
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = False) -> None:
@@ -136,7 +127,6 @@ class RfPoolResNet(nn.Module):
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        check_rfpool_input(x, self.rf_pool, self.min_size_after_pool, self._variant)
         return self.act1(self.bn1(self.conv1(x)))
 
     def forward_intermediates(
@@ -201,10 +191,15 @@ class RfPoolResNet(nn.Module):
 
 def _create_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> RfPoolResNet:
     kwargs = published_model_kwargs(variant, pretrained, kwargs)
-    return build_model_with_cfg(RfPoolResNet, variant, pretrained, **kwargs)
+    return build_model_with_cfg(RfPoolResNet, variant, pretrained, model_name=variant, **kwargs)
 
 
-default_cfgs = rfpool_default_cfgs("resnet50_rfpool", first_conv="conv1", classifier="fc")
+def _resnet50_final_side(size: int, k: int) -> int:
+    return rfpool_output_size(size, k, halvings=3, ceil=True)  # layer2-4 open with padded stride-2 convs
+
+
+default_cfgs = rfpool_default_cfgs("resnet50_rfpool", min_size_after_pool=1, final_side=_resnet50_final_side,
+                                   first_conv="conv1", classifier="fc")
 
 
 def _register_resnet50(k: int) -> None:

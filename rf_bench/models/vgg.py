@@ -4,8 +4,6 @@
 global average pooling and one linear layer. This is the only VGG19 layout whose analytic receptive
 field, ``178 k + 2``, matches the paper's measured figures (PAPER.md).
 """
-from __future__ import annotations
-
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
@@ -16,10 +14,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._registry import RFPOOL_KS, published_model_kwargs, rfpool_default_cfgs
-from ._rfpool import check_rfpool_input, create_rfpool
+from timm.models._manipulate import checkpoint_seq
 
-# the input-size check is a leaf call in torch.fx graphs, not control flow on a proxy
-torch.fx.wrap("check_rfpool_input")
+from ._rfpool import create_rfpool, rfpool_output_size
 
 __all__ = ["RfPoolVGG", "VGG19_RFPOOL_CFG"]
 
@@ -49,6 +46,7 @@ class RfPoolVGG(nn.Module):
             drop_rate: float = 0.0,
             act_layer: Union[str, Type[nn.Module]] = nn.ReLU,
             norm_layer: Union[str, Type[nn.Module]] = nn.BatchNorm2d,
+            model_name: Optional[str] = None,
     ) -> None:
         """
         Args:
@@ -61,6 +59,7 @@ class RfPoolVGG(nn.Module):
             drop_rate: Dropout before the classifier.
             act_layer: Activation layer.
             norm_layer: Normalization layer.
+            model_name: The registered name, for error messages (e.g. a too-large ``rf_pool``).
         """
         super().__init__()
         self.num_classes = num_classes
@@ -71,19 +70,19 @@ class RfPoolVGG(nn.Module):
         act_layer = get_act_layer(act_layer)
         norm_layer = get_norm_layer(norm_layer)
 
+        self.min_size_after_pool = 2 ** sum(v == MAXPOOL for v in cfg)
         layers: List[nn.Module] = []
-        self.feature_info: List[Dict[str, Any]] = []
-        self.feature_ends: List[int] = []  # index into self.features of each feature_info tap
-        prev_chs, reduction, num_convs, num_max_pools = in_chans, 1, 0, 0
+        self.feature_info = []
+        self.feature_ends = []  # index into self.features of each feature_info tap
+        prev_chs, reduction, num_convs = in_chans, 1, 0
         for v in cfg:
             if v == RFPOOL:
                 self._add_tap(prev_chs, reduction, len(layers) - 1)  # the stem, before the intervention
-                layers.append(create_rfpool(rf_pool))
+                layers.append(create_rfpool(rf_pool, self.min_size_after_pool, model_name or type(self).__name__))
                 reduction *= rf_pool
             elif v == MAXPOOL:
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
                 reduction *= 2
-                num_max_pools += 1
             else:
                 chs = max(1, int(round(int(v) * width_mult)))
                 layers += [nn.Conv2d(prev_chs, chs, kernel_size=3, padding=1), norm_layer(chs), act_layer(inplace=True)]
@@ -93,7 +92,6 @@ class RfPoolVGG(nn.Module):
                     self._add_tap(prev_chs, reduction, len(layers) - 1)
         self._add_tap(prev_chs, reduction, len(layers) - 1)
         self.features = nn.Sequential(*layers)
-        self.min_size_after_pool = 2 ** num_max_pools
 
         self.num_features = self.head_hidden_size = prev_chs
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
@@ -102,10 +100,6 @@ class RfPoolVGG(nn.Module):
     def _add_tap(self, num_chs: int, reduction: int, index: int) -> None:
         self.feature_info.append(dict(num_chs=num_chs, reduction=reduction, module=f"features.{index}"))
         self.feature_ends.append(index)
-
-    @property
-    def _variant(self) -> str:
-        return getattr(self, "pretrained_cfg", {}).get("architecture", type(self).__name__)
 
     @torch.jit.ignore
     def init_weights(self) -> None:
@@ -120,7 +114,17 @@ class RfPoolVGG(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        assert not enable, "gradient checkpointing not supported"
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def _checkpoint_segments(self) -> List[nn.Module]:
+        """conv+BN+ReLU triples and pools: a segment never splits an in-place ReLU from the BN it overwrites."""
+        segments, start = [], 0
+        for i, layer in enumerate(self.features):
+            if not isinstance(layer, (nn.Conv2d, nn.BatchNorm2d)):
+                segments.append(self.features[start:i + 1])
+                start = i + 1
+        return segments
 
     @torch.jit.ignore
     def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
@@ -144,7 +148,6 @@ class RfPoolVGG(nn.Module):
         """Stem (before rfpool) and block outputs, timm's ``forward_intermediates`` contract."""
         assert output_fmt == "NCHW", "Output shape must be NCHW."
         take_indices, max_index = feature_take_indices(len(self.feature_ends), indices)
-        check_rfpool_input(x, self.rf_pool, self.min_size_after_pool, self._variant)
         last = self.feature_ends[max_index] if stop_early else len(self.features) - 1
         taps = {self.feature_ends[i]: i for i in take_indices}
         intermediates = []
@@ -170,7 +173,8 @@ class RfPoolVGG(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_rfpool_input(x, self.rf_pool, self.min_size_after_pool, self._variant)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self._checkpoint_segments(), x)
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -189,11 +193,17 @@ def _create_vgg(variant: str, pretrained: bool = False, **kwargs: Any) -> RfPool
     return build_model_with_cfg(
         RfPoolVGG, variant, pretrained,
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        model_name=variant,
         **kwargs,
     )
 
 
-default_cfgs = rfpool_default_cfgs("vgg19_rfpool", first_conv="features.0", classifier="fc")
+def _vgg19_final_side(size: int, k: int) -> int:
+    return rfpool_output_size(size, k, halvings=3, ceil=False)  # three 2x2/2 max-pools
+
+
+default_cfgs = rfpool_default_cfgs("vgg19_rfpool", min_size_after_pool=8, final_side=_vgg19_final_side,
+                                   first_conv="features.0", classifier="fc")
 
 
 def _register_vgg19(k: int) -> None:

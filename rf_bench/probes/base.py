@@ -174,6 +174,8 @@ def run_suite(probes: Sequence[Type[Probe]], runs: Sequence[Run], results_dir: s
             return False
         try:
             existing = store.read(path)
+            if path in store.skipped:
+                log(f"{probe.name} on {key}: the stored result is {store.skipped.pop(path)}; recomputing")
             members = target if isinstance(target, list) else [target]
             if existing and not force:
                 same_runs = existing.get("runs") == [r.run_id for r in members]
