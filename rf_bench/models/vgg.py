@@ -190,9 +190,11 @@ class RfPoolVGG(nn.Module):
 def _create_vgg(variant: str, pretrained: bool = False, **kwargs: Any) -> RfPoolVGG:
     kwargs = published_model_kwargs(variant, pretrained, kwargs)
     out_indices = kwargs.pop("out_indices", tuple(range(6)))
+    # the caller's feature_cfg (e.g. feature_cls="fx") adds to ours instead of clashing with it
+    feature_cfg = dict(flatten_sequential=True, out_indices=out_indices, **kwargs.pop("feature_cfg", None) or {})
     return build_model_with_cfg(
         RfPoolVGG, variant, pretrained,
-        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        feature_cfg=feature_cfg,
         model_name=variant,
         **kwargs,
     )
