@@ -113,3 +113,15 @@ def test_gradient_checkpointing_gives_the_same_gradients(name):
         grads.append([p.grad for p in model.parameters()])
     for plain, checkpointed in zip(*grads):
         torch.testing.assert_close(checkpointed, plain)
+
+
+@pytest.mark.parametrize("name", ["vgg19_rfpool2", "resnet50_rfpool3"])
+def test_fx_feature_extractor_scripts_and_matches_features_only(name):
+    torch.manual_seed(0)
+    eager = _tiny(name, features_only=True)
+    torch.manual_seed(0)  # the same weights (the two wrappers name them differently)
+    fx_features = _tiny(name, features_only=True, feature_cfg={"feature_cls": "fx"})  # merges with our feature_cfg
+    x = _cfg_input(name, batch=1)
+    scripted = torch.jit.script(fx_features)
+    for got, want in zip(scripted(x), eager(x), strict=True):
+        torch.testing.assert_close(got, want)
