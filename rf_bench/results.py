@@ -150,7 +150,7 @@ def _record_problem(record: Any) -> Optional[str]:
     """Why a parsed result file cannot be used (None if it can)."""
     if not isinstance(record, dict):
         return f"holds a JSON {type(record).__name__}, not a result object"
-    missing = [key for key in ("probe", "values", "dataset", "runs") if key not in record]
+    missing = [key for key in ("probe", "values", "dataset") if key not in record]
     if missing:
         return f"lacks {', '.join(missing)}"
     if not isinstance(record["values"], dict):

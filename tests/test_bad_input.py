@@ -163,7 +163,7 @@ def probed(tmp_path_factory, tiny_runs):
     (lambda p: p.write_text(p.read_text()[:40]), "unreadable"),            # half-written
     (lambda p: p.write_text("[1, 2, 3]"), "not a result object"),          # valid JSON, not an object
     (lambda p: p.write_bytes(b"\xff\xfe\x00garbage"), "unreadable"),       # not UTF-8
-    (lambda p: p.write_text(json.dumps({"probe": "prune", "dataset": "digits", "runs": []})), "lacks values"),
+    (lambda p: p.write_text(json.dumps({"probe": "prune", "dataset": "digits"})), "lacks values"),
 ])
 def test_a_bad_result_file_is_named_skipped_counted_and_recomputed(capsys, tmp_path, probed, tiny_runs, damage,
                                                                     reason):

@@ -148,6 +148,18 @@ def test_accuracy_at_chance_for_every_k_cannot_decide(tmp_path):
     assert dense.verdict == "supported"
 
 
+def test_the_share_of_accuracy_lost_separates_robustness_from_having_less_to_lose(tmp_path):
+    # pruning halves every net's accuracy: fewer points are lost where the dense net is worse, the share is flat
+    dense = {k: 0.9 - 0.1 * k for k in KS}
+    records = [_prune_record("vgg19_rfpool", k, s, dense[k], dense[k] / 2) for k in KS for s in range(4)]
+    results = _store(tmp_path, records)
+    (points,) = _verdicts(results, "prune_robustness", "accuracy lost at 0.9, one-shot")
+    (share,) = _verdicts(results, "prune_robustness", "share of accuracy lost at 0.9, one-shot")
+    assert points.verdict == "supported" and points.means[1] == pytest.approx(0.4)
+    assert share.verdict == "inconclusive" and share.means == pytest.approx({k: 0.5 for k in KS})
+    assert share.reason == "the metric is constant over every k"
+
+
 def test_a_third_party_probe_declares_its_own_claim(tmp_path):
     class Sharpness:
         name = "sharpness"
