@@ -267,6 +267,7 @@ def _cmd_study(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rf-bench", description=__doc__)
     parser.add_argument("--version", action="version", version=f"rf-bench {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the whole traceback")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("rf", help="receptive fields: per layer of one model, or k vs RF for a family")
@@ -355,10 +356,14 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from safetensors import SafetensorError
+
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (CliError, ValueError, OSError, NotImplementedError, NonFiniteLossError, HubError) as e:
+    except (CliError, ValueError, OSError, NotImplementedError, NonFiniteLossError, HubError, SafetensorError) as e:
+        if args.debug:
+            raise
         from rich.markup import escape
 
         err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)

@@ -133,13 +133,18 @@ def run_from_args(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from safetensors import SafetensorError
+
     parser = argparse.ArgumentParser(prog="rf_bench/train.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_args(parser)
+    parser.add_argument("--debug", action="store_true", help="on an error, show the whole traceback")
     args = parser.parse_args(argv)
     try:
         run_dir = run_from_args(args)
-    except (ValueError, FileNotFoundError, PermissionError, OSError, NonFiniteLossError) as e:
+    except (ValueError, OSError, NonFiniteLossError, SafetensorError) as e:
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     from accelerate import PartialState

@@ -57,6 +57,13 @@ def test_bad_training_settings_are_refused_before_any_work(capsys, tmp_path, arg
     assert not finished  # in particular, --epochs -3 no longer marks untrained weights as a finished run
 
 
+def test_rf_bench_train_refuses_an_unknown_model_and_debug_shows_the_traceback(capsys, tmp_path):
+    args = ["train", "--model", "resnet50_rfpol3", "--dataset", "digits", "--output", str(tmp_path / "runs")]
+    _one_line_error(capsys, cli.main(args), "--model 'resnet50_rfpol3'", "did you mean resnet50_rfpool3")
+    with pytest.raises(ValueError, match="resnet50_rfpol3"):
+        cli.main(["--debug", *args])
+
+
 def test_garbled_and_unknown_config_files(capsys, tmp_path):
     garbled = tmp_path / "config.json"
     garbled.write_text('{"model": "vgg19_rfpool2", ')
