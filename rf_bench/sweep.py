@@ -123,6 +123,11 @@ def _check_grid(grid: Dict[str, Any], where: str) -> None:
             _check_list(grid[key], kind, f"{where}: [grid] {key}")
 
 
+# a scalar field's default type -> (accepted value types, how to say it)
+_SCALAR_KINDS = {bool: (bool, "true or false"), int: (int, "a whole number"), float: ((int, float), "a number"),
+                 str: (str, "a string")}
+
+
 def _check_train(train_spec: Dict[str, Any], where: str) -> None:
     """Every [train] key is a TrainConfig field whose value has the field's type."""
     for key, grid_key in _GRID_ONLY.items():
@@ -131,13 +136,20 @@ def _check_train(train_spec: Dict[str, Any], where: str) -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     _check_keys(train_spec, list(defaults) + ["recipe"], f"{where}: [train]")
     for key, value in train_spec.items():
-        default = defaults.get(key)
-        if isinstance(default, bool) and not isinstance(value, bool) or (
-                isinstance(default, (int, float)) and not isinstance(default, bool)
-                and (isinstance(value, bool) or not isinstance(value, (int, float)))) or (
-                isinstance(default, str) and not isinstance(value, str)):
-            kind = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}[type(default)]
-            raise ValueError(f"{where}: [train] {key} = {value!r} should be {kind}")
+        wanted = _wrong_scalar(defaults.get(key), value)
+        if wanted:
+            raise ValueError(f"{where}: [train] {key} = {value!r} should be {wanted}")
+
+
+def _wrong_scalar(default: Any, value: Any) -> Optional[str]:
+    """What ``value`` should be, if it does not fit a field whose default is ``default`` (None if it fits)."""
+    kind = _SCALAR_KINDS.get(type(default))
+    if kind is None:  # no scalar default (None, a dict): the trainer checks it
+        return None
+    accepted, words = kind
+    if (type(default) is bool) != isinstance(value, bool) or not isinstance(value, accepted):
+        return words
+    return None
 
 
 def _check_probes(probes: Dict[str, Any], where: str) -> None:

@@ -250,8 +250,9 @@ def _validate_numbers(cfg: TrainConfig) -> None:
             raise ValueError(f"{flag} {value!r} is invalid; it must be a number >= {low:g}")
     if cfg.lr == 0:
         raise ValueError("--lr 0 trains nothing; give a positive learning rate")
-    if not cfg.momentum < 1 or not cfg.label_smoothing < 1:
-        raise ValueError(f"--momentum {cfg.momentum} / --label-smoothing {cfg.label_smoothing} must be below 1")
+    for name in ("momentum", "label_smoothing"):
+        if not getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)} is invalid; it must be below 1")
     if cfg.clip_grad is not None and not cfg.clip_grad >= 0:
         raise ValueError(f"--clip-grad {cfg.clip_grad} is invalid; give a positive norm, or 0 to disable clipping")
     if cfg.prune_rate is not None and not 0 <= cfg.prune_rate < 1:
@@ -266,11 +267,11 @@ def _validate_names(cfg: TrainConfig) -> None:
     import rf_bench.models  # noqa: F401  (registers the rfpool models)
     from .data import DATASETS
 
-    if not timm.is_model(cfg.model):
+    if not timm.is_model(cfg.model.split(".")[0]):
         close = difflib.get_close_matches(cfg.model, timm.list_models(), n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models('*rfpool*')"
         raise ValueError(f"--model {cfg.model!r} is not a timm model; {hint}")
-    if cfg.dataset not in DATASETS:
+    if cfg.dataset.lower().replace("_", "-") not in DATASETS:  # the names rf_bench.data.load accepts
         close = difflib.get_close_matches(cfg.dataset, list(DATASETS), n=1)
         hint = f"did you mean {close[0]}? " if close else ""
         raise ValueError(f"--dataset {cfg.dataset!r} is unknown; {hint}choose one of {', '.join(DATASETS)}")

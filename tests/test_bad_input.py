@@ -215,6 +215,8 @@ SWEEP_HEAD = '[grid]\nmodels = ["vgg19_rfpool1"]\ndatasets = ["digits"]\n'
     (SWEEP_HEAD + "[train]\nseed = [0, 1, 2]\n", ["[train] seed is set per run by [grid] seeds"]),
     (SWEEP_HEAD + "[train]\nepocs = 3\n", ["[train] has no key 'epocs'", "'epochs'"]),
     (SWEEP_HEAD + '[train]\nepochs = "3"\n', ["[train] epochs = '3' should be a whole number"]),
+    (SWEEP_HEAD + "[train]\nepochs = 3.5\n", ["[train] epochs = 3.5 should be a whole number"]),
+    (SWEEP_HEAD + "[train]\nnesterov = 1\n", ["[train] nesterov = 1 should be true or false"]),
     (SWEEP_HEAD + "[train]\nepochs = -3\n", ["--epochs -3"]),
     (SWEEP_HEAD + "[probes.hesian]\nk = 3\n", ["has no key 'hesian'", "'hessian'"]),
     (SWEEP_HEAD + "[probes.hessian]\nkk = 3\n", ["[probes.hessian] has no key 'kk'", "'k'"]),
