@@ -98,15 +98,21 @@ _GRID_KEYS = {"models", "families", "ks", "datasets", "seeds"}
 _GRID_ONLY = {"model": "models", "dataset": "datasets", "seed": "seeds"}  # [train] keys that belong to [grid]
 
 
-def _check_keys(table: Dict[str, Any], allowed: Sequence[str], where: str) -> None:
-    """Refuse a key that is not ``allowed``, suggesting the nearest one."""
+# names people write for a TrainConfig field that spelling alone does not lead to
+_SYNONYMS = {"learning_rate": "lr", "learning-rate": "lr", "wd": "weight_decay", "bs": "batch_size",
+             "batchsize": "batch_size", "num_epochs": "epochs", "warmup": "warmup_epochs", "clip": "clip_grad"}
+
+
+def _check_keys(table: Dict[str, Any], allowed: Sequence[str], where: str, what: str = "key") -> None:
+    """Refuse a key (section, probe) that is not ``allowed``, suggesting the nearest one."""
     import difflib
 
     for key in table:
         if key not in allowed:
-            close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(allowed))}"
-            raise ValueError(f"{where} has no key {key!r}; {hint}")
+            close = [_SYNONYMS[key]] if _SYNONYMS.get(key) in allowed else []
+            close = close or difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(sorted(allowed))}"
+            raise ValueError(f"{where} has no {what} {key!r}; {hint}")
 
 
 def _check_list(value: Any, kind: type, where: str) -> List[Any]:
@@ -166,7 +172,7 @@ def _check_probes(probes: Dict[str, Any], where: str) -> None:
             continue
         if not isinstance(table, dict):
             raise ValueError(f"{where}: [probes] {name} = {table!r} is not a table; write [probes.{name}] settings")
-        _check_keys({name: None}, list(chosen), f"{where}: [probes] (suite {suite!r})")
+        _check_keys({name: None}, list(chosen), f"{where}: [probes] (suite {suite!r})", what="probe")
         settings = [f.name for f in dataclasses.fields(available_probes()[name].Config)]
         _check_keys(table, settings, f"{where}: [probes.{name}]")
 
@@ -193,7 +199,7 @@ def load_sweep(path: str | os.PathLike | None = None, *, text: Optional[str] = N
         raise FileNotFoundError(f"no sweep file {path}; see benchmarks/configs/paper.toml for one") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{where} is not valid TOML: {e}") from None
-    _check_keys(spec, _SECTIONS, where)
+    _check_keys(spec, _SECTIONS, where, what="section")
     head, grid, train_spec = spec.get("sweep", {}), spec.get("grid", {}), dict(spec.get("train", {}))
     _check_keys(head, _SWEEP_KEYS, f"{where}: [sweep]")
     _check_grid(grid, where)

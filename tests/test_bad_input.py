@@ -218,13 +218,13 @@ SWEEP_HEAD = '[grid]\nmodels = ["vgg19_rfpool1"]\ndatasets = ["digits"]\n'
     (SWEEP_HEAD + "[train]\nepochs = 3.5\n", ["[train] epochs = 3.5 should be a whole number"]),
     (SWEEP_HEAD + "[train]\nnesterov = 1\n", ["[train] nesterov = 1 should be true or false"]),
     (SWEEP_HEAD + "[train]\nepochs = -3\n", ["--epochs -3"]),
-    (SWEEP_HEAD + "[probes.hesian]\nk = 3\n", ["has no key 'hesian'", "'hessian'"]),
+    (SWEEP_HEAD + "[probes.hesian]\nk = 3\n", ["has no probe 'hesian'", "'hessian'"]),
     (SWEEP_HEAD + "[probes.hessian]\nkk = 3\n", ["[probes.hessian] has no key 'kk'", "'k'"]),
     (SWEEP_HEAD + '[probes]\nsuite = "prune,cak"\n', ["unknown probe 'cak'"]),
-    (SWEEP_HEAD + '[probes]\nsuite = "prune"\n[probes.cka]\nn_images = 8\n', ["has no key 'cka'"]),
+    (SWEEP_HEAD + '[probes]\nsuite = "prune"\n[probes.cka]\nn_images = 8\n', ["has no probe 'cka'"]),
     ('[grid]\nmodels = ["vgg19_rfpool1"]\ndatasets = ["digit"]\n', ["did you mean digits"]),
     ('[grid]\nfamilies = ["vgg19_rfpool"]\nks = [1, "2"]\n', ["[grid] ks must be a non-empty list of ints"]),
-    ("[grids]\n", ["has no key 'grids'", "'grid'"]),
+    ("[grids]\n", ["has no section 'grids'", "'grid'"]),
 ])
 def test_sweep_files_are_validated_whole_before_any_work(capsys, tmp_path, body, needles):
     path = tmp_path / "bad.toml"

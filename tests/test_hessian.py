@@ -250,6 +250,8 @@ out = dict(world=world, distributed=hvp.distributed, passes=hvp.passes, loss=hvp
            product=product.tolist(), eigenvalues=spectrum.eigenvalues.tolist(), trace=trace[0])
 with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
     json.dump(out, f)
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()  # gloo's threads can abort the exit ("terminate called") otherwise
 '''
 
 

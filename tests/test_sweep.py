@@ -86,8 +86,9 @@ def test_paper_grid_is_80_runs_and_bad_files_are_one_line(tmp_path):
         (f, d) for f in ("vgg19_rfpool", "resnet50_rfpool") for d in ("cifar10", "tiny-imagenet")}
     assert "hessian.k=90" in sweep.probe_settings and sweep.slurm["gpus_per_job"] == 1
     for text, message in (("[grid]\nmodels = ['resnet50_rfpool9']", "unknown model 'resnet50_rfpool9'"),
-                          ("[grid]\nmodels = ['vgg19_rfpool1']\n[train]\nlearning_rate = 1", "no field(s) ['learning_rate']"),
-                          ("[gird]\n", "unknown section(s) ['gird']"),
+                          ("[grid]\nmodels = ['vgg19_rfpool1']\n[train]\nlearning_rate = 1",
+                           "[train] has no key 'learning_rate'; did you mean 'lr'?"),
+                          ("[gird]\n", "has no section 'gird'; did you mean 'grid'?"),
                           ("[grid\n", "not valid TOML")):
         with pytest.raises(ValueError, match=re.escape(message)):
             load_sweep(text=text)
