@@ -27,7 +27,7 @@ def check_rfpool_input(x: torch.Tensor, k: int, min_size_after_pool: int, name: 
     h, w = x.shape[-2], x.shape[-1]
     if min(h // k, w // k) >= min_size_after_pool:
         return x
-    best = min(h, w) // min_size_after_pool
+    best = largest_valid_k(min(h, w), min_size_after_pool)
     fix = "use k <= " + str(best) if best >= 1 else "use a larger input"
     need = k * min_size_after_pool
     raise ValueError(
