@@ -178,7 +178,8 @@ def _mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
 
 def evaluate_metric(claim: Claim, metric: str, family: str, dataset: str, records: List[Dict[str, Any]]) -> Verdict:
     """The verdict on one metric of ``claim`` from the records of one (family, data set)."""
-    points = [(int(rec["values"]["k"]), float(v)) for rec in records for v in (claim.measure(rec).get(metric) or [])]
+    points = [(int(rec["values"]["k"]), float(v)) for rec in records if rec["values"].get("k") is not None
+              for v in (claim.measure(rec).get(metric) or [])]
     points = [(k, v) for k, v in points if math.isfinite(v)]
     verdict = Verdict(claim=claim.id, statement=claim.statement, family=family, dataset=dataset, metric=metric,
                       direction=claim.direction, verdict="not measured", reason=claim.missing)
@@ -220,7 +221,7 @@ def evaluate_metric(claim: Claim, metric: str, family: str, dataset: str, record
 
 
 def collect_claims(probes: Optional[Dict[str, Any]] = None) -> List[Claim]:
-    """Every claim declared by the installed probes (their ``claims`` attribute), in probe order."""
+    """Every claim declared by the installed probes (their ``claims`` attribute), in the claims' ``order``."""
     if probes is None:
         from rf_bench.probes.base import available_probes
 
@@ -234,9 +235,9 @@ def collect_claims(probes: Optional[Dict[str, Any]] = None) -> List[Claim]:
 def _families(records: Iterable[Dict[str, Any]]) -> List[Tuple[str, str]]:
     found = set()
     for rec in records:
-        family = (rec.get("values") or {}).get("family")
-        if family and rec.get("dataset"):
-            found.add((family, rec["dataset"]))
+        values = rec.get("values") or {}
+        if values.get("family") and values.get("k") is not None and rec.get("dataset"):  # rfpool runs: k is known
+            found.add((values["family"], rec["dataset"]))
     return sorted(found)
 
 
@@ -244,7 +245,7 @@ def evaluate_claims(results_dir: str | Path, claims: Optional[Sequence[Claim]] =
                     log: Optional[Callable[[str], None]] = None) -> List[Verdict]:
     """A verdict for every claim and metric, in every (family, data set) that has any result at all.
 
-    Result files that cannot be used are left out (each point counts in ``n``) and named in ``log``.
+    Result files that cannot be used are left out (``n`` counts only the points read) and named in ``log``.
     """
     from rf_bench.results import ResultStore
 

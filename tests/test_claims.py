@@ -176,6 +176,15 @@ def test_a_third_party_probe_declares_its_own_claim(tmp_path):
     assert builtin == {"dense_accuracy", "prune_robustness", "hessian_width", "cka_divergence", "rfmap_maxima"}
 
 
+def test_results_of_models_without_a_k_are_left_out(tmp_path):
+    records = _dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k, seeds=2)
+    records.append(_prune_record("resnet18", None, 0, 0.5, 0.4))  # a plain timm model has no rfpool k
+    verdicts = evaluate_claims(_store(tmp_path, records))
+    assert {v.family for v in verdicts} == {"vgg19_rfpool"}
+    (dense,) = [v for v in verdicts if v.claim == "dense_accuracy"]
+    assert dense.n == 8
+
+
 def test_a_claim_needs_a_direction():
     with pytest.raises(ValueError, match="direction"):
         Claim("x", "x", "grows", "prune", lambda rec: {})
