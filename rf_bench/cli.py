@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
@@ -13,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .models import RFPOOL_KS
+from .models import RFPOOL_KS, unknown_model_hint
 from .paper import MEASURED_RF
 from .rf import gradient_rf, layer_receptive_fields, receptive_field
 from .hub import HubError
@@ -40,13 +39,9 @@ class CliError(Exception):
 
 def create_model_checked(name: str, **kwargs: Any) -> torch.nn.Module:
     """``timm.create_model`` with a one-line error that suggests close names for an unknown model."""
-    import rf_bench  # noqa: F401  (registers the rfpool models)
-
-    arch = name.split(".")[0]
-    if not timm.is_model(arch):
-        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models('*rfpool*')"
-        raise CliError(f"unknown model {name!r}{hint}")
+    hint = unknown_model_hint(name)
+    if hint:
+        raise CliError(f"unknown model {name!r}; {hint}")
     return timm.create_model(name, **kwargs)
 
 
@@ -154,9 +149,13 @@ def _cmd_claims(args: argparse.Namespace) -> None:
         return
     if not verdicts:
         raise CliError(f"no probe results in {args.results}; run `rf-bench probe` first")
+    _print_claims(verdicts, args.results)
+
+
+def _print_claims(verdicts, results: str) -> None:
     # piped output keeps whole rows (a terminal folds them to its width)
     out = console if console.is_terminal else Console(width=220)
-    out.print(_claims_table(verdicts, args.results))
+    out.print(_claims_table(verdicts, results))
 
 
 def _claims_table(verdicts, results: str) -> Table:
@@ -241,8 +240,7 @@ def _run_shipped_sweep(text: str, out: str, jobs: int, progress: bool, banner: s
     outcome = run_sweep(sweep, "local", max_parallel=jobs, progress=progress, log=_plain)
     if outcome["failed"]:
         raise CliError(f"{len(outcome['failed'])} run(s) failed: {outcome['failed'][0]['error']}")
-    out_console = console if console.is_terminal else Console(width=220)
-    out_console.print(_claims_table(evaluate_claims(sweep.results), str(sweep.results)))
+    _print_claims(evaluate_claims(sweep.results), str(sweep.results))
     console.print(f"[bold green]done[/] in {time.perf_counter() - start:.0f} s; the report is {outcome['report']}")
 
 

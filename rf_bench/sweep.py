@@ -160,7 +160,7 @@ def _wrong_scalar(default: Any, value: Any) -> Optional[str]:
 
 def _check_probes(probes: Dict[str, Any], where: str) -> None:
     """The suite names installed probes, and every [probes.<name>] table sets only that probe's settings."""
-    from .probes.base import available_probes, resolve_suite
+    from .probes.base import resolve_suite
 
     suite = probes.get("suite", "all")
     try:
@@ -173,7 +173,7 @@ def _check_probes(probes: Dict[str, Any], where: str) -> None:
         if not isinstance(table, dict):
             raise ValueError(f"{where}: [probes] {name} = {table!r} is not a table; write [probes.{name}] settings")
         _check_keys({name: None}, list(chosen), f"{where}: [probes] (suite {suite!r})", what="probe")
-        settings = [f.name for f in dataclasses.fields(available_probes()[name].Config)]
+        settings = [f.name for f in dataclasses.fields(chosen[name].Config)]
         _check_keys(table, settings, f"{where}: [probes.{name}]")
 
 
@@ -188,9 +188,7 @@ def _grid_models(grid: Dict[str, Any], where: str) -> List[str]:
 def load_sweep(path: str | os.PathLike | None = None, *, text: Optional[str] = None,
                output: Optional[str] = None) -> Sweep:
     """Parse a sweep file (or ``text``); ``output`` puts runs, results and report under one folder instead."""
-    import timm
-
-    import rf_bench  # noqa: F401  (the rfpool models)
+    from .models import unknown_model_hint  # importing it registers the rfpool models
 
     where = str(path) if path else "sweep"
     try:
@@ -207,8 +205,9 @@ def load_sweep(path: str | os.PathLike | None = None, *, text: Optional[str] = N
     _check_probes(spec.get("probes", {}), where)
     models = _grid_models(grid, where)
     for model in models:
-        if not timm.is_model(model):
-            raise ValueError(f"{where}: unknown model {model!r}; see timm.list_models('*rfpool*')")
+        hint = unknown_model_hint(model)
+        if hint:
+            raise ValueError(f"{where}: unknown model {model!r}; {hint}")
     recipe = train_spec.pop("recipe", "paper")
     runs = [resolve_config(recipe, model=model, dataset=dataset, seed=seed, **train_spec)
             for dataset in grid.get("datasets", ["cifar10"]) for model in models for seed in grid.get("seeds", [0])]

@@ -260,21 +260,16 @@ def _validate_numbers(cfg: TrainConfig) -> None:
 
 
 def _validate_names(cfg: TrainConfig) -> None:
-    import difflib
+    from .data.sources import dataset_key
+    from .models import unknown_model_hint
 
-    import timm
-
-    import rf_bench.models  # noqa: F401  (registers the rfpool models)
-    from .data import DATASETS
-
-    if not timm.is_model(cfg.model.split(".")[0]):
-        close = difflib.get_close_matches(cfg.model, timm.list_models(), n=3, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models('*rfpool*')"
+    hint = unknown_model_hint(cfg.model)
+    if hint:
         raise ValueError(f"--model {cfg.model!r} is not a timm model; {hint}")
-    if cfg.dataset.lower().replace("_", "-") not in DATASETS:  # the names rf_bench.data.load accepts
-        close = difflib.get_close_matches(cfg.dataset, list(DATASETS), n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        raise ValueError(f"--dataset {cfg.dataset!r} is unknown; {hint}choose one of {', '.join(DATASETS)}")
+    try:
+        dataset_key(cfg.dataset)
+    except ValueError as e:
+        raise ValueError(f"--dataset: {e}") from None
 
 
 def validate_settings(cfg: TrainConfig) -> None:

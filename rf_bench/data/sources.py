@@ -414,10 +414,20 @@ _SPLITS = {"train": "train", "test": "test", "valid": "test", "val": "test", "va
 
 # ------------------------------------------------------------------------------------------- load
 
-def _resolve(name: str, split: str) -> Tuple[str, _DatasetSpec, str]:
+def dataset_key(name: str) -> str:
+    """The registered name ``name`` means (case and ``_``/``-`` do not matter); a one-line error otherwise."""
+    import difflib
+
     key = name.lower().replace("_", "-")
     if key not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+        close = difflib.get_close_matches(key, list(DATASETS), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}{hint}")
+    return key
+
+
+def _resolve(name: str, split: str) -> Tuple[str, _DatasetSpec, str]:
+    key = dataset_key(name)
     if split not in _SPLITS:
         raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
     return key, DATASETS[key], _SPLITS[split]

@@ -1,6 +1,6 @@
 """rfpool model families; importing this registers them in timm's model registry."""
-from ._registry import RFPOOL_KS
+from ._registry import RFPOOL_KS, unknown_model_hint
 from .resnet import RfPoolResNet
 from .vgg import RfPoolVGG
 
-__all__ = ["RFPOOL_KS", "RfPoolResNet", "RfPoolVGG"]
+__all__ = ["RFPOOL_KS", "RfPoolResNet", "RfPoolVGG", "unknown_model_hint"]

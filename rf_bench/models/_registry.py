@@ -14,7 +14,8 @@ from timm.models import generate_default_cfgs
 from ..checkpoints import fetch_checkpoint, iter_manifests, manifest_entry
 from ._rfpool import CIFAR10_MEAN, CIFAR10_STD
 
-__all__ = ["RFPOOL_KS", "rfpool_default_cfgs", "iter_manifests", "manifest_entry", "published_model_kwargs"]
+__all__ = ["RFPOOL_KS", "rfpool_default_cfgs", "iter_manifests", "manifest_entry", "published_model_kwargs",
+           "unknown_model_hint"]
 
 RFPOOL_KS = tuple(range(1, 9))
 
@@ -75,6 +76,19 @@ def rfpool_default_cfgs(prefix: str, min_size_after_pool: int, final_side: Calla
             pool_size = _sizes(k, min_size_after_pool, final_side, entry["input_size"])["pool_size"]
             cfgs[f"{name}.{tag}"] = _tag_cfg(entry, pool_size=pool_size, **kwargs)
     return generate_default_cfgs(cfgs)
+
+
+def unknown_model_hint(name: str) -> Optional[str]:
+    """None if timm knows ``name`` (a pretrained tag after a dot is fine); else what to write instead."""
+    import difflib
+
+    import timm
+
+    arch = name.split(".")[0]
+    if timm.is_model(arch):
+        return None
+    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+    return f"did you mean {', '.join(close)}?" if close else "see timm.list_models('*rfpool*')"
 
 
 _WEIGHT_SOURCES = ("file", "url", "state_dict", "hf_hub_id")

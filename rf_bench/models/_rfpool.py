@@ -44,12 +44,11 @@ class RfPool(nn.MaxPool2d):
 
     def __init__(self, k: int, min_size_after_pool: int = 1, name: str = "rfpool") -> None:
         super().__init__(kernel_size=k, stride=k)
-        self.k = k
         self.min_size_after_pool = min_size_after_pool
         self.name = name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_rfpool_input(x, self.k, self.min_size_after_pool, self.name)
+        x = check_rfpool_input(x, self.kernel_size, self.min_size_after_pool, self.name)
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
 
