@@ -51,8 +51,10 @@ class TrainConfig:
     compile_mode: Optional[str] = None  # torch.compile mode (implies compile); see COMPILE_MODES
     cuda_graphs: bool = False  # capture the whole step (forward, backward, clip, SGD) in one CUDA graph
     deterministic: bool = False  # deterministic kernels: bit-identical reruns and resumes on CUDA too
+    train_per_class: Optional[int] = None  # train on a seeded, stratified subset of n images per class
+    subset_seed: int = 0  # which subset (fixed across run seeds by default, so seeds vary only init and order)
 
-    _LATER_FIELDS = ("compile_mode", "cuda_graphs", "deterministic")
+    _LATER_FIELDS = ("compile_mode", "cuda_graphs", "deterministic", "train_per_class", "subset_seed")
 
     def identity(self) -> Dict[str, Any]:
         """The fields that make two runs the same run: all of them (paths and logging are not fields), less the

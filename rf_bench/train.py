@@ -47,12 +47,16 @@ def _parse_kv(items: List[str]) -> Dict[str, Any]:
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="timm model name, e.g. resnet50_rfpool3 (required unless --config)")
-    p.add_argument("--dataset", help="cifar10, tiny-imagenet, digits or synthetic (required unless --config)")
+    p.add_argument("--dataset", help="cifar10, tiny-imagenet, fashion-mnist, mnist, digits or synthetic "
+                                     "(required unless --config)")
     p.add_argument("--config", metavar="JSON", help="a whole resolved TrainConfig as JSON (how sweeps launch runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recipe", default="paper", help=f"named preset: {', '.join(RECIPES)}")
     p.add_argument("--output", default="runs", help="root folder of run directories")
     p.add_argument("--data-dir", help="local copy of the data set (see rf_bench.data)")
+    p.add_argument("--train-per-class", type=int, metavar="N",
+                   help="train on a seeded, stratified subset of N images per class (the test split stays whole)")
+    p.add_argument("--subset-seed", type=int, help="which subset --train-per-class draws (default 0)")
     for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("momentum", float),
                       ("weight-decay", float), ("clip-grad", float), ("warmup-epochs", float),
                       ("label-smoothing", float), ("schedule", str)):
@@ -117,7 +121,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         schedule=args.schedule, nesterov=args.nesterov, augment=args.augment, model_kwargs=model_kwargs,
         mixed_precision=args.mixed_precision, channels_last=args.channels_last, compile=args.compile,
         sync_bn=args.sync_bn, init_from=args.init_from, prune_rate=args.prune_rate, compile_mode=args.compile_mode,
-        cuda_graphs=args.cuda_graphs, deterministic=args.deterministic,
+        cuda_graphs=args.cuda_graphs, deterministic=args.deterministic, train_per_class=args.train_per_class,
+        subset_seed=args.subset_seed,
     )
 
 

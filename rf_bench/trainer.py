@@ -255,6 +255,8 @@ def _validate_numbers(cfg: TrainConfig) -> None:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)} is invalid; it must be below 1")
     if cfg.clip_grad is not None and not cfg.clip_grad >= 0:
         raise ValueError(f"--clip-grad {cfg.clip_grad} is invalid; give a positive norm, or 0 to disable clipping")
+    if cfg.train_per_class is not None and not cfg.train_per_class >= 1:
+        raise ValueError(f"--train-per-class {cfg.train_per_class} is invalid; give the number of images per class, >= 1")
     if cfg.prune_rate is not None and not 0 <= cfg.prune_rate < 1:
         raise ValueError(f"--prune-rate {cfg.prune_rate} is invalid; it is the pruned fraction, in [0, 1)")
 
@@ -407,6 +409,8 @@ class Trainer:
         with self.accelerator.main_process_first():
             self.train_set = rf_data.load(self.cfg.dataset, "train", data_dir=self.data_dir)
             self.test_set = rf_data.load(self.cfg.dataset, "test", data_dir=self.data_dir)
+        if self.cfg.train_per_class:  # the mean and std stay the whole train split's
+            self.train_set = self.train_set.per_class(self.cfg.train_per_class, self.cfg.subset_seed)
 
     def _build_model(self) -> Tuple[nn.Module, Optional[Dict[str, torch.Tensor]]]:
         import timm

@@ -148,3 +148,66 @@ def write_tiny_parquet(root: Path, files) -> Path:
     for split, ds in tiny_hf_datasets(files).items():
         ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001-abc.parquet"))
     return root
+
+
+# ------------------------------------------------------------------------------ MNIST / Fashion-MNIST
+
+FASHION_CLASSES = ["T - shirt / top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+
+
+def grey_arrays(seed: int = 0, n_train: int = 40, n_test: int = 20) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """28x28 grey images and labels 0..9 per split; every class appears in both splits."""
+    rng = np.random.default_rng(seed)
+    return {
+        split: (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), (np.arange(n) % 10)[rng.permutation(n)])
+        for split, n in (("train", n_train), ("test", n_test))
+    }
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX encoding of an unsigned-byte array: 0x0000 0x08 ndim, big-endian dims, the data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def write_idx(folder: Path, arrays, gz: bool = True) -> Path:
+    """The four original files, gzipped (as the download and Debian ship them) or raw."""
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, (x, y) in arrays.items():
+        for name, array in zip(IDX_FILES[split], (x, y)):
+            data = idx_bytes(array)
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(data, mtime=0))
+            else:
+                (folder / name).write_bytes(data)
+    return folder
+
+
+def grey_hf_datasets(arrays, classes=FASHION_CLASSES):
+    import datasets
+
+    def png(hw: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(hw).save(buf, format="PNG")
+        return buf.getvalue()
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(classes))})
+    return datasets.DatasetDict({
+        split: datasets.Dataset.from_dict(
+            {"image": [{"bytes": png(im), "path": None} for im in x], "label": y.tolist()}, features=features)
+        for split, (x, y) in arrays.items()
+    })
+
+
+def write_grey_parquet(root: Path, arrays, config: str = "fashion_mnist", classes=FASHION_CLASSES) -> Path:
+    (root / config).mkdir(parents=True, exist_ok=True)
+    for split, ds in grey_hf_datasets(arrays, classes).items():
+        ds.to_parquet(str(root / config / f"{split}-00000-of-00001.parquet"))
+    return root

@@ -102,7 +102,7 @@ def test_cache_is_reused_and_corruption_is_rebuilt(tmp_path, cache, cifar_arrays
 
     def boom(*a, **k):
         raise AssertionError("decoded again although cached")
-    monkeypatch.setattr(D.sources, "_cifar_batches", boom)
+    monkeypatch.setattr(D.sources.cifar, "_cifar_batches", boom)
     assert torch.equal(D.load("cifar10", "train", data_dir=root, cache_dir=cache).images, first.images)
     monkeypatch.undo()
 
@@ -125,7 +125,8 @@ def test_changed_source_is_decoded_again(tmp_path, cache):
 
 
 def test_errors_are_one_line_and_name_the_fix(tmp_path, cache, cifar_arrays):
-    with pytest.raises(ValueError, match="unknown data set 'cifar100'; known: cifar10, tiny-imagenet, digits"):
+    with pytest.raises(ValueError,
+                       match="unknown data set 'cifar100'; known: cifar10, tiny-imagenet, fashion-mnist, mnist, digits"):
         D.load("cifar100", "train")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="--data-dir.*cifar-10-python.tar.gz") as e:

@@ -45,3 +45,18 @@ class ImageSet:
         return ImageSet(self.images[idx], self.labels[idx], self.classes, self.mean, self.std,
                         self.name, self.split, self.source)
 
+    def per_class(self, n: int, seed: int = 0) -> "ImageSet":
+        """A seeded, stratified subset: ``n`` images of every class, drawn without replacement, in split order."""
+        if n < 1:
+            raise ValueError(f"a subset of {n} images per class is empty; give n >= 1")
+        counts = torch.bincount(self.labels, minlength=self.num_classes)
+        if int(counts.min()) < n:
+            short = int(counts.argmin())
+            raise ValueError(f"{self.name or 'the'} {self.split} split has only {int(counts[short])} images of class "
+                             f"{self.classes[short]!r}; ask for at most {int(counts.min())} per class")
+        g = torch.Generator().manual_seed(seed)
+        picked = []
+        for c in range(self.num_classes):
+            members = torch.nonzero(self.labels == c).flatten()
+            picked.append(members[torch.randperm(len(members), generator=g)[:n]])
+        return self.subset(torch.cat(picked).sort().values)
