@@ -366,20 +366,41 @@ def _plot_cka(panels, title: str, path: Path) -> None:
 
 # --------------------------------------------------------------------------------------- hessian
 
+def _hessian_groups(records):
+    """Records by (family, data set, BatchNorm protocol): protocols never share a table or a figure."""
+    from rf_bench.probes.hessian import bn_mode
+
+    return _group(records, lambda r: (r["values"]["family"], r["dataset"], bn_mode(r)))
+
+
+_BN_WORDS = {"recalibrate": "BatchNorm statistics recalibrated on these images, eval mode",
+             "batch": "BatchNorm with each batch's statistics (train mode), the loss SGD minimises",
+             "stored": "eval mode with the stored BatchNorm statistics (at initialisation: mean 0, variance 1)"}
+
+
+def _mean_std_cv(values: Sequence[float]) -> str:
+    mean, std = mean_std(values)
+    if std is None:
+        return f"{mean:.4g}"
+    cv = f", CV {std / abs(mean):.2f}" if mean else ""
+    return f"{mean:.4g} ± {std:.2g}{cv}"
+
+
 def hessian_sections(records: List[Dict[str, Any]], out_dir: Path):
-    """Figures 1-2 (top eigenvalues vs index, one line per RF, init and trained panels) and a table of
-    the top eigenvalue, the trace and largest/k-th, mean ± std over seeds."""
+    """Figures 1-2 (top eigenvalues vs index, one line per RF, init and trained panels), the SLQ spectral density
+    per k, and a table of the top eigenvalue, the trace and largest/k-th, mean ± std and the seed-to-seed
+    coefficient of variation; one section per BatchNorm protocol."""
     from rf_bench.probes.base import ReportSection
 
     sections, csv_rows = [], []
-    for (family, dataset), recs in _by_family(records).items():
+    for (family, dataset, mode), recs in _hessian_groups(records).items():
         stages = [s for s in ("init", "final") if all(s in r["values"] for r in recs)]
         by_k = _by_k(recs)
         header = ["k", "RF (analytic)", "seeds"]
         for stage in stages:
             header += [f"top ({stage})", f"trace ({stage})", f"top / last ({stage})"]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        curves = defaultdict(dict)
+        curves, densities = defaultdict(dict), defaultdict(dict)
         for k, krecs in by_k.items():
             rf = analytic_rf(krecs[0]["run_dirs"][0])
             cells = [str(k), str(rf), str(len(krecs))]
@@ -387,22 +408,62 @@ def hessian_sections(records: List[Dict[str, Any]], out_dir: Path):
                 for key in ("top", "trace", "ratio_top_last"):
                     vals = [r["values"][stage][key] for r in krecs]
                     mean, std = mean_std(vals)
-                    cells.append(f"{mean:.4g}" + (f" ± {std:.2g}" if std is not None else ""))
-                    csv_rows.append(dict(family=family, dataset=dataset, k=k, rf_analytic=rf, stage=stage,
-                                         metric=key, mean=mean, std=std, n=len(vals)))
+                    cells.append(_mean_std_cv(vals))
+                    csv_rows.append(dict(family=family, dataset=dataset, bn=mode, k=k, rf_analytic=rf, stage=stage,
+                                         metric=key, mean=mean, std=std,
+                                         cv=(std / abs(mean) if std is not None and mean else None), n=len(vals)))
                 spectra = np.asarray([r["values"][stage]["eigenvalues"] for r in krecs])
                 curves[stage][(k, rf)] = spectra.mean(0)
+                if all("slq_nodes" in r["values"][stage] for r in krecs):
+                    densities[stage][(k, rf)] = ([n for r in krecs for n in r["values"][stage]["slq_nodes"]],
+                                                 [w for r in krecs for w in r["values"][stage]["slq_weights"]])
             lines.append("| " + " | ".join(cells) + " |")
-        figure = out_dir / f"hessian_{family}_{dataset}.png"
-        _plot_spectra(curves, stages, f"{family}{{k}} on {dataset}: top Hessian eigenvalues", figure)
+        stem = f"{family}_{dataset}_{mode}"
+        figure = out_dir / f"hessian_{stem}.png"
+        _plot_spectra(curves, stages, f"{family}{{k}} on {dataset}, BN {mode}: top Hessian eigenvalues", figure)
         which = recs[0]["values"]["which"]
         md = (f"Top {len(next(iter(curves[stages[0]].values())))} eigenvalues (largest by "
               f"{'value' if which == 'LA' else 'magnitude'}) of the training-loss Hessian on "
-              f"{recs[0]['values']['n_images']} fixed training images, eval mode, by Lanczos; the trace by "
-              "Hutchinson. Mean ± std over seeds.\n\n" + "\n".join(lines) + f"\n\n![{family} spectra]({figure.name})\n")
-        sections.append(ReportSection(title=f"Hessian: {family} on {dataset}", markdown=md, order=20))
+              f"{recs[0]['values']['n_images']} fixed training images, {_BN_WORDS[mode]}, by Lanczos; the trace by "
+              "Hutchinson. Mean ± std over seeds, and the seed-to-seed coefficient of variation (CV = std / |mean|)."
+              "\n\n" + "\n".join(lines) + f"\n\n![{family} spectra]({figure.name})\n")
+        if densities and all(densities[stage] for stage in stages):
+            density_figure = out_dir / f"hessian_density_{stem}.png"
+            _plot_densities(densities, stages, f"{family}{{k}} on {dataset}, BN {mode}: spectral density (SLQ)",
+                            density_figure)
+            md += (f"\nThe spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019, as PyHessian "
+                   f"plots it), every seed's probe vectors pooled, smoothed by a Gaussian of 1% of the range:\n\n"
+                   f"![{family} densities]({density_figure.name})\n")
+        sections.append(ReportSection(title=f"Hessian: {family} on {dataset} (BN {mode})", markdown=md, order=20))
     _write_csv(out_dir / "hessian.csv", csv_rows)
     return sections
+
+
+def _plot_densities(densities, stages, title: str, path: Path) -> None:
+    """One panel per (stage, k): density against eigenvalue on a log axis, PyHessian's style."""
+    from rf_bench.probes.hessian import slq_density
+
+    plt = _pyplot()
+    ks = sorted({key for stage in stages for key in densities[stage]})
+    fig, axes = plt.subplots(len(stages), len(ks), figsize=(3.0 * len(ks), 2.6 * len(stages)), squeeze=False)
+    for row, stage in enumerate(stages):
+        for col, (k, rf) in enumerate(ks):
+            ax = axes[row][col]
+            nodes, weights = densities[stage][(k, rf)]
+            grid, density = slq_density(nodes, weights)
+            ax.semilogy(grid, np.maximum(density, 1e-12), color="C0")
+            ax.set_ylim(bottom=max(1e-8, density.max() * 1e-8))
+            ax.set_title(f"{'init' if stage == 'init' else 'trained'}: k={k}, RF {rf}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+            if col == 0:
+                ax.set_ylabel("density", fontsize=8)
+            if row == len(stages) - 1:
+                ax.set_xlabel("eigenvalue", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _savefig(fig, path)
+    plt.close(fig)
 
 
 def _plot_spectra(curves, stages, title: str, path: Path) -> None:

@@ -24,6 +24,7 @@ A sweep file::
 
     [sweep]                    # (continued) packing: several runs share one GPU (`--runs-per-gpu` overrides)
     runs_per_gpu = 1
+    eval_every = 1             # test every N epochs while training (0: the last epoch only)
 
     [slurm]                    # submitit's parameters for `--launcher slurm`
     partition = "gpu"
@@ -71,6 +72,7 @@ class Sweep:
     data_dir: Optional[str] = None
     slurm: Dict[str, Any] = field(default_factory=dict)
     runs_per_gpu: int = 1  # local launcher: worker processes that share one GPU (packed runs)
+    eval_every: int = 1  # test every N epochs while training (0: the last epoch only)
 
     @property
     def state_dir(self) -> Path:
@@ -93,7 +95,7 @@ class Sweep:
 
 
 _SECTIONS = ("sweep", "grid", "train", "probes", "slurm")
-_SWEEP_KEYS = {"name", "output", "results", "report", "data_dir", "runs_per_gpu"}
+_SWEEP_KEYS = {"name", "output", "results", "report", "data_dir", "runs_per_gpu", "eval_every"}
 _GRID_KEYS = {"models", "families", "ks", "datasets", "seeds"}
 _GRID_ONLY = {"model": "models", "dataset": "datasets", "seed": "seeds"}  # [train] keys that belong to [grid]
 
@@ -227,6 +229,7 @@ def load_sweep(path: str | os.PathLike | None = None, *, text: Optional[str] = N
         report=root / "report" if root else Path(head.get("report", "report")),
         suite=suite, probe_settings=settings, data_dir=head.get("data_dir"), slurm=slurm,
         runs_per_gpu=_positive_int(head.get("runs_per_gpu", 1), f"{where}: [sweep] runs_per_gpu"),
+        eval_every=_whole_number(head.get("eval_every", 1), f"{where}: [sweep] eval_every"),
     )
 
 
@@ -244,6 +247,12 @@ def _check_runs(runs: List[TrainConfig], where: str) -> None:
 def _positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def _whole_number(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} must be a whole number >= 0, got {value!r}")
     return value
 
 
@@ -314,7 +323,7 @@ def _train(sweep: Sweep, cfg: TrainConfig, progress: bool) -> Path:
 
     gpus = torch.cuda.device_count()
     if gpus <= 1:
-        return train(cfg, output=sweep.output, data_dir=sweep.data_dir, progress=progress)
+        return train(cfg, output=sweep.output, data_dir=sweep.data_dir, progress=progress, eval_every=sweep.eval_every)
     run_dir = sweep.run_dir(cfg)
     config_file = sweep.state_dir / f"{run_dir.name}.train.json"
     write_json_atomic(config_file, cfg.identity())
@@ -322,6 +331,7 @@ def _train(sweep: Sweep, cfg: TrainConfig, progress: bool) -> Path:
            "-m", "rf_bench.train", "--config", str(config_file), "--output", str(sweep.output)]
     if sweep.data_dir:
         cmd += ["--data-dir", sweep.data_dir]
+    cmd += ["--eval-every", str(sweep.eval_every)]
     if not progress:
         cmd.append("--no-progress")
     proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)

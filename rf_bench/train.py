@@ -24,10 +24,13 @@ __all__ = ["TrainConfig", "RECIPES", "resolve_config", "run_dir_for", "train", "
 
 def train(cfg: TrainConfig, output: str | os.PathLike = "runs", data_dir: Optional[str] = None,
           checkpoint_every_steps: int = 0, log_with: Optional[str] = None, keep_checkpoints: int = 2,
-          progress: bool = True, cpu: bool = False) -> Path:
-    """Train (or resume, or skip if finished) the run of ``cfg``; returns its run directory."""
+          progress: bool = True, cpu: bool = False, eval_every: int = 1) -> Path:
+    """Train (or resume, or skip if finished) the run of ``cfg``; returns its run directory.
+
+    ``eval_every``: test every N epochs (0: the last epoch only; it is always tested).
+    """
     return Trainer(cfg, output, data_dir=data_dir, checkpoint_every_steps=checkpoint_every_steps, log_with=log_with,
-                   keep_checkpoints=keep_checkpoints, progress=progress, cpu=cpu).fit()
+                   keep_checkpoints=keep_checkpoints, progress=progress, cpu=cpu, eval_every=eval_every).fit()
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -82,6 +85,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", help="start from these weights (safetensors)")
     p.add_argument("--prune-rate", type=float, help="prune the starting weights globally by magnitude; keep them zero")
     p.add_argument("--checkpoint-every-steps", type=int, default=0, help="also checkpoint every N steps")
+    p.add_argument("--eval-every", type=int, default=1, metavar="N",
+                   help="test every N epochs (0: the last epoch only, which is always tested)")
     p.add_argument("--log-with", choices=("tensorboard", "wandb", "all"), help="accelerate trackers, if installed")
     p.add_argument("--no-progress", action="store_true")
 
@@ -134,7 +139,7 @@ def run_from_args(args: argparse.Namespace) -> Path:
             raise ValueError(f"--log-with {args.log_with} needs `pip install {module}`")
     return train(config_from_args(args), output=args.output, data_dir=args.data_dir,
                  checkpoint_every_steps=args.checkpoint_every_steps, log_with=args.log_with,
-                 progress=not args.no_progress, cpu=args.cpu)
+                 progress=not args.no_progress, cpu=args.cpu, eval_every=args.eval_every)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

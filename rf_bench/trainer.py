@@ -309,8 +309,11 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, output: str | os.PathLike = "runs", data_dir: Optional[str] = None,
                  checkpoint_every_steps: int = 0, log_with: Optional[str] = None, keep_checkpoints: int = 2,
-                 progress: bool = True, cpu: bool = False) -> None:
+                 progress: bool = True, cpu: bool = False, eval_every: int = 1) -> None:
+        if eval_every < 0:
+            raise ValueError(f"--eval-every {eval_every} is invalid; give a number of epochs, or 0 for the last only")
         self.data_dir, self.log_with, self.progress = data_dir, log_with, progress
+        self.eval_every = eval_every
         self.checkpoint_every_steps, self.keep_checkpoints = checkpoint_every_steps, keep_checkpoints
         self.accelerator = self._make_accelerator(cfg, log_with, cpu)
         self.cfg = self._complete(cfg)
@@ -565,12 +568,17 @@ class Trainer:
 
     # --------------------------------------------------------------------------- evaluate and log
 
+    def _evaluates(self, epoch: int) -> bool:
+        """The last epoch is always tested; others every ``eval_every`` epochs (never with 0)."""
+        last = epoch + 1 == self.cfg.epochs
+        return last or (self.eval_every > 0 and (epoch + 1) % self.eval_every == 0)
+
     def evaluate(self, epoch: int, seconds: float, images: int) -> Dict[str, float]:
-        """The epoch's record: train sums over all processes, then test loss and accuracy."""
+        """The epoch's record: train sums over all processes, then test loss and accuracy (None when skipped)."""
         acc = self.accelerator
         self.check_finite()
         loss_sum, correct, seen = acc.reduce(self.stats.sums.clone(), reduction="sum").tolist()
-        test_loss, test_acc = _evaluate(self.model, self.test_loader, acc)
+        test_loss, test_acc = _evaluate(self.model, self.test_loader, acc) if self._evaluates(epoch) else (None, None)
         return dict(epoch=epoch, step=(epoch + 1) * self.steps_per_epoch, train_loss=loss_sum / seen,
                     train_acc=correct / seen, test_loss=test_loss, test_acc=test_acc,
                     lr=self.optimizer.param_groups[0]["lr"], images_per_s=images / seconds, seconds=seconds)
@@ -581,11 +589,12 @@ class Trainer:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         if self.progress:
+            tested = (f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f}"
+                      if record["test_acc"] is not None else "not tested")
             acc.print(f"epoch {record['epoch'] + 1}/{self.cfg.epochs}  train loss {record['train_loss']:.4f} "
-                      f"acc {record['train_acc']:.4f}  test loss {record['test_loss']:.4f} "
-                      f"acc {record['test_acc']:.4f}  {record['images_per_s']:.0f} img/s")
+                      f"acc {record['train_acc']:.4f}  {tested}  {record['images_per_s']:.0f} img/s")
         if self.log_with:
-            acc.log({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+            acc.log({k: v for k, v in record.items() if k != "epoch" and v is not None}, step=record["epoch"])
 
     # -------------------------------------------------------------------------------- checkpoints
 

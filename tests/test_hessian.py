@@ -11,7 +11,8 @@ from torch.nn import functional as F
 
 import rf_bench  # noqa: F401
 from rf_bench.models import RfPoolVGG
-from rf_bench.probes.hessian import HVP, hessian_eigenvalues, hessian_trace, spectral_density, thick_restart_lanczos
+from rf_bench.probes.hessian import (HVP, hessian_eigenvalues, hessian_trace, prepare_batchnorm, slq_density,
+                                     spectral_density, thick_restart_lanczos)
 
 
 class SmallCNN(nn.Module):
@@ -169,9 +170,150 @@ def test_hessian_probe_and_report(tmp_path, tiny_runs):
         assert len(v["eigenvalues"]) == 3 and v["eigenvalues"] == sorted(v["eigenvalues"], reverse=True)
         assert v["hvps"] > 3 and v["top"] == v["eigenvalues"][0]
     assert record["values"]["which"] == "LA" and record["values"]["n_images"] == 32
+    assert record["values"]["bn"] == "recalibrate" and record["version"] == 3
+    # the SLQ quadrature of each stage: density_runs rows of density_steps nodes, weights summing to one per row
+    for stage in ("init", "final"):
+        v = record["values"][stage]
+        assert np.asarray(v["slq_nodes"]).shape == (2, 30) and v["density_hvps"] == 60
+        assert np.allclose(np.asarray(v["slq_weights"]).sum(1), 1.0)
     report = write_report(tmp_path / "results", tmp_path / "report").read_text()
-    assert "## Hessian: vgg19_rfpool on digits" in report
-    assert (tmp_path / "report" / "hessian_vgg19_rfpool_digits.png").stat().st_size > 10_000
+    assert "## Hessian: vgg19_rfpool on digits (BN recalibrate)" in report and "CV " in report
+    assert (tmp_path / "report" / "hessian_vgg19_rfpool_digits_recalibrate.png").stat().st_size > 10_000
+    assert (tmp_path / "report" / "hessian_density_vgg19_rfpool_digits_recalibrate.png").stat().st_size > 10_000
+
+
+def _file_digests(folder):
+    import hashlib
+
+    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_every_bn_mode_is_its_own_result_and_row_and_run_files_never_change(tmp_path, tiny_runs):
+    from rf_bench.claims import evaluate_claims
+    from rf_bench.probes.base import resolve_suite, run_suite
+    from rf_bench.results import ResultStore, find_runs
+
+    before = {run: _file_digests(run) for run in tiny_runs}
+    probes = resolve_suite("hessian")
+    runs = find_runs([str(r) for r in tiny_runs])
+    for mode in ("recalibrate", "batch", "stored"):
+        config = probes[0].Config(k=2, n_images=16, trace_samples=2, bn=mode, density_steps=4, density_runs=1,
+                                  stages=("init",))
+        run_suite(probes, runs, tmp_path / "results", {"hessian": config}, progress=False)
+    assert {run: _file_digests(run) for run in tiny_runs} == before  # byte-identical run directories
+    records = ResultStore(tmp_path / "results").records("hessian")
+    assert sorted(r["values"]["bn"] for r in records) == sorted(["recalibrate", "batch", "stored"] * len(tiny_runs))
+    tops = {mode: sorted(r["values"]["init"]["top"] for r in records if r["values"]["bn"] == mode)
+            for mode in ("recalibrate", "batch", "stored")}
+    assert tops["recalibrate"] != tops["stored"]  # the protocol changes what is measured at init
+    rows = [v for v in evaluate_claims(tmp_path / "results") if v.claim == "hessian_width"]
+    for mode in ("recalibrate", "batch", "stored"):
+        mine = [v for v in rows if f"BN {mode})" in v.metric]
+        assert len(mine) == 3 and all(sum(v.counts.values()) == len(tiny_runs) for v in mine)
+
+
+# -------------------------------------------------------------------------------------- BatchNorm modes
+
+def test_recalibrated_statistics_are_the_exact_statistics_of_the_probe_images():
+    torch.manual_seed(0)
+    model = SmallCNN(bn=True).double()
+    with torch.no_grad():  # stored statistics far from the truth, to see them replaced
+        model.bn.running_mean.fill_(5.0)
+        model.bn.running_var.fill_(9.0)
+        model.bn.momentum = 0.3
+    x = torch.randn(48, 1, 8, 8, dtype=torch.float64) * 2 + 1
+    prepared = prepare_batchnorm(copy.deepcopy(model), "recalibrate", x)
+    with torch.no_grad():
+        inputs = model.conv1(x).numpy()  # what the one BatchNorm sees, by hand
+    n = inputs.shape[0] * inputs.shape[2] * inputs.shape[3]
+    mean = inputs.sum(axis=(0, 2, 3)) / n
+    var = ((inputs - mean[None, :, None, None]) ** 2).sum(axis=(0, 2, 3)) / (n - 1)  # unbiased, as BatchNorm keeps it
+    assert np.allclose(prepared.bn.running_mean.numpy(), mean, rtol=1e-12, atol=1e-12)
+    assert np.allclose(prepared.bn.running_var.numpy(), var, rtol=1e-12, atol=1e-12)
+    assert not prepared.training and not prepared.bn.training and prepared.bn.momentum == 0.3
+    assert model.bn.running_mean[0] == 5.0  # the copy was changed, not the original
+
+
+def test_batch_mode_leaves_running_statistics_alone_and_stored_mode_is_eval():
+    model = SmallCNN(bn=True).double()
+    batch = prepare_batchnorm(copy.deepcopy(model), "batch", torch.zeros(1))
+    assert batch.bn.training and not batch.conv1.training and batch.bn.momentum == 0.0
+    before = batch.bn.running_mean.clone(), batch.bn.running_var.clone()
+    batch(torch.randn(16, 1, 8, 8, dtype=torch.float64) + 3)
+    assert torch.equal(batch.bn.running_mean, before[0]) and torch.equal(batch.bn.running_var, before[1])
+    stored = prepare_batchnorm(copy.deepcopy(model), "stored", torch.zeros(1))
+    assert not stored.training and torch.equal(stored.bn.running_var, model.bn.running_var)
+    with pytest.raises(ValueError, match="hessian.bn 'train' is not one of recalibrate, batch, stored"):
+        prepare_batchnorm(model, "train", torch.zeros(1))
+
+
+def dense_hessian_per_batch(model, batches):
+    """The exact Hessian of ``sum_b |b| / N * loss(model(x_b), y_b)``, each batch its own forward (so a train-mode
+    BatchNorm normalises by that batch's statistics), by torch.autograd.functional."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    flat0 = torch.cat([p.detach().reshape(-1) for _, p in model.named_parameters()]).double()
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    total = sum(len(y) for _, y in batches)
+
+    def loss(flat):
+        params, start = {}, 0
+        for n, s in zip(names, shapes):
+            params[n] = flat[start:start + s.numel()].view(s)
+            start += s.numel()
+        return sum(F.cross_entropy(functional_call(model, {**params, **buffers}, (x,)), y) * len(y) / total
+                   for x, y in batches)
+
+    return torch.autograd.functional.hessian(loss, flat0).numpy()
+
+
+def test_batch_mode_matches_the_dense_hessian_of_the_train_mode_loss():
+    torch.manual_seed(0)
+    model = SmallCNN(bn=True).double()
+    batches = _data(n=48)
+    model.train()  # the reference: every layer in train mode (SmallCNN has no dropout), batch statistics
+    dense = dense_hessian_per_batch(model, batches)
+    prepared = prepare_batchnorm(model, "batch", torch.zeros(1))
+    true = np.sort(np.linalg.eigvalsh(dense))[::-1]
+    spec = hessian_eigenvalues(prepared, F.cross_entropy, batches, k=5, tol=1e-10)
+    assert np.allclose(spec.eigenvalues.numpy(), true[:5], rtol=1e-6)
+    # and it is not the eval-mode Hessian
+    eval_dense = dense_hessian(prepare_batchnorm(copy.deepcopy(model), "stored", torch.zeros(1)), batches)
+    assert abs(np.linalg.eigvalsh(eval_dense).max() - true[0]) > 1e-3 * abs(true[0])
+
+
+class _Quadratic(nn.Module):
+    """``loss = sum_i d_i w_i^2 / 2``: its Hessian is ``diag(d)``, a spectrum known exactly."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.d = d
+        self.w = nn.Parameter(torch.ones(len(d), dtype=torch.float64))
+
+    def forward(self, x):
+        return self.w
+
+
+def test_slq_density_integrates_to_one_and_matches_a_known_spectrum():
+    d = torch.tensor([-1.0, 0.5, 0.5, 2.0, 3.0, 3.0, 3.0, 8.0], dtype=torch.float64)
+    model = _Quadratic(d)
+    loss = lambda w, y: 0.5 * (model.d * w ** 2).sum()  # noqa: E731
+    batches = [(torch.zeros(1), torch.zeros(1))]
+    grid, density, nodes, weights, hvps = spectral_density(model, loss, batches, steps=8, runs=3, sigma=0.1)
+    # Rademacher probes on a diagonal matrix weigh each eigenvalue 1/n: the quadrature is the spectrum itself
+    for n_row, w_row in zip(nodes, weights):
+        recovered = {round(float(t), 8): 0.0 for t in n_row}
+        for t, w in zip(n_row, w_row):
+            recovered[round(float(t), 8)] += w
+        truth = {v: float((d == v).sum()) / len(d) for v in d.tolist()}
+        assert {k: v for k, v in recovered.items() if v > 1e-10} == pytest.approx(truth, abs=1e-8)
+    exact = sum(np.exp(-(grid - v) ** 2 / (2 * 0.1 ** 2)) for v in d.tolist()) / (len(d) * math.sqrt(2 * math.pi) * 0.1)
+    assert np.allclose(density, exact, atol=1e-6)
+    assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-3)
+    # the report's density from the stored quadrature is the same function
+    assert np.allclose(slq_density(nodes, weights, sigma=0.1, grid=grid)[1], density)
 
 
 @pytest.mark.parametrize("basis_dtype, tol, rtol", [(torch.float64, 1e-10, 1e-6), (torch.float32, 1e-6, 1e-4)])

@@ -32,7 +32,8 @@ from rf_bench.claims import Claim
 from ._numerics import exact_matmul
 
 __all__ = ["HVP", "HessianSpectrum", "hessian_eigenvalues", "hessian_trace", "spectral_density", "lanczos",
-           "thick_restart_lanczos", "HessianConfig", "HessianProbe"]
+           "thick_restart_lanczos", "HessianConfig", "HessianProbe", "BN_MODES", "prepare_batchnorm", "bn_mode",
+           "slq_density"]
 
 _FLOAT64_BASIS_MAX_BYTES = 2 << 30  # "auto": a float64 Lanczos basis up to 2 GiB, float32 beyond
 
@@ -418,17 +419,64 @@ def spectral_density(model: nn.Module, loss_fn: Callable, batches: Batches, step
         theta, vecs = eigh_tridiagonal(alpha, beta)
         nodes.append(theta)
         weights.append(vecs[0] ** 2)
-    all_nodes, all_weights = np.concatenate(nodes), np.concatenate(weights) / runs
-    lo, hi = all_nodes.min(), all_nodes.max()
-    span = max(hi - lo, 1e-12)
-    sigma = sigma or 0.01 * span
-    grid = np.linspace(lo - 0.05 * span, hi + 0.05 * span, grid_points)
-    density = (all_weights[None, :] * np.exp(-((grid[:, None] - all_nodes[None, :]) ** 2) / (2 * sigma ** 2))).sum(1)
-    density /= math.sqrt(2 * math.pi) * sigma
+    grid, density = slq_density(nodes, weights, grid_points, sigma)
     return grid, density, nodes, weights, hvp.calls
 
 
+def slq_density(nodes, weights, grid_points: int = 1000, sigma: Optional[float] = None,
+                grid: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """SLQ quadrature (``nodes``/``weights``: one row per probe vector) smoothed by a Gaussian of width ``sigma``
+    (default 1% of the range) on ``grid`` (default ``grid_points`` over the range plus 5% each side): a density
+    that integrates to 1, since each row's weights sum to 1."""
+    all_nodes = np.concatenate([np.asarray(n, dtype=np.float64) for n in nodes])
+    all_weights = np.concatenate([np.asarray(w, dtype=np.float64) for w in weights]) / len(nodes)
+    lo, hi = all_nodes.min(), all_nodes.max()
+    span = max(hi - lo, 1e-12)
+    sigma = sigma or 0.01 * span
+    if grid is None:
+        grid = np.linspace(lo - 0.05 * span, hi + 0.05 * span, grid_points)
+    density = (all_weights[None, :] * np.exp(-((grid[:, None] - all_nodes[None, :]) ** 2) / (2 * sigma ** 2))).sum(1)
+    density /= math.sqrt(2 * math.pi) * sigma
+    return grid, density
+
+
 # ------------------------------------------------------------------------------------------ probe
+
+# ------------------------------------------------------------------------------------- BatchNorm
+
+BN_MODES = ("recalibrate", "batch", "stored")
+
+
+def _batchnorms(model: nn.Module):
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def prepare_batchnorm(model: nn.Module, mode: str, images: torch.Tensor) -> nn.Module:
+    """``model`` set up for Hessian products under one BatchNorm protocol (the model itself is changed: pass a copy).
+
+    - ``recalibrate``: every BatchNorm's running mean and variance are estimated again on ``images``, in one
+      no-grad pass in train mode with a cumulative average (``momentum=None``, as ``torch.optim.swa_utils.update_bn``),
+      so they are the exact statistics of the probe's images; the products then run in eval mode.
+    - ``batch``: train-mode batch statistics inside every product (the loss SGD minimises), other layers in eval
+      mode (no dropout); the running statistics are left as they are (momentum 0).
+    - ``stored``: eval mode with the statistics the weights file holds (at initialisation: mean 0, variance 1).
+    """
+    if mode not in BN_MODES:
+        raise ValueError(f"hessian.bn {mode!r} is not one of {', '.join(BN_MODES)}")
+    model.eval()
+    norms = _batchnorms(model)
+    if mode == "recalibrate" and norms:
+        from torch.optim.swa_utils import update_bn
+
+        # one batch of every probe image: the cumulative average of one batch is that batch's exact statistics
+        update_bn([images], model)
+        model.eval()
+    elif mode == "batch":
+        for m in norms:
+            m.train()
+            m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: untouched
+    return model
+
 
 @dataclass
 class HessianConfig:
@@ -442,14 +490,30 @@ class HessianConfig:
     method: str = "auto"  # thick-restart Lanczos, float64 basis while it fits in 2 GiB, else float32; or "arpack"
     trace_samples: int = 20
     stages: Tuple[str, ...] = ("init", "final")
+    bn: str = "recalibrate"  # BatchNorm protocol: recalibrate (on the probe's images), batch, or stored
+    density_steps: int = 30  # SLQ: Lanczos steps per probe vector (0: no spectral density)
+    density_runs: int = 2  # SLQ: Rademacher probe vectors
+
+    def __post_init__(self) -> None:
+        if self.bn not in BN_MODES:
+            raise ValueError(f"hessian.bn {self.bn!r} is not one of {', '.join(BN_MODES)}")
+        if self.density_steps < 0 or self.density_runs < 1:
+            raise ValueError(f"hessian.density_steps {self.density_steps} / density_runs {self.density_runs}: "
+                             "give steps >= 0 (0: no density) and runs >= 1")
+
+
+def bn_mode(record) -> str:
+    """The BatchNorm protocol of a result; results before probe version 3 all used the stored statistics."""
+    return record["values"].get("bn", "stored")
 
 
 def _init_width(record):
-    """Three readings of "wider" at initialisation, each its own row."""
+    """Three readings of "wider" at initialisation, each its own row, one set per BatchNorm protocol."""
     init = record["values"].get("init")
-    return {"top eigenvalue (init)": [init["top"]] if init else [],
-            "top / last eigenvalue (init)": [init["ratio_top_last"]] if init else [],
-            "trace (init)": [init["trace"]] if init else []}
+    mode = bn_mode(record)
+    return {f"top eigenvalue (init, BN {mode})": [init["top"]] if init else [],
+            f"top / last eigenvalue (init, BN {mode})": [init["ratio_top_last"]] if init else [],
+            f"trace (init, BN {mode})": [init["trace"]] if init else []}
 
 
 HESSIAN_CLAIMS = (
@@ -462,7 +526,9 @@ class HessianProbe:
     """Top-k Hessian eigenvalues and the Hutchinson trace at init and after training (Figures 1-2)."""
 
     name = "hessian"
-    version = 2  # 2: Hutchinson's Rademacher vectors drawn by torch (on any device), not numpy
+    # 2: Hutchinson's Rademacher vectors drawn by torch (on any device), not numpy
+    # 3: the BatchNorm protocol (``bn``, default recalibrate) and the SLQ spectral density
+    version = 3
     scope = "run"
     min_runs = 1
     Config = HessianConfig
@@ -478,24 +544,37 @@ class HessianProbe:
         x = normalize(train.images[idx], train.mean, train.std).to(ctx.device)
         y = train.labels[idx].to(ctx.device)
         batches = [(x[i:i + config.batch_size], y[i:i + config.batch_size]) for i in range(0, len(y), config.batch_size)]
-        values = dict(k=run.k, family=run.family, which=config.which, n_images=len(y))
+        values = dict(k=run.k, family=run.family, which=config.which, n_images=len(y), bn=config.bn)
         tensors = {}
         for stage in config.stages:
-            model = run.create_model(stage).to(ctx.device).eval()
-            n_params = sum(p.numel() for p in model.parameters())
-            k = min(config.k, n_params - 1)
-            # distributed=False: processes launched together share the harness's tasks (each result is
-            # locked by one), so they are not in step to all-reduce one HVP
-            spectrum = hessian_eigenvalues(model, F.cross_entropy, batches, k=k, which=config.which, tol=config.tol,
-                                           ncv=config.ncv, method=config.method, distributed=False)
-            trace, trace_se, trace_hvps = hessian_trace(model, F.cross_entropy, batches, config.trace_samples,
-                                                        distributed=False)
-            ev = spectrum.eigenvalues
-            values[stage] = dict(eigenvalues=ev.tolist(), hvps=spectrum.hvps, seconds=spectrum.seconds,
-                                 top=float(ev[0]), ratio_top_last=float(ev[0] / ev[-1]), trace=trace,
-                                 trace_stderr=trace_se, trace_hvps=trace_hvps, params=n_params)
-            tensors[f"{stage}_eigenvalues"] = ev
+            # a fresh copy from the run's files: recalibrating it never touches them
+            model = prepare_batchnorm(run.create_model(stage).to(ctx.device), config.bn, x)
+            values[stage] = self._measure(model, batches, config)
+            tensors[f"{stage}_eigenvalues"] = torch.tensor(values[stage]["eigenvalues"], dtype=torch.float64)
         return ProbeOutput(values=values, tensors=tensors)
+
+    @staticmethod
+    def _measure(model: nn.Module, batches: Batches, config: HessianConfig) -> dict:
+        """Top-k eigenvalues, Hutchinson trace and (optionally) the SLQ density of one prepared model."""
+        n_params = sum(p.numel() for p in model.parameters())
+        k = min(config.k, n_params - 1)
+        # distributed=False: processes launched together share the harness's tasks (each result is
+        # locked by one), so they are not in step to all-reduce one HVP
+        spectrum = hessian_eigenvalues(model, F.cross_entropy, batches, k=k, which=config.which, tol=config.tol,
+                                       ncv=config.ncv, method=config.method, distributed=False)
+        trace, trace_se, trace_hvps = hessian_trace(model, F.cross_entropy, batches, config.trace_samples,
+                                                    distributed=False)
+        ev = spectrum.eigenvalues
+        out = dict(eigenvalues=ev.tolist(), hvps=spectrum.hvps, seconds=spectrum.seconds, top=float(ev[0]),
+                   ratio_top_last=float(ev[0] / ev[-1]), trace=trace, trace_stderr=trace_se, trace_hvps=trace_hvps,
+                   params=n_params)
+        if config.density_steps > 0:
+            _, _, nodes, weights, density_hvps = spectral_density(
+                model, F.cross_entropy, batches, steps=config.density_steps, runs=config.density_runs,
+                distributed=False)
+            out.update(slq_nodes=[n.tolist() for n in nodes], slq_weights=[w.tolist() for w in weights],
+                       density_hvps=density_hvps)
+        return out
 
     @staticmethod
     def report(records, store, out_dir):

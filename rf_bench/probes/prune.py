@@ -111,9 +111,11 @@ class PruneProbe:
                 cfg = resolve_config(config.finetune_recipe, model=run.model_name, dataset=run.dataset,
                                      seed=run.seed, epochs=config.finetune_epochs, augment=run.config["augment"],
                                      model_kwargs=run.config["model_kwargs"], prune_rate=rate,
+                                     train_per_class=run.config.get("train_per_class"),
+                                     subset_seed=run.config.get("subset_seed"),
                                      init_from=str((run.path / "model.safetensors").resolve()))
                 ft_dir = train(cfg, output=ctx.results_dir / run.run_id / "prune-finetune", data_dir=ctx.data_dir,
-                               progress=False)
+                               progress=False, eval_every=0)  # tested below; per-epoch tests would be waste
                 tuned = copy.deepcopy(pruned_model)
                 load_weights(tuned, ft_dir / "model.safetensors")
                 check = sparsity(tuned, masks[rate])
