@@ -18,10 +18,17 @@ def machine() -> Dict[str, Any]:
                 threads=torch.get_num_threads(), processor=platform.processor() or platform.machine())
 
 
+def describe(info: Dict[str, Any]) -> str:
+    """One line naming the machine a result was measured on."""
+    return (f"{info['processor']}, {info['cpus']} CPUs ({info['threads']} torch threads), Python {info['python']}, "
+            f"torch {info['torch']}")
+
+
 def write_result(name: str, result: Dict[str, Any], markdown: str) -> Path:
-    """``results/<name>.json`` and ``.md``, each replaced atomically."""
+    """``results/<name>.json`` and ``.md`` (which ends with the machine and date), each replaced atomically."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = dict(result, machine=machine(), date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    markdown = markdown.rstrip("\n") + f"\n\nMeasured on {describe(result['machine'])}, {result['date']}.\n"
     for suffix, text in ((".json", json.dumps(result, indent=2) + "\n"), (".md", markdown)):
         path = RESULTS / f"{name}{suffix}"
         tmp = path.with_suffix(suffix + ".tmp")

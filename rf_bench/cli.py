@@ -1,4 +1,5 @@
-"""``rf-bench``: the command line. Each sub-command is a thin layer over one module."""
+"""The ``rf-bench`` command line; each sub-command is a thin layer over one module (the user-facing text is
+``DESCRIPTION`` and each command's description)."""
 from __future__ import annotations
 
 import argparse
@@ -148,7 +149,11 @@ def _cmd_claims(args: argparse.Namespace) -> None:
         print(json.dumps([v.as_dict() for v in verdicts], indent=2))
         return
     if not verdicts:
-        raise CliError(f"no probe results in {args.results}; run `rf-bench probe` first")
+        from .results import ResultStore
+
+        store = ResultStore(args.results)
+        store.records()
+        raise store.nothing_usable()
     _print_claims(verdicts, args.results)
 
 
@@ -262,13 +267,38 @@ def _cmd_study(args: argparse.Namespace) -> None:
                        "paper's claims; results in {out}/ (a rerun resumes)")
 
 
+DESCRIPTION = """\
+rf-bench studies how a CNN's receptive field (RF) shapes what it learns. Its models (timm's
+vgg19_rfpool{k} and resnet50_rfpool{k}) differ only by one max-pool of size k after the first
+convolution; rf-bench trains them, probes them (pruning, Hessian spectrum, CKA, RF maps), writes
+the paper's tables and figures, and says which of the paper's claims the results support.
+
+Three ways to start a study:
+  1. rf-bench demo                                  the whole study in miniature (CPU, about a minute)
+  2. rf-bench train --model resnet50_rfpool2 --dataset fashion_mnist --recipe fast --epochs 10
+     rf-bench probe runs/ && rf-bench report        one run, trained, probed, reported (REPORT.md)
+  3. rf-bench sweep grid.toml --max-parallel 2      a grid of runs, probes and the report from one file
+"""
+
+
+def _command(sub, name: str, summary: str, description: str, example: str) -> argparse.ArgumentParser:
+    """A sub-command whose --help says what it does for a user and shows one example."""
+    return sub.add_parser(name, help=summary, description=description, epilog=f"example:\n  {example}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rf-bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="rf-bench", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="`rf-bench COMMAND --help` describes each command.")
     parser.add_argument("--version", action="version", version=f"rf-bench {__version__}")
     parser.add_argument("--debug", action="store_true", help="on an error, show the whole traceback")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("rf", help="receptive fields: per layer of one model, or k vs RF for a family")
+    p = _command(sub, "rf", "receptive fields: per layer of one model, or k vs RF for a family",
+                 "The exact receptive field of every layer of a timm CNN (traced with torch.fx), or, for an rfpool\n"
+                 "family, k against the analytic RF, the RF measured with gradients and the paper's figures.",
+                 "rf-bench rf --family resnet50_rfpool --ks 1 2 3 4")
     p.add_argument("model", nargs="?", help="any timm CNN, e.g. resnet50_rfpool3 or resnet18")
     p.add_argument("--family", help="resnet50_rfpool or vgg19_rfpool: table of k vs RF next to the paper's")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4], choices=RFPOOL_KS, metavar="K")
@@ -279,11 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map", metavar="PNG", help="draw the paper's gradient map (n=50, default input 3x64x64)")
     p.set_defaults(func=_cmd_rf)
 
-    p = sub.add_parser("train", help="train one run (same as `accelerate launch rf_bench/train.py`)")
+    p = _command(sub, "train", "train one run (same as `accelerate launch rf_bench/train.py`)",
+                 "Train one model on one data set with a named recipe (paper, fast, finetune) and any override.\n"
+                 "The run directory is named after the settings, so the same command resumes an unfinished run.",
+                 "rf-bench train --model vgg19_rfpool2 --dataset fashion_mnist --recipe fast --epochs 10 "
+                 "--train-per-class 1000")
     add_train_args(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("probe", help="run a suite of probes over finished runs")
+    p = _command(sub, "probe", "run a suite of probes over finished runs",
+                 "Measure finished runs: prune (one-shot pruning and masked fine-tune), hessian (top eigenvalues,\n"
+                 "trace, spectral density), cka (layer similarity within and across seeds), rfmap (gradient\n"
+                 "maps). Results are stored per run and settings; a rerun skips what is already measured.",
+                 "rf-bench probe runs/ --suite prune,hessian --set hessian.k=20 --results results")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, globs, or folders of runs")
     p.add_argument("--suite", default="all", help="all, or probe names separated by commas")
     p.add_argument("--results", default="results", help="results folder (shared by many runs)")
@@ -293,27 +331,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_probe)
 
-    p = sub.add_parser("report", help="REPORT.md with the paper's tables and figures from a results folder")
-    p.add_argument("results", nargs="?", default="results")
-    p.add_argument("--out", default="report")
+    p = _command(sub, "report", "REPORT.md with the paper's tables and figures from a results folder",
+                 "Write REPORT.md, its figures (PNG) and CSV tables from the probe results in a folder, with\n"
+                 "the verdict on each of the paper's claims first.",
+                 "rf-bench report results --out report")
+    p.add_argument("results", nargs="?", default="results", help="results folder (default: results)")
+    p.add_argument("--out", default="report", help="folder for REPORT.md, figures and CSVs (default: report)")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("claims", help="a verdict on each of the paper's claims from a results folder")
-    p.add_argument("results", nargs="?", default="results")
+    p = _command(sub, "claims", "a verdict on each of the paper's claims from a results folder",
+                 "For each claim, metric, family and data set: the per-k means, Spearman's rho with k, a\n"
+                 "permutation p-value and a verdict (supported, contradicted, inconclusive, not measured).",
+                 "rf-bench claims study_digits/results --json")
+    p.add_argument("results", nargs="?", default="results", help="results folder (default: results)")
     p.add_argument("--json", action="store_true", help="print the verdicts as a JSON list instead of a table")
     p.set_defaults(func=_cmd_claims)
 
-    p = sub.add_parser("publish", help="publish finished runs to the Hub as timm checkpoints (same as hub_upload.py)")
+    p = _command(sub, "publish", "publish finished runs to the Hub as timm checkpoints (same as hub_upload.py)",
+                 "Upload finished runs to the Hugging Face Hub with a model card, and write the registry\n"
+                 "manifest that lets timm.create_model(..., pretrained=True) find and verify them.",
+                 "rf-bench publish runs/resnet50_rfpool3-cifar10-s0-* --namespace my-hub-user")
     add_publish_args(p)
     p.set_defaults(func=_cmd_publish)
 
-    p = sub.add_parser("pull", help="download published checkpoints into the Hub cache (for offline clusters)")
+    p = _command(sub, "pull", "download published checkpoints into the Hub cache (for offline clusters)",
+                 "Download published checkpoints into the Hub cache, each checked against its sha256, so that\n"
+                 "pretrained=True works later without a network.",
+                 "rf-bench pull resnet50_rfpool3.cifar10_s0")
     p.add_argument("tags", nargs="*", metavar="TAG", help="e.g. resnet50_rfpool3.cifar10_s0")
     p.add_argument("--all", action="store_true", help="every published tag")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_pull)
 
-    p = sub.add_parser("sweep", help="train and probe a grid of runs from a TOML file, locally or on SLURM")
+    p = _command(sub, "sweep", "train and probe a grid of runs from a TOML file, locally or on SLURM",
+                 "Train every run of a grid (families x k x data sets x seeds), probe each, then write the\n"
+                 "report. A rerun skips finished work and resumes the rest; a failed run does not stop the others.",
+                 "rf-bench sweep benchmarks/configs/paper.toml --launcher slurm")
     p.add_argument("file", help="sweep file, e.g. benchmarks/configs/paper.toml")
     p.add_argument("--launcher", default="local", choices=("local", "slurm", "submitit-local"))
     p.add_argument("--max-parallel", type=int, default=1, help="local: runs at once (one GPU each, or packed)")
@@ -326,14 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("demo", help="the whole study in miniature on digits (CPU, a few minutes): REPORT.md")
+    p = _command(sub, "demo", "the whole study in miniature on digits (CPU, a few minutes): REPORT.md",
+                 "16 tiny runs on the embedded digits data, every probe, the report and the claims table:\n"
+                 "the same code path as the paper's grid, in about a minute on two CPU cores.",
+                 "rf-bench demo --out demo_out")
     p.add_argument("--out", default="demo_out", help="folder for runs/, results/ and report/")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="runs at once (worker processes; default: 2, tiny models use one core best)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("study", help="a shipped study that can reach verdicts on the paper's claims (e.g. digits)")
+    p = _command(sub, "study", "a shipped study that can reach verdicts on the paper's claims (e.g. digits)",
+                 "Run a study shipped with rf-bench: its grid, every probe, the report and the claims table.\n"
+                 "A rerun resumes.",
+                 "rf-bench study fashion-cpu --out study_fashion")
     p.add_argument("name", help="digits: scikit-learn's digits, 48 runs, 25 min on a 2-core CPU; fashion-cpu: "
                                 "Fashion-MNIST photos, 32 runs, sized for <= 90 min on a 2-core CPU; fashion: "
                                 "Fashion-MNIST at full width on the whole training split, for GPUs")

@@ -201,7 +201,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, log
         if records and hasattr(probe, "report"):
             sections += probe.report(records, store, out)
     if not sections:
-        raise FileNotFoundError(f"no probe results in {results_dir}; run `rf-bench probe` first")
+        raise store.nothing_usable()
     sections.append(claims_section(results_dir))
     sections.sort(key=lambda s: (s.order, s.title))
     body = [f"# rf-bench report\n\nFrom `{results_dir}`, {time.strftime('%Y-%m-%d %H:%M')}.\n"]

@@ -214,6 +214,14 @@ class ResultStore:
                 out.append(dict(rec, _path=str(path)))
         return out
 
+    def nothing_usable(self) -> Exception:
+        """The error for a store with no usable result: the unusable files named, each with why, or "run probe"."""
+        if not self.skipped:
+            return FileNotFoundError(f"no probe results in {self.root}; run `rf-bench probe` first")
+        files = "; ".join(f"{path} is {reason}" for path, reason in sorted(self.skipped.items()))
+        return ValueError(f"no usable probe results in {self.root}: {files}; delete or repair "
+                          f"{'it' if len(self.skipped) == 1 else 'them'}, then `rf-bench probe` recomputes the results")
+
     def skipped_note(self) -> str:
         """One line per skipped result file, with what to do about it (empty when none was skipped)."""
         return "".join(f"warning: result {path} is {reason}; left out (`rf-bench probe` recomputes it)\n"

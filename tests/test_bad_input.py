@@ -196,6 +196,23 @@ def test_a_bad_result_file_is_named_skipped_counted_and_recomputed(capsys, tmp_p
     assert len(store.records("prune")) == len(tiny_runs) and not store.skipped
 
 
+@pytest.mark.parametrize("command", ["report", "claims"])
+def test_a_store_of_only_unusable_files_names_each_and_why(capsys, tmp_path, command):
+    results = tmp_path / "results"
+    (results / "run-a").mkdir(parents=True)
+    (results / "run-b").mkdir()
+    torn, listed = results / "run-a" / "prune-1.json", results / "run-b" / "cka-2.json"
+    torn.write_text('{"probe": "prune", "val')
+    listed.write_text("[1, 2]")
+    rc = _cli_main(command, str(results), *(["--out", str(tmp_path / "report")] if command == "report" else []))
+    err = capsys.readouterr().err
+    assert rc == 2
+    error_line = next(line for line in err.splitlines() if line.startswith("error:"))
+    assert str(torn) in error_line and "unreadable" in error_line
+    assert str(listed) in error_line and "not a result object" in error_line
+    assert "run `rf-bench probe` first" not in err
+
+
 def test_a_garbled_run_config_names_the_file(capsys, tmp_path, tiny_runs):
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_runs[0], run_dir)
