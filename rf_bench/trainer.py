@@ -402,7 +402,7 @@ class Trainer:
         if cfg.cuda_graphs:
             from .capture import CapturedStep
 
-            self.captured = CapturedStep(acc.unwrap_model(self.model), self.optimizer, self.criterion, self.stats,
+            self.captured = CapturedStep(self.bare_model(), self.optimizer, self.criterion, self.stats,
                                          cfg, self.masks)
 
     def _load_data(self) -> None:
@@ -549,9 +549,14 @@ class Trainer:
         self.stats.update(loss, logits, y, grad_norm, global_step)
         self.optimizer.step()
         if self.masks is not None:  # pruned weights stay exactly zero
-            apply_masks(acc.unwrap_model(self.model), self.masks)
+            apply_masks(self.bare_model(), self.masks)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def bare_model(self) -> nn.Module:
+        """The model without DDP's or torch.compile's wrapper: its parameter names are the timm model's, so
+        masks apply and saved weights load into a fresh model (a compiled one would prefix them `_orig_mod.`)."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
     def check_finite(self) -> None:
         """Stop at the first non-finite loss or gradient; every rank takes the same verdict (a collective)."""
@@ -634,7 +639,7 @@ class Trainer:
             meta = dict(model=self.cfg.model, stage="final", rf_bench=rf_bench.__version__)
             weights = self.run_dir / "model.safetensors"
             with _write_errors_explained(f"the final weights {weights}", self.run_dir):
-                _save_weights(acc.unwrap_model(self.model), weights, meta)
+                _save_weights(self.bare_model(), weights, meta)
             # the sha256 lets a rerun tell intact final weights from damaged ones
             (self.run_dir / "done").write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\nsha256 {sha256_file(weights)}\n")
         if self.log_with:

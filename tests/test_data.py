@@ -274,3 +274,10 @@ def test_loader_batches_are_crops_of_the_right_samples():
         for img, i in zip(raw, y.tolist()):
             assert any(torch.equal(img, c) or torch.equal(img, c.flip(-1))
                        for c in (padded[i, :, dy:dy + 12, dx:dx + 12] for dy in range(9) for dx in range(9)))
+
+
+def test_loader_normalises_exactly_as_normalize_does():
+    data = _indexed(n=37)
+    loader = D.TensorLoader(data, 10, train=False)
+    got = torch.cat([x for x, _ in loader])
+    assert torch.equal(got, D.normalize(data.images, data.mean, data.std))  # bit for bit

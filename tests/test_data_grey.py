@@ -195,6 +195,12 @@ def test_training_on_a_grey_subset(tmp_path, grey):
     assert config["model_kwargs"]["in_chans"] == 1
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and 0 <= metrics[0]["test_acc"] <= 1
+    # the probes see the run's own subset (Hessian images, fine-tunes), and the whole test split
+    from rf_bench.results import load_run
+
+    seen = load_run(run).load_data("train", str(folder))
+    assert len(seen) == 20 and torch.equal(seen.labels.bincount(), torch.full((10,), 2))
+    assert len(load_run(run).load_data("test", str(folder))) == 20
     assert main(["--model", "vgg19_rfpool2", "--dataset", "fashion_mnist", "--data-dir", str(folder),
                  "--train-per-class", "7", "--epochs", "1", "--output", str(tmp_path / "runs"), "--no-progress",
                  "--cpu"]) == 2  # 6 images of some class: one line, exit 2

@@ -115,6 +115,27 @@ def test_cuda_graphs_and_compile_mode_are_refused_where_they_cannot_work(tmp_pat
     assert not any(tmp_path.iterdir())  # refused before any work
 
 
+@pytest.mark.slow
+def test_a_compiled_run_saves_plain_timm_names_and_can_be_probed_and_pruned(tmp_path):
+    from rf_bench.checkpoints import load_weights
+    from rf_bench.results import find_runs
+
+    cfg = resolve_config("fast", model="vgg19_rfpool2", dataset="digits", epochs=1, batch_size=64, compile=True,
+                         prune_rate=0.5, model_kwargs=dict(width_mult=TINY))
+    run_dir = train(cfg, output=tmp_path, progress=False, cpu=True)
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / "model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    assert keys and not any("_orig_mod" in k for k in keys)
+    (run,) = find_runs([str(run_dir)])
+    model = run.create_model("final")  # loads into a fresh, uncompiled timm model
+    load_weights(model, run_dir / "model.safetensors")
+    zeros = sum(int((p == 0).sum()) for n, p in model.named_parameters() if p.ndim > 1)
+    total = sum(p.numel() for n, p in model.named_parameters() if p.ndim > 1)
+    assert zeros / total >= 0.49  # the masks applied to the compiled model's weights kept them pruned
+
+
 def test_deterministic_mode_is_switched_on_and_restored():
     before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
               os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
@@ -135,8 +156,7 @@ def test_new_fields_keep_old_run_ids_and_change_them_when_set():
     import dataclasses
 
     from rf_bench.results import config_hash
-    old_fields = {k: v for k, v in dataclasses.asdict(cfg).items()
-                  if k not in ("compile_mode", "cuda_graphs", "deterministic")}
+    old_fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in TrainConfig._LATER_FIELDS}
     assert len(old_fields) == 23
     assert run_dir_for(cfg, "r").name.endswith(config_hash(old_fields))
     for change in (dict(deterministic=True), dict(cuda_graphs=True), dict(compile_mode="max-autotune")):

@@ -58,13 +58,20 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int = 4,
     return _crop_flip(padded.contiguous(), idx, tuple(x.shape[-2:]), dy, dx, mirrored)
 
 
+def _affine(mean: Sequence[float], std: Sequence[float], device: torch.device,
+            dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` of the normalisation, (1, C, 1, 1) each in ``dtype`` on ``device``, computed in float64."""
+    std64 = torch.tensor(std, dtype=torch.float64)
+    scale = 1.0 / (std64 * 255)
+    shift = -torch.tensor(mean, dtype=torch.float64) / std64
+    return scale.to(device, dtype).view(1, -1, 1, 1), shift.to(device, dtype).view(1, -1, 1, 1)
+
+
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float],
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 -> ``(x / 255 - mean) / std`` in ``dtype``, as one fused multiply-add."""
-    scale = 1.0 / (torch.tensor(std, device=x.device, dtype=torch.float64) * 255)
-    shift = -torch.tensor(mean, device=x.device, dtype=torch.float64) / torch.tensor(std, device=x.device,
-                                                                                      dtype=torch.float64)
-    return torch.addcmul(shift.to(dtype).view(1, -1, 1, 1), x.to(dtype), scale.to(dtype).view(1, -1, 1, 1))
+    scale, shift = _affine(mean, std, x.device, dtype)
+    return torch.addcmul(shift, x.to(dtype), scale)
 
 
 @dataclass
@@ -105,6 +112,8 @@ class TensorLoader:
             images = F.pad(images, (self.padding,) * 4)
         self._images = images.contiguous()
         self._labels = self.data.labels.to(self.device)
+        # once per loader: building them per batch costs host-to-device copies that stall a captured step
+        self._scale, self._shift = _affine(self.data.mean, self.data.std, self.device, torch.float32)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -146,7 +155,7 @@ class TensorLoader:
                                None if mirrored is None else mirrored[safe])
             else:
                 x = self._images[safe]
-            x = normalize(x, self.data.mean, self.data.std)
+            x = torch.addcmul(self._shift, x.to(torch.float32), self._scale)  # = normalize(x, mean, std)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, labels
