@@ -201,6 +201,15 @@ def test_training_on_a_grey_subset(tmp_path, grey):
     seen = load_run(run).load_data("train", str(folder))
     assert len(seen) == 20 and torch.equal(seen.labels.bincount(), torch.full((10,), 2))
     assert len(load_run(run).load_data("test", str(folder))) == 20
+    # every per-run probe works on a one-channel run (the RF map's random inputs take the run's channels)
+    from rf_bench.cli import main as cli
+
+    assert cli(["probe", str(run), "--suite", "rfmap,hessian", "--results", str(tmp_path / "results"),
+                "--data-dir", str(folder), "--no-progress", "--set", "rfmap.n=2", "--set", "rfmap.measure_rf=false",
+                "--set", "hessian.k=2", "--set", "hessian.n_images=8", "--set", "hessian.trace_samples=2",
+                "--set", "hessian.density_steps=3", "--set", "hessian.stages=[\"init\"]"]) == 0
+    rfmap = next((tmp_path / "results").glob("*/rfmap-*.json"))
+    assert json.loads(rfmap.read_text())["values"]["input_size"] == [1, 64, 64]
     assert main(["--model", "vgg19_rfpool2", "--dataset", "fashion_mnist", "--data-dir", str(folder),
                  "--train-per-class", "7", "--epochs", "1", "--output", str(tmp_path / "runs"), "--no-progress",
                  "--cpu"]) == 2  # 6 images of some class: one line, exit 2

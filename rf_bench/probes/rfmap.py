@@ -115,7 +115,7 @@ def plot_map(rfmap: RFMap, path, title: str = "") -> None:
 
 @dataclass
 class RFMapConfig:
-    input_size: Tuple[int, int, int] = (3, 64, 64)
+    input_size: Tuple[int, int, int] = (3, 64, 64)  # the channels follow the run's model (in_chans)
     n: int = 50
     seed: int = 0
     stages: Tuple[str, ...] = ("init", "final")  # the paper uses the initial (random) weights
@@ -147,15 +147,18 @@ class RFMapProbe:
         from rf_bench.probes.base import ProbeOutput
         from rf_bench.rf import gradient_rf, receptive_field
 
-        values: Dict[str, Any] = dict(k=run.k, family=run.family, input_size=list(config.input_size))
+        # the input has the run's channels (1 for grey data sets) and the configured size
+        channels = run.meta["model_kwargs"].get("in_chans", config.input_size[0])
+        input_size = (channels, *config.input_size[1:])
+        values: Dict[str, Any] = dict(k=run.k, family=run.family, input_size=list(input_size))
         tensors: Dict[str, torch.Tensor] = {}
         for stage in config.stages:
             model = run.create_model(stage).to(ctx.device)
             t0 = time.perf_counter()
-            rfmap = gradient_map(model, config.input_size, n=config.n, seed=config.seed)
+            rfmap = gradient_map(model, input_size, n=config.n, seed=config.seed)
             seconds = time.perf_counter() - t0
-            rf = receptive_field(model.cpu(), config.input_size, layer=rfmap.layer)
-            h_out = _layer_hw(model, config.input_size, rfmap.layer)
+            rf = receptive_field(model.cpu(), input_size, layer=rfmap.layer)
+            h_out = _layer_hw(model, input_size, rfmap.layer)
             centre = rf.offset + (h_out[0] // 2) * rf.stride, rf.offset + (h_out[1] // 2) * rf.stride
             erf = effective_rf(rfmap.mean_map, centre)
             entry = dict(layer=rfmap.layer, mean_max=rfmap.mean_max, std_max=rfmap.std_max,
@@ -163,7 +166,7 @@ class RFMapProbe:
                          **{f"{key}_over_rf": (2 * val + 1) / rf.size for key, val in erf.items()})
             if config.measure_rf:
                 size = rf.size + 2 * rf.stride + 8
-                entry["gradient_rf"] = gradient_rf(model.to(ctx.device), (config.input_size[0], size, size),
+                entry["gradient_rf"] = gradient_rf(model.to(ctx.device), (channels, size, size),
                                                    layer=rfmap.layer, n=2)
             values[stage] = entry
             tensors[f"{stage}_map"] = rfmap.mean_map
