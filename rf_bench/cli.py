@@ -418,6 +418,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from safetensors import SafetensorError
 
     args = build_parser().parse_args(argv)
+    if getattr(args, "deterministic", False):
+        from .trainer import prepare_deterministic_process
+
+        prepare_deterministic_process()
     try:
         args.func(args)
     except (CliError, ValueError, OSError, NotImplementedError, NonFiniteLossError, HubError, SafetensorError) as e:

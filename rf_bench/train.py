@@ -150,6 +150,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_train_args(parser)
     parser.add_argument("--debug", action="store_true", help="on an error, show the whole traceback")
     args = parser.parse_args(argv)
+    if args.deterministic:
+        from .trainer import prepare_deterministic_process
+
+        prepare_deterministic_process()
     try:
         run_dir = run_from_args(args)
     except (ValueError, OSError, NonFiniteLossError, SafetensorError) as e:

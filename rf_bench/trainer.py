@@ -171,7 +171,7 @@ class deterministic_mode:
                        torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.deterministic,
                        torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
         if self.enabled:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
@@ -184,6 +184,15 @@ class deterministic_mode:
         torch.backends.cudnn.benchmark = cudnn_benchmark
         if workspace is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+CUBLAS_DETERMINISTIC = ":4096:8"
+
+
+def prepare_deterministic_process() -> None:
+    """Call at start-up, before any cuBLAS call: PyTorch reads CUBLAS_WORKSPACE_CONFIG once, at the first one,
+    so `deterministic_mode` setting it later works only in a fresh process."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
 
 
 class _RunningStats:
@@ -300,6 +309,21 @@ def validate_config(cfg: TrainConfig, world: int, device: torch.device) -> None:
         raise ValueError("--cuda-graphs does not capture fp16's loss scaler; use --mixed-precision bf16")
 
 
+def _release_device_choice(cpu: bool) -> None:
+    """Let this run train where it asks to: accelerate's PartialState keeps the first Accelerator's CPU-or-GPU
+    choice for the whole process, so a `cpu=True` run would pin every later run of the process to the CPU (and
+    the reverse). Reset it when the choice differs; in a launched process group, refuse in one line instead."""
+    from accelerate.state import PartialState
+
+    if not PartialState._shared_state or bool(PartialState._shared_state.get("_cpu")) == bool(cpu):
+        return
+    if PartialState().num_processes > 1:
+        raise ValueError(f"this process group was launched to train on "
+                         f"{'the CPU' if PartialState().device.type == 'cpu' else PartialState().device}; "
+                         f"{'drop' if not cpu else 'add'} --cpu, or launch a new group for the other device")
+    PartialState._reset_state()
+
+
 # ------------------------------------------------------------------------------------- the trainer
 
 class Trainer:
@@ -328,8 +352,9 @@ class Trainer:
         from accelerate.utils import TorchDynamoPlugin
 
         # a second train() in one process (a probe's fine-tunes, a notebook) may want other settings: start the
-        # accelerator state afresh (the process group, in PartialState, is kept)
+        # accelerator state afresh (the process group, in PartialState, is kept unless the device must change)
         AcceleratorState._reset_state()
+        _release_device_choice(cpu)
         dynamo = None
         if cfg.compile or cfg.compile_mode:
             dynamo = TorchDynamoPlugin(backend="inductor", mode=cfg.compile_mode or "default")

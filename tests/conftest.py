@@ -1,7 +1,10 @@
 import os
 
-import pytest
-import torch
+# before any cuBLAS call of the session: a deterministic CUDA test after any other CUDA test needs it set already
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # The CI machine has 2 cores. Under pytest-xdist each worker gets one thread (torch and BLAS alike):
 # two workers with two threads each oversubscribe the cores and run several times slower.
@@ -20,6 +23,17 @@ TINY = 0.125  # width multiplier for tiny rfpool models (8 stem channels)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Each test starts with no Accelerator chosen: one test's --cpu must not decide where the next one trains."""
+    yield
+    from accelerate.state import AcceleratorState, PartialState
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        AcceleratorState._reset_state()
+        PartialState._reset_state()
 
 
 @pytest.fixture(scope="session")

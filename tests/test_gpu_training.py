@@ -136,6 +136,22 @@ def test_a_compiled_run_saves_plain_timm_names_and_can_be_probed_and_pruned(tmp_
     assert zeros / total >= 0.49  # the masks applied to the compiled model's weights kept them pruned
 
 
+def test_a_cpu_run_does_not_pin_later_runs_of_the_process_to_the_cpu(tmp_path):
+    from accelerate.state import PartialState
+
+    from rf_bench.trainer import Trainer
+
+    cfg = resolve_config("fast", model="vgg19_rfpool2", dataset="digits", epochs=1, batch_size=32,
+                         model_kwargs=dict(width_mult=TINY))
+    Trainer(cfg, tmp_path, cpu=True)
+    assert PartialState()._cpu
+    later = Trainer(cfg, tmp_path)  # no --cpu: accelerate's own choice (a GPU where there is one)
+    assert not PartialState()._cpu
+    assert later.accelerator.device.type == ("cuda" if CUDA else "cpu")
+    Trainer(cfg, tmp_path, cpu=True)
+    assert PartialState()._cpu and PartialState().device.type == "cpu"
+
+
 def test_deterministic_mode_is_switched_on_and_restored():
     before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
               os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
