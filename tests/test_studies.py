@@ -1,0 +1,30 @@
+"""The shipped studies (`rf-bench study NAME`) are valid sweep files with the grids their names promise."""
+import pytest
+
+from rf_bench.studies import available_studies, study_text
+from rf_bench.sweep import load_sweep
+
+
+def test_the_shipped_studies():
+    assert set(available_studies()) >= {"digits", "fashion", "fashion-cpu"}
+    with pytest.raises(ValueError, match="unknown study 'fasion'; choose one of digits, fashion, fashion-cpu"):
+        study_text("fasion")
+
+
+@pytest.mark.parametrize("name", available_studies())
+def test_every_study_is_a_valid_sweep_of_the_paper_grid(tmp_path, name):
+    sweep = load_sweep(text=study_text(name), output=tmp_path)  # validates [train] fields and probe settings
+    models = {cfg.model for cfg in sweep.runs}
+    assert models == {f"{family}{k}" for family in ("vgg19_rfpool", "resnet50_rfpool") for k in (1, 2, 3, 4)}
+    assert len({cfg.seed for cfg in sweep.runs}) >= 4 and sweep.suite == "all"
+    settings = dict(s.split("=", 1) for s in sweep.probe_settings)
+    assert int(settings["prune.finetune_epochs"]) > 0  # the paper's masked fine-tune, so claim 2 is measured
+
+
+def test_fashion_cpu_trains_on_a_stratified_subset_and_fashion_on_the_whole_split(tmp_path):
+    cpu = load_sweep(text=study_text("fashion-cpu"), output=tmp_path)
+    gpu = load_sweep(text=study_text("fashion"), output=tmp_path)
+    assert {cfg.dataset for cfg in cpu.runs + gpu.runs} == {"fashion_mnist"}
+    assert {cfg.train_per_class for cfg in cpu.runs} == {1000} and cpu.eval_every == 0
+    assert {cfg.train_per_class for cfg in gpu.runs} == {None} and {cfg.model_kwargs.get("width_mult", 1.0)
+                                                                    for cfg in gpu.runs} == {1.0}
