@@ -36,6 +36,7 @@ rerun skips what is finished and resumes what is not; a failed run is recorded a
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -507,6 +508,31 @@ def gpu_slots(workers: int, gpus: int, runs_per_gpu: int = 1) -> List[Optional[i
     return [(slot // runs_per_gpu) % gpus for slot in range(workers)]
 
 
+@contextlib.contextmanager
+def _workers_end_with_this_process(ctx):
+    """Ctrl-C or a SIGTERM (`kill`, a scheduler's time limit) ends the workers too, at once: without this the
+    pool waits for their running jobs, and a SIGTERM leaves them running on, orphaned. Finished work is kept
+    (results are written atomically, runs resume from their checkpoints)."""
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    try:
+        yield
+    except BaseException:
+        for child in ctx.active_children():
+            child.terminate()
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _run_in_pool(sweep: Sweep, todo: Sequence[int], max_parallel: int, progress: bool,
                  log: Callable[..., None], runs_per_gpu: int = 1) -> List[Dict[str, Any]]:
     """``max_parallel`` worker processes, each pinned to one GPU that ``runs_per_gpu`` of them share (or
@@ -525,7 +551,7 @@ def _run_in_pool(sweep: Sweep, todo: Sequence[int], max_parallel: int, progress:
     bar = Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                    TimeElapsedColumn(), disable=not progress)
     with ProcessPoolExecutor(max_parallel, mp_context=ctx, initializer=_init_worker,
-                             initargs=(slots, threads)) as pool, bar:
+                             initargs=(slots, threads)) as pool, bar, _workers_end_with_this_process(ctx):
         task = bar.add_task("", total=len(todo))
         futures = {pool.submit(SweepJob(sweep), i): i for i in todo}
         for future in as_completed(futures):

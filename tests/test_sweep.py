@@ -194,3 +194,27 @@ def test_demo_runs_in_five_minutes_and_reports_every_table_and_figure(tmp_path):
         run = load_run(r["run_dirs"][0])
         last = json.loads((run.path / "metrics.jsonl").read_text().splitlines()[-1])
         assert r["values"]["dense_acc"] == pytest.approx(last["test_acc"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_a_terminated_sweep_ends_its_workers(tmp_path):
+    import psutil
+
+    sweep_file = tmp_path / "long.toml"
+    sweep_file.write_text('[grid]\nmodels = ["vgg19_rfpool1", "vgg19_rfpool2"]\ndatasets = ["digits"]\nseeds = [0]\n'
+                          '[train]\nrecipe = "fast"\nepochs = 200\nmodel_kwargs = { width_mult = 0.125 }\n'
+                          '[probes]\nsuite = "rfmap"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "rf_bench.cli", "sweep", str(sweep_file), "--output",
+                             str(tmp_path / "out"), "--max-parallel", "2", "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((tmp_path / "out" / "runs").glob("*/config.json"))) < 2:
+        time.sleep(0.5)  # both workers are training
+    workers = parent.children(recursive=True)
+    assert len(workers) >= 2
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, f"workers left running: {alive}"
+    assert proc.returncode != 0
