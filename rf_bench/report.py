@@ -451,8 +451,11 @@ def _plot_densities(densities, stages, title: str, path: Path) -> None:
             ax = axes[row][col]
             nodes, weights = densities[stage][(k, rf)]
             grid, density = slq_density(nodes, weights)
-            ax.semilogy(grid, np.maximum(density, 1e-12), color="C0")
-            ax.set_ylim(bottom=max(1e-8, density.max() * 1e-8))
+            # outlying eigenvalues carry weights many decades below the bulk: show 12 decades, as PyHessian does
+            floor = density.max() * 1e-12
+            ax.semilogy(grid, np.maximum(density, floor), color="C0")
+            ax.set_ylim(bottom=floor)
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
             ax.set_title(f"{'init' if stage == 'init' else 'trained'}: k={k}, RF {rf}", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
