@@ -295,6 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="on an error, show the whole traceback")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    _add_model_commands(sub)
+    _add_training_commands(sub)
+    _add_result_commands(sub)
+    _add_hub_commands(sub)
+    _add_study_commands(sub)
+    return parser
+
+
+def _add_model_commands(sub) -> None:
+    """rf: receptive fields of a model or a family."""
     p = _command(sub, "rf", "receptive fields: per layer of one model, or k vs RF for a family",
                  "The exact receptive field of every layer of a timm CNN (traced with torch.fx), or, for an rfpool\n"
                  "family, k against the analytic RF, the RF measured with gradients and the paper's figures.",
@@ -309,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map", metavar="PNG", help="draw the paper's gradient map (n=50, default input 3x64x64)")
     p.set_defaults(func=_cmd_rf)
 
+
+def _add_training_commands(sub) -> None:
+    """train: one run."""
     p = _command(sub, "train", "train one run (same as `accelerate launch rf_bench/train.py`)",
                  "Train one model on one data set with a named recipe (paper, fast, finetune) and any override.\n"
                  "The run directory is named after the settings, so the same command resumes an unfinished run.",
@@ -317,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(p)
     p.set_defaults(func=_cmd_train)
 
+
+def _add_result_commands(sub) -> None:
+    """probe, report, claims: from runs to results to tables and verdicts."""
     p = _command(sub, "probe", "run a suite of probes over finished runs",
                  "Measure finished runs: prune (one-shot pruning and masked fine-tune), hessian (top eigenvalues,\n"
                  "trace, spectral density), cka (layer similarity within and across seeds), rfmap (gradient\n"
@@ -347,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the verdicts as a JSON list instead of a table")
     p.set_defaults(func=_cmd_claims)
 
+
+def _add_hub_commands(sub) -> None:
+    """publish, pull: checkpoints on the Hugging Face Hub."""
     p = _command(sub, "publish", "publish finished runs to the Hub as timm checkpoints (same as hub_upload.py)",
                  "Upload finished runs to the Hugging Face Hub with a model card, and write the registry\n"
                  "manifest that lets timm.create_model(..., pretrained=True) find and verify them.",
@@ -363,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_pull)
 
+
+def _add_study_commands(sub) -> None:
+    """sweep, demo, study: whole grids of runs, probes and the report."""
     p = _command(sub, "sweep", "train and probe a grid of runs from a TOML file, locally or on SLURM",
                  "Train every run of a grid (families x k x data sets x seeds), probe each, then write the\n"
                  "report. A rerun skips finished work and resumes the rest; a failed run does not stop the others.",
@@ -400,8 +422,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at once (worker processes)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_study)
-    return parser
-
 
 def add_publish_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run directories, globs, or folders of runs")

@@ -368,9 +368,8 @@ def _plot_cka(panels, title: str, path: Path) -> None:
 
 def _hessian_groups(records):
     """Records by (family, data set, BatchNorm protocol): protocols never share a table or a figure."""
-    from rf_bench.probes.hessian import bn_mode
-
-    return _group(records, lambda r: (r["values"]["family"], r["dataset"], bn_mode(r)))
+    # results before the hessian probe's version 3 have no "bn": they all used the stored statistics
+    return _group(records, lambda r: (r["values"]["family"], r["dataset"], r["values"].get("bn", "stored")))
 
 
 _BN_WORDS = {"recalibrate": "BatchNorm statistics recalibrated on these images, eval mode",
@@ -441,7 +440,7 @@ def hessian_sections(records: List[Dict[str, Any]], out_dir: Path):
 
 def _plot_densities(densities, stages, title: str, path: Path) -> None:
     """One panel per (stage, k): density against eigenvalue on a log axis, PyHessian's style."""
-    from rf_bench.probes.hessian import slq_density
+    from rf_bench.probes._numerics import slq_density
 
     plt = _pyplot()
     ks = sorted({key for stage in stages for key in densities[stage]})

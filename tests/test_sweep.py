@@ -174,14 +174,15 @@ def test_demo_runs_in_five_minutes_and_reports_every_table_and_figure(tmp_path):
         for family in ("resnet50_rfpool", "vgg19_rfpool"):
             assert f"## {kind}: {family} on digits" in report
     images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", report)
-    assert len(images) == 8 and all((report_path.parent / png).stat().st_size > 10_000 for png in images)
+    # prune, Hessian top-k, Hessian density, CKA and RF maps for each family
+    assert len(images) == 10 and all((report_path.parent / png).stat().st_size > 10_000 for png in images)
 
     # numbers in the report equal the stored results (recomputed here from the result files)
     store = ResultStore(tmp_path / "demo" / "results")
     hessian = store.records("hessian")
     assert len(hessian) == 16 and len(store.records("prune")) == 16 and len(store.records("rfmap")) == 16
     assert len(store.records("cka")) == 8
-    rows = _table_rows(report, "Hessian: vgg19_rfpool on digits")
+    rows = _table_rows(report, "Hessian: vgg19_rfpool on digits (BN recalibrate)")
     for k in (1, 2, 3, 4):
         tops = [r["values"]["final"]["top"] for r in hessian if r["models"] == [f"vgg19_rfpool{k}"]]
         row = next(r for r in rows if r[0] == str(k))

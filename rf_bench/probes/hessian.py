@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from rf_bench.claims import Claim
 
-from ._numerics import exact_matmul
+from ._numerics import exact_matmul, slq_density
 
 __all__ = ["HVP", "HessianSpectrum", "hessian_eigenvalues", "hessian_trace", "spectral_density", "lanczos",
            "thick_restart_lanczos", "HessianConfig", "HessianProbe", "BN_MODES", "prepare_batchnorm", "bn_mode",
@@ -421,23 +421,6 @@ def spectral_density(model: nn.Module, loss_fn: Callable, batches: Batches, step
         weights.append(vecs[0] ** 2)
     grid, density = slq_density(nodes, weights, grid_points, sigma)
     return grid, density, nodes, weights, hvp.calls
-
-
-def slq_density(nodes, weights, grid_points: int = 1000, sigma: Optional[float] = None,
-                grid: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """SLQ quadrature (``nodes``/``weights``: one row per probe vector) smoothed by a Gaussian of width ``sigma``
-    (default 1% of the range) on ``grid`` (default ``grid_points`` over the range plus 5% each side): a density
-    that integrates to 1, since each row's weights sum to 1."""
-    all_nodes = np.concatenate([np.asarray(n, dtype=np.float64) for n in nodes])
-    all_weights = np.concatenate([np.asarray(w, dtype=np.float64) for w in weights]) / len(nodes)
-    lo, hi = all_nodes.min(), all_nodes.max()
-    span = max(hi - lo, 1e-12)
-    sigma = sigma or 0.01 * span
-    if grid is None:
-        grid = np.linspace(lo - 0.05 * span, hi + 0.05 * span, grid_points)
-    density = (all_weights[None, :] * np.exp(-((grid[:, None] - all_nodes[None, :]) ** 2) / (2 * sigma ** 2))).sum(1)
-    density /= math.sqrt(2 * math.pi) * sigma
-    return grid, density
 
 
 # ------------------------------------------------------------------------------------------ probe
