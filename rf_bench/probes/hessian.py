@@ -2,7 +2,8 @@
 
 Hessian-vector products (HVPs) are exact double-backward products of the mean loss over the given
 batches (one HVP = one pass over all of them), for the model in whatever mode it is in (the probe
-uses eval mode, as PyHessian does). Eigenvalues come from a thick-restart Lanczos
+sets its BatchNorm layers by ``hessian.bn``: recalibrated on its images by default, see
+``prepare_batchnorm``). Eigenvalues come from a thick-restart Lanczos
 (:func:`thick_restart_lanczos`, float64 arithmetic) whose basis is stored in float64 for small models
 and in float32 for large ones: the basis is the memory (``(ncv + 1) x n_params x bytes``), 12.8 GB
 instead of 34 GB for the top 90 of a full-width ResNet50. The basis lives on the model's device and
@@ -423,8 +424,6 @@ def spectral_density(model: nn.Module, loss_fn: Callable, batches: Batches, step
     return grid, density, nodes, weights, hvp.calls
 
 
-# ------------------------------------------------------------------------------------------ probe
-
 # ------------------------------------------------------------------------------------- BatchNorm
 
 BN_MODES = ("recalibrate", "batch", "stored")
@@ -460,6 +459,8 @@ def prepare_batchnorm(model: nn.Module, mode: str, images: torch.Tensor) -> nn.M
             m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: untouched
     return model
 
+
+# ------------------------------------------------------------------------------------------ probe
 
 @dataclass
 class HessianConfig:
