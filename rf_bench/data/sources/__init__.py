@@ -138,12 +138,10 @@ def _finish(name: str, spec: _DatasetSpec, split: str, decoded: Decoded, origin:
     return ImageSet(images, labels, classes, tuple(mean), tuple(std), name, split, str(origin))
 
 
-def _local_roots(name: str, spec: _DatasetSpec, data_dir: Optional[str | os.PathLike]) -> Tuple[Path, ...]:
-    """Folders to search: the one given (or ``$RF_BENCH_DATA_DIR``), else the data set's system locations."""
-    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+def _local_roots(name: str, spec: _DatasetSpec, data_dir: Optional[Path]) -> Tuple[Path, ...]:
+    """Folders to search: the one given (from --data-dir or ``$RF_BENCH_DATA_DIR``), else the system locations."""
     if data_dir:
-        root = Path(data_dir).expanduser()
-        return (root / name, root)
+        return (data_dir / name, data_dir)
     return tuple(d for d in spec.default_dirs if d.is_dir())
 
 
@@ -162,13 +160,14 @@ def load(name: str, split: str, data_dir: Optional[str | os.PathLike] = None,
     if kwargs:
         raise ValueError(f"{name} takes no options, got {sorted(kwargs)}")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    explicit = data_dir or os.environ.get(DATA_DIR_ENV)
+    given = data_dir or os.environ.get(DATA_DIR_ENV)
+    root = Path(given).expanduser() if given else None
 
     def train_stats():
         train = load(name, "train", data_dir=data_dir, cache_dir=cache_dir)
         return train.mean, train.std
 
-    for base in _local_roots(name, spec, data_dir):
+    for base in _local_roots(name, spec, root):
         for source in spec.local:
             path = source.find(base, split) if base.is_dir() else None
             if path is None:
@@ -178,8 +177,8 @@ def load(name: str, split: str, data_dir: Optional[str | os.PathLike] = None,
             def build(source=source, path=path) -> ImageSet:
                 return _finish(name, spec, split, source.read(path, split), path, train_stats)
             return cached(cache, name, split, hashlib.sha256(key.encode()).hexdigest(), build)
-    if explicit:
-        raise _no_local_copy_error(name, spec, Path(explicit).expanduser(), "no local copy found")
+    if root:
+        raise _no_local_copy_error(name, spec, root, "no local copy found")
 
     def build_from_hub() -> ImageSet:
         try:
