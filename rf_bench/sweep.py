@@ -388,6 +388,7 @@ class SweepJob:
             return "done"
         finally:
             lock.release()
+            _release_device_memory()
 
     def checkpoint(self, index: int):
         import submitit
@@ -484,11 +485,27 @@ def run_sweep(sweep: Sweep, launcher: str = "local", *, max_parallel: int = 1, d
     return dict(todo=todo, failed=failed, report=report)
 
 
-def _init_worker(slots, threads: int) -> None:
-    """A pool worker takes one GPU (or its share of the CPU cores) for every job it will run."""
+def _release_device_memory() -> None:
+    """Hand a finished job's cached GPU memory back to the device: a pool worker lives on to its next job, and
+    the workers packed on the same GPU need that memory now."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _init_worker(slots, threads: int, runs_per_gpu: int = 1) -> None:
+    """A pool worker takes one GPU (or its share of the CPU cores) for every job it will run; packed workers
+    are told their share of that GPU's memory (the Hessian probe sizes its basis by it)."""
+    from .probes.hessian import GPU_SHARE_ENV
+
     gpu = slots.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        os.environ[GPU_SHARE_ENV] = repr(1.0 / runs_per_gpu)
     import torch
 
     torch.set_num_threads(threads)
@@ -551,7 +568,7 @@ def _run_in_pool(sweep: Sweep, todo: Sequence[int], max_parallel: int, progress:
     bar = Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                    TimeElapsedColumn(), disable=not progress)
     with ProcessPoolExecutor(max_parallel, mp_context=ctx, initializer=_init_worker,
-                             initargs=(slots, threads)) as pool, bar, _workers_end_with_this_process(ctx):
+                             initargs=(slots, threads, runs_per_gpu)) as pool, bar, _workers_end_with_this_process(ctx):
         task = bar.add_task("", total=len(todo))
         futures = {pool.submit(SweepJob(sweep), i): i for i in todo}
         for future in as_completed(futures):

@@ -358,10 +358,16 @@ class Trainer:
         dynamo = None
         if cfg.compile or cfg.compile_mode:
             dynamo = TorchDynamoPlugin(backend="inductor", mode=cfg.compile_mode or "default")
-        return Accelerator(
-            mixed_precision=None if cfg.mixed_precision in (None, "no") else cfg.mixed_precision,
-            step_scheduler_with_optimizer=False, log_with=log_with, dynamo_plugin=dynamo, cpu=cpu,
-        )
+        # accelerate turns TF32 matmuls on for the whole process when it compiles without mixed precision: a
+        # precision nobody asked for, which would leak into the Hessian and CKA probes run after it
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        try:
+            return Accelerator(
+                mixed_precision=None if cfg.mixed_precision in (None, "no") else cfg.mixed_precision,
+                step_scheduler_with_optimizer=False, log_with=log_with, dynamo_plugin=dynamo, cpu=cpu,
+            )
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
 
     def _complete(self, cfg: TrainConfig) -> TrainConfig:
         """Fill in what the launch decided (mixed precision) and the init weights' hash."""

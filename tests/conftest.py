@@ -49,3 +49,11 @@ def tiny_runs(tmp_path_factory):
                                  batch_size=32, model_kwargs=dict(width_mult=0.125))
             dirs.append(train(cfg, output=out, progress=False))
     return dirs
+
+
+@pytest.fixture
+def tf32_settings():
+    """Gives the process back its TF32 switches (monkeypatch cannot undo torch's cuBLAS settings object)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -201,6 +201,28 @@ def test_packed_workers_share_gpus_in_blocks():
     assert gpu_slots(6, 1, 3) == [0, 0, 0, 0, 0, 0]
 
 
+def test_a_packed_worker_is_told_its_gpu_and_its_share_of_the_gpus_memory(monkeypatch):
+    import queue
+
+    from rf_bench.probes.hessian import GPU_SHARE_ENV
+    from rf_bench.sweep import _init_worker
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "unchanged")
+    monkeypatch.setenv(GPU_SHARE_ENV, "unchanged")
+    threads = torch.get_num_threads()
+    try:
+        slots = queue.Queue()
+        slots.put(0)
+        _init_worker(slots, threads, 4)
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "0" and float(os.environ[GPU_SHARE_ENV]) == 0.25
+        monkeypatch.delenv(GPU_SHARE_ENV)
+        slots.put(None)  # a machine without GPUs: the environment is left alone
+        _init_worker(slots, threads, 4)
+        assert GPU_SHARE_ENV not in os.environ
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_runs_per_gpu_comes_from_the_sweep_file_and_is_checked():
     text = '[sweep]\nname = "p"\nruns_per_gpu = 4\n[grid]\nmodels = ["vgg19_rfpool1"]\ndatasets = ["digits"]\n'
     assert load_sweep(text=text, output="o").runs_per_gpu == 4
@@ -212,15 +234,32 @@ def test_runs_per_gpu_comes_from_the_sweep_file_and_is_checked():
 # ------------------------------------------------------------------------------ CUDA only (GPU machine)
 
 def _digits_cfg(**extra):
-    return resolve_config("paper", model="vgg19_rfpool2", dataset="digits", epochs=1, batch_size=32, lr=0.002,
-                          model_kwargs=dict(width_mult=TINY), **extra)
+    values = dict(model="vgg19_rfpool2", dataset="digits", epochs=1, batch_size=32, lr=0.002,
+                  model_kwargs=dict(width_mult=TINY))
+    return resolve_config("paper", **{**values, **extra})
+
+
+def _scheduled_cfg(**extra):
+    """Two epochs of a per-step schedule (warm-up, then cosine): the captured step must update the lr on the
+    device at every replay, which a recipe whose lr is constant within an epoch would never check."""
+    return _digits_cfg(epochs=2, schedule="cosine_step", warmup_epochs=0.5, **extra)
+
+
+def test_the_captured_tests_recipe_changes_the_lr_at_every_step():
+    from rf_bench import data as D
+    from rf_bench.recipes import lr_factor
+
+    cfg = _scheduled_cfg()
+    steps_per_epoch = len(D.load("digits", "train")) // cfg.batch_size
+    factors = [lr_factor(cfg, step, steps_per_epoch) for step in range(cfg.epochs * steps_per_epoch)]
+    assert len(set(factors)) >= len(factors) - 1  # the peak is reached at the end of warm-up and held one step
 
 
 @needs_cuda
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 def test_captured_training_matches_eager_on_cuda(tmp_path, precision):
-    eager = train(_digits_cfg(mixed_precision=precision), output=tmp_path / "eager", progress=False)
-    graph = train(_digits_cfg(mixed_precision=precision, cuda_graphs=True), output=tmp_path / "graph",
+    eager = train(_scheduled_cfg(mixed_precision=precision), output=tmp_path / "eager", progress=False)
+    graph = train(_scheduled_cfg(mixed_precision=precision, cuda_graphs=True), output=tmp_path / "graph",
                   progress=False)
     a, b = load_file(str(eager / "model.safetensors")), load_file(str(graph / "model.safetensors"))
     tol = dict(rtol=1e-3, atol=1e-4) if precision == "no" else dict(rtol=2e-2, atol=2e-3)
@@ -238,3 +277,24 @@ def test_deterministic_cuda_training_is_bit_identical_to_a_rerun(tmp_path):
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert Path(a).name == Path(b).name
+
+
+def test_building_a_compiling_accelerator_leaves_tf32_as_it_was(tmp_path, monkeypatch, tf32_settings):
+    """accelerate turns TF32 matmuls on process-wide when a dynamo plugin meets mixed_precision "no" on a GPU;
+    the trainer gives the process its own setting back. (A stand-in Accelerator does that flip here.)"""
+    import accelerate
+
+    real = accelerate.Accelerator
+
+    def flipping_accelerator(*args, **kwargs):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        return real(*args, **kwargs)
+
+    from rf_bench.trainer import Trainer
+
+    monkeypatch.setattr(accelerate, "Accelerator", flipping_accelerator)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cfg = resolve_config("fast", model="vgg19_rfpool2", dataset="digits", epochs=1, batch_size=32, compile=True,
+                         model_kwargs=dict(width_mult=TINY))
+    Trainer(cfg, tmp_path, cpu=True)
+    assert torch.backends.cuda.matmul.allow_tf32 is False

@@ -454,11 +454,59 @@ def test_basis_falls_back_to_the_host_when_the_device_is_full(monkeypatch):
     diag = torch.from_numpy(np.concatenate([[9.0, 8.0, 7.0], rng.uniform(-3.0, 3.0, n - 3)]))
     assert H._basis_device("cpu", 10, n, torch.float64) == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 << 18, 1 << 30))  # 256 KiB free
-    with pytest.warns(UserWarning, match=r"does not fit in the free memory of cuda:0 .* pinned host memory"):
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    with pytest.warns(UserWarning, match=r"does not fit in the memory this process may take on cuda:0 .* pinned host"):
         assert H._basis_device("cuda:0", 30, n, torch.float64) == torch.device("cpu")
     assert H._basis_device("cuda:0", 2, 100, torch.float32) == torch.device("cuda:0")  # 800 bytes fit
     values, _, _ = thick_restart_lanczos(lambda v: diag * v, n, 3, tol=1e-10, ncv=20, device="cpu")
     np.testing.assert_allclose(values.numpy(), [9.0, 8.0, 7.0], rtol=1e-10)
+
+
+def test_basis_budget_counts_the_process_cache_and_a_packed_workers_share(monkeypatch):
+    """mem_get_info counts this process's own cached blocks as used; a packed worker may take only its share."""
+    from rf_bench.probes import hessian as H
+
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 12 * gib)  # 10 GiB cached, unused
+    monkeypatch.delenv(H.GPU_SHARE_ENV, raising=False)
+    assert H._device_budget(torch.device("cuda:0")) == 11 * gib
+    rows, n = 4, (8 * gib) // 32  # an 8 GiB float64 basis: fits 0.8 x 11 GiB, not the 1 GiB mem_get_info calls free
+    assert H._basis_device("cuda:0", rows, n, torch.float64) == torch.device("cuda:0")
+    monkeypatch.setenv(H.GPU_SHARE_ENV, "0.125")  # one of 8 packed workers: 10 GiB of the 80, 2 already held
+    assert H._device_budget(torch.device("cuda:0")) == 8 * gib
+    with pytest.warns(UserWarning, match="pinned host memory"):
+        assert H._basis_device("cuda:0", rows, n, torch.float64) == torch.device("cpu")
+
+
+def test_a_host_basis_is_pinned_only_as_the_fallback_of_a_gpu_run(monkeypatch):
+    """A CPU probe on a machine with CUDA gets pageable memory: pinning took a CUDA context per process and up to
+    12.8 GB of locked host memory. (Here, without a driver, pinning would raise.)"""
+    from rf_bench.probes import hessian as H
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    basis = H._new_basis(3, 100, torch.float64, "cpu")
+    assert basis.device.type == "cpu" and not basis.is_pinned()
+
+
+def test_hvp_turns_tf32_off_for_matmuls_and_convolutions(tf32_settings):
+    """cuDNN convolutions stay TF32 under torch's defaults (1e-3 relative on a GPU): every HVP turns both off,
+    and gives the process its settings back."""
+    seen = []
+
+    def loss_fn(out, y):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return F.cross_entropy(out, y)
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).double()
+    batches = [(torch.randn(4, 1, 6, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0]))] * 2
+    HVP(model, loss_fn, batches).matvec(torch.ones(sum(p.numel() for p in model.parameters())))
+    assert seen == [(False, False)] * 2
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
 
 
 def test_lanczos_takes_numpy_or_tensor_operators_alike():

@@ -13,13 +13,14 @@ __all__ = ["exact_matmul", "slq_density"]
 
 @contextlib.contextmanager
 def exact_matmul():
-    """No TF32 inside: on GPUs that allow it, a float32 product would silently keep 10 mantissa bits."""
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    """No TF32 inside, for matmuls and cuDNN convolutions alike: on GPUs that allow it, a float32 product keeps 10
+    mantissa bits (about 1e-3 relative), above the Lanczos tolerance, and torch leaves cuDNN's TF32 on by default."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def slq_density(nodes, weights, grid_points: int = 1000, sigma: Optional[float] = None,

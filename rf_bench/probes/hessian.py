@@ -17,6 +17,7 @@ Hessian. Trace (Hutchinson) and spectral density (stochastic Lanczos quadrature)
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -74,12 +75,13 @@ class HVP:
         vs = [t.view_as(p) for t, p in zip(v.reshape(-1).to(self.device, self.dtype).split(sizes), self.params)]
         out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
         outs = [t.view_as(p) for t, p in zip(out.split(sizes), self.params)]
-        for x, y in self.batches:
-            loss = self.loss_fn(self.model(x), y) * (len(y) / self.total)
-            grads = torch.autograd.grad(loss, self.params, create_graph=True)
-            dot = sum((g * u).sum() for g, u in zip(grads, vs))
-            torch._foreach_add_(outs, torch.autograd.grad(dot, self.params))
-            self.passes += 1
+        with exact_matmul():  # every product, the trace's too: no TF32 matmuls or convolutions
+            for x, y in self.batches:
+                loss = self.loss_fn(self.model(x), y) * (len(y) / self.total)
+                grads = torch.autograd.grad(loss, self.params, create_graph=True)
+                dot = sum((g * u).sum() for g, u in zip(grads, vs))
+                torch._foreach_add_(outs, torch.autograd.grad(dot, self.params))
+                self.passes += 1
         if self.distributed:
             dist.all_reduce(out)
         return out.double()
@@ -180,26 +182,43 @@ def _auto_basis_dtype(rows: int, n: int) -> torch.dtype:
     return torch.float64 if rows * n * 8 <= _FLOAT64_BASIS_MAX_BYTES else torch.float32
 
 
+GPU_SHARE_ENV = "RF_BENCH_GPU_SHARE"  # a packed worker's share of its GPU's memory (set by `rf-bench sweep`)
+
+
+def _device_budget(device: torch.device) -> int:
+    """Bytes a new basis may take on ``device``: its free memory plus what this process's allocator holds unused
+    (``mem_get_info`` counts that cache as used), and for a packed worker no more than its share of the device
+    (``RF_BENCH_GPU_SHARE``) less what it already holds, so that one worker's basis cannot starve the others."""
+    free, total = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    budget = free + torch.cuda.memory_reserved(device) - allocated
+    share = float(os.environ.get(GPU_SHARE_ENV, "1"))
+    if share < 1:
+        budget = min(budget, int(share * total) - allocated)
+    return max(budget, 0)
+
+
 def _basis_device(device: Optional[torch.device | str], rows: int, n: int, dtype: torch.dtype) -> torch.device:
-    """Where a ``rows x n`` basis goes: ``device`` when it fits in its free memory, else the host (with a warning)."""
+    """Where a ``rows x n`` basis goes: ``device`` when it fits in its budget, else the host (with a warning)."""
     device = torch.device(device if device is not None else "cpu")
     if device.type != "cuda":
         return device
     need = rows * n * torch.finfo(dtype).bits // 8
-    free, _ = torch.cuda.mem_get_info(device)
-    if need <= _DEVICE_HEADROOM * free:
+    budget = _device_budget(device)
+    if need <= _DEVICE_HEADROOM * budget:
         return device
-    warnings.warn(f"the Lanczos basis ({need / 2**30:.1f} GiB) does not fit in the free memory of {device} "
-                  f"({free / 2**30:.1f} GiB): it stays in pinned host memory, one host round trip per HVP (slower)",
-                  stacklevel=4)
+    warnings.warn(f"the Lanczos basis ({need / 2**30:.1f} GiB) does not fit in the memory this process may take "
+                  f"on {device} ({budget / 2**30:.1f} GiB): it stays in pinned host memory, one host round trip "
+                  "per HVP (slower)", stacklevel=4)
     return torch.device("cpu")
 
 
 def _new_basis(rows: int, n: int, dtype: torch.dtype, device: Optional[torch.device | str]) -> torch.Tensor:
     """An empty ``rows x n`` basis on ``device``, or in pinned host memory when it does not fit there."""
-    device = _basis_device(device, rows, n, dtype)
-    pin = device.type == "cpu" and torch.cuda.is_available()  # host fallback of a GPU run: fast copies
-    return torch.empty(rows, n, dtype=dtype, device=device, pin_memory=pin)
+    wanted = torch.device(device if device is not None else "cpu")
+    placed = _basis_device(wanted, rows, n, dtype)
+    pin = wanted.type == "cuda" and placed.type == "cpu"  # only the host fallback of a GPU run: fast copies
+    return torch.empty(rows, n, dtype=dtype, device=placed, pin_memory=pin)
 
 
 def _column_block(basis: torch.Tensor) -> int:
