@@ -6,7 +6,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -24,17 +24,19 @@ def describe(info: Dict[str, Any]) -> str:
             f"torch {info['torch']}")
 
 
-def write_result(name: str, result: Dict[str, Any], markdown: str) -> Path:
-    """``results/<name>.json`` and ``.md`` (which ends with the machine and date), each replaced atomically."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_result(name: str, result: Dict[str, Any], markdown: str, folder: Optional[Path] = None) -> Path:
+    """``<folder>/<name>.json`` and ``.md`` (which ends with the machine and date), each replaced atomically;
+    ``folder`` defaults to ``benchmarks/results``."""
+    folder = Path(folder) if folder is not None else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
     result = dict(result, machine=machine(), date=time.strftime("%Y-%m-%d %H:%M:%S"))
     markdown = markdown.rstrip("\n") + f"\n\nMeasured on {describe(result['machine'])}, {result['date']}.\n"
     for suffix, text in ((".json", json.dumps(result, indent=2) + "\n"), (".md", markdown)):
-        path = RESULTS / f"{name}{suffix}"
+        path = folder / f"{name}{suffix}"
         tmp = path.with_suffix(suffix + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
-    return RESULTS / f"{name}.json"
+    return folder / f"{name}.json"
 
 
 class Timer:

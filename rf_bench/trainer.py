@@ -36,15 +36,21 @@ class NonFiniteLossError(RuntimeError):
 
 # -------------------------------------------------------------------------------------- helpers
 
-def _versions() -> Dict[str, str]:
-    import accelerate
-    import datasets
-    import timm
+def _versions() -> Dict[str, Optional[str]]:
+    """The versions a run was made with, read from the installed metadata (no import: ``datasets`` is only
+    needed for Hub and parquet data, and a GPU image may lack it)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     import rf_bench
 
-    return dict(rf_bench=rf_bench.__version__, torch=torch.__version__, timm=timm.__version__,
-                accelerate=accelerate.__version__, datasets=datasets.__version__, python=sys.version.split()[0])
+    def installed(name: str) -> Optional[str]:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return dict(rf_bench=rf_bench.__version__, torch=torch.__version__, timm=installed("timm"),
+                accelerate=installed("accelerate"), datasets=installed("datasets"), python=sys.version.split()[0])
 
 
 def _git_sha() -> Optional[str]:

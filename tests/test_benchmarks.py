@@ -1,4 +1,6 @@
 """The GPU benchmark scripts run end to end (on the CPU, in their smoke mode), so they do not rot between GPU loans."""
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,15 +11,67 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script, expect", [("gpu_train.py", "| resnet50_rfpool1 | 32x32 |"),
-                                            ("hessian_gpu.py", "| resnet50_rfpool4 |")])
-def test_gpu_benchmark_scripts_run_in_smoke_mode(script, expect):
+def test_the_gpu_suite_runs_end_to_end_in_cpu_smoke_mode(tmp_path):
+    """benchmarks/gpu_suite.sh --cpu-smoke: the GPU check's own script, its parts, its limits and its files, on tiny
+    sizes, so that it cannot rot while no GPU is at hand (packed runs included, in eager mode)."""
     results = sorted((BENCH / "results").glob("*"))
-    proc = subprocess.run([sys.executable, str(BENCH / script), "--device", "cpu", "--quick"], capture_output=True,
-                          text=True, timeout=600)
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(BENCH / "gpu_suite.sh"), "--out", str(out), "--cpu-smoke"], capture_output=True,
+                          text=True, timeout=1500, env=dict(os.environ, PYTHON=sys.executable))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert expect in proc.stdout
+    log = (out / "suite.log").read_text()
+    for part in ("CUDA tests", "gpu_train.py", "hessian_gpu.py"):
+        assert f"== {part}: ok" in log, log
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["gpu_train.json", "gpu_train.log", "gpu_train.md", "hessian_gpu.json", "hessian_gpu.log",
+                     "hessian_gpu.md", "suite.log", "tests.log"]  # the device tool brings back at most 8
+    train = json.loads((out / "gpu_train.json").read_text())
+    row = train["rows"][0]
+    assert train["quick"] and row["model"] == "resnet50_rfpool1" and row["batch"] == 16
+    assert row["bare"] > 0 and row["trainer"] > 0 and row["packed2"] > 0, row  # the packed path ran and finished
+    assert "| resnet50_rfpool1 | 32x32 | 16 |" in (out / "gpu_train.md").read_text()
+    hessian = json.loads((out / "hessian_gpu.json").read_text())["rows"][0]
+    assert hessian["model"] == "resnet50_rfpool4" and hessian["converged"] and hessian["hvp_rel_error"] < 1e-5
     assert sorted((BENCH / "results").glob("*")) == results  # CPU smoke figures are never written as GPU results
+
+
+def test_packed_throughput_is_all_images_over_the_whole_span():
+    """Two processes, one of which started late: adding their own rates (200 + 200) would overstate the GPU's."""
+    gpu_train = _load("gpu_train")
+    windows = [dict(start=10.0, end=11.0, images=200), dict(start=10.5, end=11.5, images=200)]
+    assert gpu_train.packed_throughput(windows) == pytest.approx(400 / 1.5)
+    assert gpu_train.window_rate(windows[0]) == 200
+
+
+def test_a_failed_measurement_is_recorded_and_the_budget_stops_the_rest(capsys):
+    gpu_train = _load("gpu_train")
+    row = dict(model="m", size=32, batch=8)
+    written = []
+
+    def boom():
+        raise RuntimeError("CUDA out of memory\nTried to allocate 2 GiB")
+
+    jobs = [(row, "bare", lambda: 5.0), (row, "trainer", boom), (row, "captured", lambda: 7.0)]
+    gpu_train.run_jobs(jobs, budget_s=float("inf"), after_each=lambda: written.append(dict(row)))
+    assert row["bare"] == 5.0 and row["captured"] == 7.0
+    assert row["failed"] == {"trainer": "RuntimeError: Tried to allocate 2 GiB"}
+    assert len(written) == 3 and "captured" not in written[1]  # written after each, the failure included
+    late = dict(model="m", size=32, batch=8)
+    gpu_train.run_jobs([(late, "bare", lambda: 1.0)], budget_s=-1, after_each=lambda: None)
+    assert late == dict(model="m", size=32, batch=8, not_measured=["bare"])
+
+
+def _load(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
 
 
 def test_gpu_benchmarks_refuse_a_missing_gpu_in_one_line():

@@ -93,6 +93,13 @@ def test_every_readme_command_names_real_things(tokens):
         _check_paths(tokens[1:2], where)
         if tokens[1] == "hub_upload.py":
             _check_flags(subcommands["publish"], tokens[2:], where)
+    elif program == "bash":  # a shell script of the repo: it exists and parses the flags shown
+        _check_paths(tokens[1:2], where)
+        script = (ROOT / tokens[1]).read_text()
+        for flag in (t for t in tokens[2:] if t.startswith("--")):
+            assert f"{flag})" in script, f"{where}: {tokens[1]} does not take {flag}"
+    elif tokens[:3] == ["python3", "-m", "pip"]:
+        assert tokens[3] in ("install", "download"), where
     else:
         pytest.fail(f"{where}: the README shows a command this test does not know how to check")
 

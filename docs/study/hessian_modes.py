@@ -42,13 +42,16 @@ def main(results: str) -> None:
             for stage in stages:
                 ks = sorted({r["values"]["k"] for r in recs})
                 print(f"## BN {mode}: {family}, {stage}\n")
-                print("| k | seeds | " + " | ".join(name for _, name in METRICS) + " | HVPs per run |")
-                print("|---|---|" + "---|" * (len(METRICS) + 1))
+                print("| k | seeds | " + " | ".join(name for _, name in METRICS) +
+                      " | HVPs per run (top-k + trace + density) | seconds per run |")
+                print("|---|---|" + "---|" * (len(METRICS) + 2))
                 for k in ks:
                     krecs = [r["values"][stage] for r in recs if r["values"]["k"] == k]
-                    hvps = [v["hvps"] + v["trace_hvps"] + v.get("density_hvps", 0) for v in krecs]
+                    parts = [(v["hvps"], v["trace_hvps"], v.get("density_hvps", 0)) for v in krecs]
+                    hvps = " + ".join(f"{statistics.fmean(p):.0f}" for p in zip(*parts))
                     cells = [_cell([v[key] for v in krecs]) for key, _ in METRICS]
-                    print(f"| {k} | {len(krecs)} | " + " | ".join(cells) + f" | {statistics.fmean(hvps):.0f} |")
+                    seconds = statistics.fmean(v["seconds"] for v in krecs)
+                    print(f"| {k} | {len(krecs)} | " + " | ".join(cells) + f" | {hvps} | {seconds:.0f} |")
                 print()
             rows = [v for v in verdicts if v.family == family and v.metric.endswith(f"BN {mode})")]
             if rows:
