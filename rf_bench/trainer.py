@@ -432,6 +432,10 @@ class Trainer:
         if acc.is_main_process and not (self.run_dir / "init.safetensors").is_file():
             self._write_run_header(model)
         self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        # accelerate's optimizer wrapper looks for an optional package (importlib's find_spec, file-system stats) twice
+        # per step; with no loss scaler (fp16) and no gradient accumulation its step is the plain optimizer's
+        plain = self.optimizer.scaler is None and acc.gradient_accumulation_steps == 1
+        self._optimizer_step = self.optimizer.optimizer.step if plain else self.optimizer.step
         self.masks = None if masks is None else {name: m.to(acc.device) for name, m in masks.items()}
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.stats = _RunningStats(acc.device)
@@ -584,7 +588,7 @@ class Trainer:
         acc.backward(loss)
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad) if cfg.clip_grad else None
         self.stats.update(loss, logits, y, grad_norm, global_step)
-        self.optimizer.step()
+        self._optimizer_step()
         if self.masks is not None:  # pruned weights stay exactly zero
             apply_masks(self.bare_model(), self.masks)
         self.scheduler.step()
