@@ -66,6 +66,7 @@ def _load(name: str):
 
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     sys.path.insert(0, str(BENCH))
     try:
         spec.loader.exec_module(module)
@@ -83,3 +84,16 @@ def test_gpu_benchmarks_refuse_a_missing_gpu_in_one_line():
         proc = subprocess.run([sys.executable, str(BENCH / script)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1 and proc.stderr.strip().startswith("error: no CUDA device here")
         assert "Traceback" not in proc.stderr
+
+
+def test_make_bench_covers_every_benchmark_and_says_what_it_leaves_out(capsys):
+    run_all = _load("run_all")
+    scripts = {p.name for p in BENCH.glob("*.py")} - {"_common.py", "run_all.py"}
+    assert {b.script for b in run_all.BENCHMARKS} == scripts
+    assert run_all.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for script in ("hessian_compare.py", "cka_compare.py"):
+        assert f"skip {script}: slow comparison" in out
+    for script in ("hessian_memory.py", "hessian_full_width.py"):
+        assert f"skip {script}: full-width Hessian" in out
+    assert "would run trainer_throughput.py" in out
