@@ -97,7 +97,10 @@ def _say(*words) -> None:
     print(*words, file=sys.stderr, flush=True)
 
 
-def measure(name: str, args, device: torch.device) -> Dict[str, Any]:
+def measure(name: str, args, device: torch.device, save: Callable[[Dict[str, Any]], None] = lambda row: None
+            ) -> Dict[str, Any]:
+    """One model's row; ``save`` gets it once the top-k is done, so a time limit during the trace or the density
+    keeps the top-k figures."""
     _say(f"{name}: set-up")
     model, batches = _setup(name, args, device)
     hvp = HVP(model, F.cross_entropy, batches)
@@ -122,6 +125,7 @@ def measure(name: str, args, device: torch.device) -> Dict[str, Any]:
     row["seconds_per_step"] = row["eig_seconds"] / max(row["hvps"], 1)
     row["lanczos_overhead"] = (row["eig_seconds"] - row["hvps"] * per_hvp) / max(row["hvps"] * per_hvp, 1e-12)
     row["projected_seconds"] = args.project_hvps * row["seconds_per_step"]
+    save(row)
     if not row["converged"]:
         return row  # the budget went on the top-k: trace and density not measured
     _say(f"{name}: {row['hvps']} HVPs in {row['eig_seconds']:.0f} s; the trace and the density")
@@ -188,15 +192,20 @@ def main() -> None:
         args.hvp_repeats, args.trace_samples, args.slq_steps, args.slq_runs = 2, 3, 10, 1
     folder = args.out if args.out is not None else (None if args.quick or device.type != "cuda" else RESULTS)
     rows = []
+
+    def save(partial: Optional[Dict[str, Any]] = None) -> None:
+        shown = rows + ([partial] if partial is not None else [])
+        if folder is not None:
+            write_result("hessian_gpu", dict(device=device_name, quick=args.quick, rows=shown),
+                         _markdown(shown, device_name, args), folder)
+
     for name in args.models:
         try:
-            rows.append(measure(name, args, device))
+            rows.append(measure(name, args, device, save))
         except Exception as e:  # noqa: BLE001 - recorded, and the next model goes on
             lines = str(e).strip().splitlines()
             rows.append(dict(model=name, failed=f"{type(e).__name__}: {lines[-1] if lines else ''}"))
-        if folder is not None:
-            write_result("hessian_gpu", dict(device=device_name, quick=args.quick, rows=rows),
-                         _markdown(rows, device_name, args), folder)
+        save()
     print(_markdown(rows, device_name, args))
 
 
