@@ -160,6 +160,8 @@ def _packed_worker(args, barrier, barrier_timeout, results, index) -> None:
 def packed_rate(n: int, args: tuple, timeout: float) -> float:
     """N processes on one device, released together by a barrier. Each has ``timeout`` seconds in all (start-up
     and capture included); a process that fails or hangs breaks the barrier and the group is killed."""
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()  # this process's cached blocks from the loops before would crowd the workers out
     ctx = multiprocessing.get_context("spawn")
     with ctx.Manager() as manager:
         barrier, results = ctx.Barrier(n), manager.dict()
