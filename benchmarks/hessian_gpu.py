@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, benchmark_device, synchronize, write_result  # noqa: E402
 
 import rf_bench  # noqa: E402,F401
-from rf_bench.probes.hessian import (HVP, _auto_basis_dtype, hessian_trace, spectral_density,  # noqa: E402
-                                     thick_restart_lanczos)
+from rf_bench.probes.hessian import (HVP, _auto_basis_dtype, hessian_trace, lanczos_basis_size,  # noqa: E402
+                                     spectral_density, thick_restart_lanczos)
 
 
 class OutOfTime(Exception):
@@ -77,8 +77,7 @@ def _timed(matvec: Callable, device: torch.device, deadline: Optional[float]) ->
 def top_k(hvp: HVP, args, device: torch.device) -> Dict[str, Any]:
     """The probe's solver (``method="auto"``: thick restart, float64 basis while it fits in 2 GiB), stopped at
     ``args.budget_s`` if it has not converged by then."""
-    m = min(hvp.n - 1, args.ncv or args.k + max(20, args.k // 2))
-    dtype = _auto_basis_dtype(m + 1, hvp.n)
+    dtype = _auto_basis_dtype(lanczos_basis_size(hvp.n, args.k, args.ncv) + 1, hvp.n)
     start = time.perf_counter()
     deadline = start + args.budget_s if args.budget_s else None
     calls_before = hvp.calls

@@ -34,8 +34,8 @@ from rf_bench.claims import Claim
 from ._numerics import exact_matmul, slq_density
 
 __all__ = ["HVP", "HessianSpectrum", "hessian_eigenvalues", "hessian_trace", "spectral_density", "lanczos",
-           "thick_restart_lanczos", "HessianConfig", "HessianProbe", "BN_MODES", "prepare_batchnorm", "bn_mode",
-           "slq_density"]
+           "thick_restart_lanczos", "lanczos_basis_size", "HessianConfig", "HessianProbe", "BN_MODES",
+           "prepare_batchnorm", "bn_mode", "slq_density"]
 
 _FLOAT64_BASIS_MAX_BYTES = 2 << 30  # "auto": a float64 Lanczos basis up to 2 GiB, float32 beyond
 
@@ -135,7 +135,7 @@ def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, batches: Batches, k
         raise ValueError(f"k={k} must be between 1 and the parameter count - 1 ({hvp.n - 1})")
     if method == "auto":
         method = "lanczos"
-        basis_rows = min(hvp.n - 1, ncv or k + max(20, k // 2)) + 1
+        basis_rows = lanczos_basis_size(hvp.n, k, ncv) + 1
         basis_dtype = basis_dtype or _auto_basis_dtype(basis_rows, hvp.n)
     t0 = time.perf_counter()
     if method == "arpack":
@@ -273,6 +273,12 @@ def _next_vector(matvec: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor
     return w.to(basis.device, torch.float64, copy=True)
 
 
+def lanczos_basis_size(n: int, k: int, ncv: Optional[int] = None) -> int:
+    """The thick restart's basis size for the top ``k`` of an ``n``-dimensional operator: ``ncv``, by default
+    ``k + max(20, k // 2)``, at most ``n - 1``."""
+    return min(n - 1, ncv or k + max(20, k // 2))
+
+
 def thick_restart_lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, k: int, *, which: str = "LA",
                           tol: float = 1e-6, ncv: Optional[int] = None, max_matvecs: Optional[int] = None,
                           seed: int = 0, basis_dtype: torch.dtype = torch.float64, eigenvectors: bool = False,
@@ -293,7 +299,7 @@ def thick_restart_lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int
     """
     if which not in ("LA", "LM"):
         raise ValueError(f"which must be 'LA' or 'LM', got {which!r}")
-    m = min(n - 1, ncv or k + max(20, k // 2))
+    m = lanczos_basis_size(n, k, ncv)
     if not 0 < k < m:
         raise ValueError(f"need 0 < k < ncv < n, got k={k}, ncv={m}, n={n}")
     # a float32 basis cannot resolve residuals much below its rounding: hold it to what it can reach
