@@ -58,10 +58,10 @@ def _setup(name: str, args, device: torch.device):
     return model, batches
 
 
-def hvp_relative_error(model, batches, v: torch.Tensor) -> float:
+def hvp_relative_error(hvp: HVP, v: torch.Tensor) -> float:
     """``|H32 v - H64 v| / |H64 v|``: the float32 product against a float64 copy of the model on the same device."""
-    exact = HVP(copy.deepcopy(model).double(), F.cross_entropy, [(x.double(), y) for x, y in batches]).matvec(v)
-    return float((HVP(model, F.cross_entropy, batches).matvec(v) - exact).norm() / exact.norm())
+    exact = HVP(copy.deepcopy(hvp.model).double(), hvp.loss_fn, [(x.double(), y) for x, y in hvp.batches]).matvec(v)
+    return float((hvp.matvec(v) - exact).norm() / exact.norm())
 
 
 def _timed(matvec: Callable, device: torch.device, deadline: Optional[float]) -> Callable:
@@ -115,11 +115,11 @@ def measure(name: str, args, device: torch.device, save: Callable[[Dict[str, Any
     per_hvp = statistics.median(times)
     _say(f"{name}: {per_hvp:.3f} s per HVP; the float64 check")
     row: Dict[str, Any] = dict(model=name, params=hvp.n, images=args.images, batch=args.batch, k=args.k, tol=args.tol,
-                               seconds_per_hvp=per_hvp, hvp_rel_error=hvp_relative_error(model, batches, v))
+                               seconds_per_hvp=per_hvp, hvp_rel_error=hvp_relative_error(hvp, v))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _say(f"{name}: top-{args.k}")
-    row.update(top_k(HVP(model, F.cross_entropy, batches), args, device))
+    row.update(top_k(hvp, args, device))  # counts its own HVPs
     row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     row["seconds_per_step"] = row["eig_seconds"] / max(row["hvps"], 1)
     row["lanczos_overhead"] = (row["eig_seconds"] - row["hvps"] * per_hvp) / max(row["hvps"] * per_hvp, 1e-12)
