@@ -13,11 +13,12 @@
 # Each part runs under its own `timeout`, so one that hangs cannot take the others with it; the benchmarks write
 # their results after every measurement. DIR receives at most 8 files: suite.log, tests.log, gpu_train.{json,md,log},
 # hessian_gpu.{json,md,log}. The project is used from this checkout (PYTHONPATH), with no install; packages the
-# GPU image lacks are installed from wheels in .whl/ (made where a registry is reachable; README, "GPU"):
+# GPU image lacks, and timm at the version tested here (rf_bench uses some of its private modules; the image's
+# version is unknown), are installed from wheels in .whl/ (made where a registry is reachable; README, "GPU"):
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#       -d .whl datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+#       -d .whl datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 timm==1.0.31
 set -u -o pipefail
 
 OUT=""
