@@ -45,6 +45,11 @@ class Claim:
     lacks that metric: it is then reported as not measured, with ``missing`` as the reason).
     ``caveat(metric, records)`` may return why the metric cannot decide the claim in these records
     (e.g. every accuracy at chance), which makes the verdict inconclusive.
+
+    Results of one probe under different settings are never pooled, except in the settings named in
+    ``read_together``: those that do not change this claim's metrics (chunk sizes, stages it does not read)
+    or that its metric names already spell out (``hessian.bn``, ``prune.rates``). Any other difference
+    gives each setting its own rows, and a run counts once per metric: its newest result that has it.
     """
 
     id: str
@@ -55,6 +60,7 @@ class Claim:
     caveat: Optional[Caveat] = None
     missing: str = "the results lack this metric"
     order: int = 50  # rows sort by it: the paper's claims are 1-5
+    read_together: Tuple[str, ...] = ()  # probe settings whose results are read as one (see above)
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -73,6 +79,7 @@ class Verdict:
     direction: str
     verdict: str
     reason: str
+    setting: str = ""  # the probe settings that set these results apart from others of the claim ("" if none do)
     means: Dict[int, float] = field(default_factory=dict)
     stds: Dict[int, Optional[float]] = field(default_factory=dict)
     counts: Dict[int, int] = field(default_factory=dict)
@@ -86,7 +93,7 @@ class Verdict:
     def as_dict(self) -> Dict[str, Any]:
         """JSON-ready (k keys as strings, NaN as None)."""
         return dict(claim=self.claim, statement=self.statement, family=self.family, dataset=self.dataset,
-                    metric=self.metric, direction=self.direction, means={str(k): v for k, v in self.means.items()},
+                    metric=self.metric, setting=self.setting, direction=self.direction, means={str(k): v for k, v in self.means.items()},
                     stds={str(k): v for k, v in self.stds.items()}, counts={str(k): v for k, v in self.counts.items()},
                     n=self.n, rho=_finite(self.rho), p_value=_finite(self.p_value), p_method=self.p_method,
                     effect=_finite(self.effect), effect_ci=list(self.effect_ci) if self.effect_ci else None,
@@ -263,9 +270,55 @@ def evaluate_claims(results_dir: str | Path, claims: Optional[Sequence[Claim]] =
                                     metric="-", direction=claim.direction, verdict="not measured",
                                     reason=f"no {claim.probe} results"))
             continue
-        for metric in dict.fromkeys(m for r in mine for m in claim.measure(r)):
-            verdicts.append(evaluate_metric(claim, metric, family, dataset, mine))
+        for setting, group in _settings_groups(claim, mine):
+            for metric in dict.fromkeys(m for r in group for m in claim.measure(r)):
+                verdict = evaluate_metric(claim, metric, family, dataset, _newest_per_run(claim, metric, group))
+                verdict.setting = setting
+                verdicts.append(verdict)
     return verdicts
+
+
+def _setting(claim: Claim, record: Dict[str, Any]) -> Dict[str, Any]:
+    """What sets a result's protocol apart for ``claim``: its probe version and the settings not read together."""
+    config = record.get("config") or {}
+    setting = {"version": record.get("version")}
+    setting.update((key, config[key]) for key in sorted(config) if key not in claim.read_together)
+    return setting
+
+
+def _settings_groups(claim: Claim, records: List[Dict[str, Any]]) -> List[Tuple[str, List[Dict[str, Any]]]]:
+    """The records split by setting, each with a label naming what differs between the groups ("" for one)."""
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    settings: Dict[str, Dict[str, Any]] = {}
+    for record in records:
+        setting = _setting(claim, record)
+        key = json.dumps(setting, sort_keys=True, default=str)
+        groups.setdefault(key, []).append(record)
+        settings[key] = setting
+    if len(groups) == 1:
+        return [("", records)]
+    names = dict.fromkeys(name for setting in settings.values() for name in setting)
+    differ = [name for name in names if len({json.dumps(s.get(name), default=str) for s in settings.values()}) > 1]
+    return [(", ".join(f"{name}={_setting_value(settings[key].get(name))}" for name in differ), group)
+            for key, group in groups.items()]
+
+
+def _setting_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(map(str, value)) + "]"
+    return "-" if value is None else str(value)
+
+
+def _newest_per_run(claim: Claim, metric: str, records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One record per run (or seed group) for ``metric``: the newest that has it, so no run counts twice."""
+    newest: Dict[str, Dict[str, Any]] = {}
+    for record in records:
+        if not claim.measure(record).get(metric):
+            continue
+        run = record.get("key") or Path(record.get("_path", "")).parent.name or str(id(record))
+        if run not in newest or record.get("created", "") >= newest[run].get("created", ""):
+            newest[run] = record
+    return [record for record in records if any(record is kept for kept in newest.values())]
 
 
 # -------------------------------------------------------------------------------------- helpers
@@ -304,7 +357,7 @@ def claims_markdown(verdicts: Sequence[Verdict]) -> str:
     header += ["rho", "p", "k_max - k_min [95% CI]", "verdict", "why"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for v in verdicts:
-        cells = [v.claim, v.family, v.dataset, v.metric, v.direction]
+        cells = [v.claim, v.family, v.dataset, v.metric + (f" [{v.setting}]" if v.setting else ""), v.direction]
         cells += [_cell(v, k) if k in v.means else "-" for k in ks]
         cells.append(f"{v.rho:+.2f}" if v.rho is not None and not math.isnan(v.rho) else "-")
         cells.append(f"{v.p_value:.2g}" if v.p_value is not None and not math.isnan(v.p_value) else "-")

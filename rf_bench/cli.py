@@ -175,7 +175,8 @@ def _claims_table(verdicts, results: str) -> Table:
         rho = "-" if v.rho is None or v.rho != v.rho else f"{v.rho:+.2f}"
         p = "-" if v.p_value is None or v.p_value != v.p_value else f"{v.p_value:.2g}"
         style = _VERDICT_STYLE.get(v.verdict, "")
-        table.add_row(v.claim, v.family, v.dataset, escape(v.metric), v.direction, *means, rho, p,
+        metric = v.metric + (f" [{v.setting}]" if v.setting else "")
+        table.add_row(v.claim, v.family, v.dataset, escape(metric), v.direction, *means, rho, p,
                       f"[{style}]{v.verdict}[/]", escape(v.reason))
     return table
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rf_bench.claims import (Claim, collect_claims, evaluate_claims, evaluate_metric, permutation_p_value,
-                             spearman_rho, welch_interval)
+from rf_bench.claims import (Claim, claims_markdown, collect_claims, evaluate_claims, evaluate_metric,
+                             permutation_p_value, spearman_rho, welch_interval)
 from rf_bench.results import ResultStore
 
 KS = (1, 2, 3, 4)
@@ -183,6 +183,66 @@ def test_results_of_models_without_a_k_are_left_out(tmp_path):
     assert {v.family for v in verdicts} == {"vgg19_rfpool"}
     (dense,) = [v for v in verdicts if v.claim == "dense_accuracy"]
     assert dense.n == 8
+
+
+def _configured(record, created, rates=(0.9,), finetune_epochs=10, version=1):
+    """``record`` (one rate) as probed under these settings at ``created``."""
+    config = dict(rates=list(rates), finetune_epochs=finetune_epochs, finetune_recipe="finetune", eval_batch_size=500)
+    record["values"]["rates"][0]["rate"] = rates[0]
+    return dict(record, config=config, created=created, version=version)
+
+
+def _store_by_run(tmp_path, records):
+    """Each record under its run's key (family, k, seed) and its own config hash, as `rf-bench probe` stores them."""
+    store = ResultStore(tmp_path / "results")
+    for i, rec in enumerate(records):
+        values = rec["values"]
+        store.write(store.path(f"{values['family']}-k{values['k']}-s{rec['seeds'][0]}", "prune", f"c{i}"), rec)
+    return tmp_path / "results"
+
+
+def test_a_run_measured_twice_counts_once_with_its_newest_result(tmp_path):
+    # the same 12 runs probed twice, with settings that leave the dense accuracy alone (other rates)
+    truth = {(k, s): 0.95 - 0.05 * k + 0.01 * s for k in KS for s in range(3)}
+    older = [_configured(_prune_record("vgg19_rfpool", k, s, 0.5, 0.4), "2026-01-01T00:00:00", rates=(0.7,))
+             for k, s in truth]
+    newer = [_configured(_prune_record("vgg19_rfpool", k, s, truth[k, s], 0.6), "2026-02-01T00:00:00")
+             for k, s in truth]
+    results = _store_by_run(tmp_path, newer + older)  # the older ones sort after the newer ones
+    (dense,) = _verdicts(results, "dense_accuracy")
+    assert dense.setting == "" and dense.n == 12 and dense.counts == {k: 3 for k in KS}
+    assert dense.means == pytest.approx({k: np.mean([truth[k, s] for s in range(3)]) for k in KS})
+    # a metric only the older results have still comes from them, once per run
+    (lost,) = _verdicts(results, "prune_robustness", "accuracy lost at 0.7, one-shot")
+    assert lost.n == 12 and lost.means == pytest.approx({k: 0.1 for k in KS})
+
+
+def test_results_under_different_settings_get_their_own_rows(tmp_path):
+    dense = {k: 0.95 - 0.05 * k for k in KS}
+    long = [_configured(_prune_record("vgg19_rfpool", k, s, dense[k], 0.5, finetuned=dense[k] - 0.01 * k),
+                        "2026-01-01T00:00:00") for k in KS for s in range(3)]
+    short = [_configured(_prune_record("vgg19_rfpool", k, s, dense[k], 0.5, finetuned=dense[k] - 0.1),
+                         "2026-02-01T00:00:00", finetune_epochs=2) for k in KS for s in range(3)]
+    results = _store_by_run(tmp_path, long + short)
+    (row,) = _verdicts(results, "dense_accuracy")  # the fine-tune does not touch the dense accuracy
+    assert row.setting == "" and row.n == 12
+    finetuned = {v.setting: v for v in _verdicts(results, "prune_robustness", "accuracy lost at 0.9, fine-tuned")}
+    assert set(finetuned) == {"finetune_epochs=10", "finetune_epochs=2"}
+    assert all(v.n == 12 for v in finetuned.values())
+    assert finetuned["finetune_epochs=10"].means == pytest.approx({k: 0.01 * k for k in KS})
+    assert finetuned["finetune_epochs=10"].verdict == "contradicted"
+    assert finetuned["finetune_epochs=2"].means == pytest.approx({k: 0.1 for k in KS})
+    assert "[finetune_epochs=2]" in claims_markdown(finetuned.values())
+
+
+def test_results_of_different_probe_versions_are_not_pooled(tmp_path):
+    v1 = [_configured(_prune_record("vgg19_rfpool", k, s, 0.9 - 0.05 * k, 0.6), "2026-01-01T00:00:00")
+          for k in KS for s in range(2)]
+    v2 = [_configured(_prune_record("vgg19_rfpool", k, s, 0.9, 0.6), "2026-02-01T00:00:00", version=2)
+          for k in KS for s in range(2, 4)]
+    rows = {v.setting: v for v in _verdicts(_store_by_run(tmp_path, v1 + v2), "dense_accuracy")}
+    assert set(rows) == {"version=1", "version=2"} and all(v.n == 8 for v in rows.values())
+    assert rows["version=1"].rho == pytest.approx(-1.0) and rows["version=2"].means == pytest.approx({k: 0.9 for k in KS})
 
 
 def test_a_claim_needs_a_direction():

@@ -351,7 +351,8 @@ def _cross_seed_cka(record):
 CKA_CLAIMS = (
     Claim("cka_divergence", "deeper layers' representations diverge across seeds as the RF grows: the deeper "
           "half's cross-seed CKA falls (Figure 3)", "falls", "cka", _cross_seed_cka,
-          missing="one seed per k: no seed pairs to compare", order=4),
+          missing="one seed per k: no seed pairs to compare", order=4,
+          read_together=("estimator", "batch_size", "budget_gib")),  # the estimator is in the metric name
 )
 
 

@@ -527,7 +527,9 @@ def _init_width(record):
 
 HESSIAN_CLAIMS = (
     Claim("hessian_width", "the Hessian spectrum at initialisation gets wider as the RF grows (Figures 1-2)",
-          "rises", "hessian", _init_width, missing="no init stage in these results (hessian.stages)", order=3),
+          "rises", "hessian", _init_width, missing="no init stage in these results (hessian.stages)", order=3,
+          # bn is in the metric names; chunk size, density and later stages leave the init top-k and trace alone
+          read_together=("bn", "batch_size", "density_steps", "density_runs", "stages")),
 )
 
 

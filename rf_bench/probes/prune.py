@@ -72,10 +72,12 @@ def _at_chance(metric: str, records):
 
 PRUNE_CLAIMS = (
     Claim("dense_accuracy", "dense test accuracy falls as the RF grows (Table 1)", "falls", "prune",
-          _dense_accuracy, caveat=_at_chance, order=1),
+          _dense_accuracy, caveat=_at_chance, order=1,
+          read_together=("rates", "eval_batch_size", "finetune_epochs", "finetune_recipe")),  # none changes it
     Claim("prune_robustness", "the accuracy lost to one-shot pruning shrinks as the RF grows, before and after "
           "the masked fine-tune, in points and as a share of the dense accuracy (Tables 1-2)", "falls", "prune", _accuracy_lost, caveat=_at_chance,
-          missing="no fine-tune in these results (prune.finetune_epochs = 0)", order=2),
+          missing="no fine-tune in these results (prune.finetune_epochs = 0)", order=2,
+          read_together=("rates", "eval_batch_size")),  # each rate is its own metric
 )
 
 
