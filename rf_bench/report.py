@@ -368,8 +368,9 @@ def _plot_cka(panels, title: str, path: Path) -> None:
 
 def _hessian_groups(records):
     """Records by (family, data set, BatchNorm protocol): protocols never share a table or a figure."""
-    # results before the hessian probe's version 3 have no "bn": they all used the stored statistics
-    return _group(records, lambda r: (r["values"]["family"], r["dataset"], r["values"].get("bn", "stored")))
+    from rf_bench.probes.hessian import bn_mode  # here, not at the top: the probe's report() imports this module
+
+    return _group(records, lambda r: (r["values"]["family"], r["dataset"], bn_mode(r)))
 
 
 _BN_WORDS = {"recalibrate": "BatchNorm statistics recalibrated on these images, eval mode",
