@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -366,10 +366,8 @@ def _plot_cka(panels, title: str, path: Path) -> None:
 
 # --------------------------------------------------------------------------------------- hessian
 
-def _hessian_groups(records):
+def _hessian_groups(records, bn_mode: Callable[[Dict[str, Any]], str]):
     """Records by (family, data set, BatchNorm protocol): protocols never share a table or a figure."""
-    from rf_bench.probes.hessian import bn_mode  # here, not at the top: the probe's report() imports this module
-
     return _group(records, lambda r: (r["values"]["family"], r["dataset"], bn_mode(r)))
 
 
@@ -386,14 +384,15 @@ def _mean_std_cv(values: Sequence[float]) -> str:
     return f"{mean:.4g} ± {std:.2g}{cv}"
 
 
-def hessian_sections(records: List[Dict[str, Any]], out_dir: Path):
+def hessian_sections(records: List[Dict[str, Any]], out_dir: Path, bn_mode: Callable[[Dict[str, Any]], str]):
     """Figures 1-2 (top eigenvalues vs index, one line per RF, init and trained panels), the SLQ spectral density
     per k, and a table of the top eigenvalue, the trace and largest/k-th, mean ± std and the seed-to-seed
-    coefficient of variation; one section per BatchNorm protocol."""
+    coefficient of variation; one section per BatchNorm protocol, as the probe's ``bn_mode(record)`` reads it
+    (passed in: this module cannot import the probe, whose report() imports it)."""
     from rf_bench.probes.base import ReportSection
 
     sections, csv_rows = [], []
-    for (family, dataset, mode), recs in _hessian_groups(records).items():
+    for (family, dataset, mode), recs in _hessian_groups(records, bn_mode).items():
         stages = [s for s in ("init", "final") if all(s in r["values"] for r in recs)]
         by_k = _by_k(recs)
         header = ["k", "RF (analytic)", "seeds"]

@@ -591,4 +591,4 @@ class HessianProbe:
     def report(records, store, out_dir):
         from rf_bench.report import hessian_sections
 
-        return hessian_sections(records, out_dir)
+        return hessian_sections(records, out_dir, bn_mode)
