@@ -254,7 +254,7 @@ def evaluate_claims(results_dir: str | Path, claims: Optional[Sequence[Claim]] =
 
     Result files that cannot be used are left out (``n`` counts only the points read) and named in ``log``.
     """
-    from rf_bench.results import ResultStore
+    from rf_bench.results import ResultStore, settings_groups
 
     store = ResultStore(results_dir)
     records = store.records()
@@ -270,43 +270,12 @@ def evaluate_claims(results_dir: str | Path, claims: Optional[Sequence[Claim]] =
                                     metric="-", direction=claim.direction, verdict="not measured",
                                     reason=f"no {claim.probe} results"))
             continue
-        for setting, group in _settings_groups(claim, mine):
+        for setting, _, group in settings_groups(mine, claim.read_together):
             for metric in dict.fromkeys(m for r in group for m in claim.measure(r)):
                 verdict = evaluate_metric(claim, metric, family, dataset, _newest_per_run(claim, metric, group))
                 verdict.setting = setting
                 verdicts.append(verdict)
     return verdicts
-
-
-def _setting(claim: Claim, record: Dict[str, Any]) -> Dict[str, Any]:
-    """What sets a result's protocol apart for ``claim``: its probe version and the settings not read together."""
-    config = record.get("config") or {}
-    setting = {"version": record.get("version")}
-    setting.update((key, config[key]) for key in sorted(config) if key not in claim.read_together)
-    return setting
-
-
-def _settings_groups(claim: Claim, records: List[Dict[str, Any]]) -> List[Tuple[str, List[Dict[str, Any]]]]:
-    """The records split by setting, each with a label naming what differs between the groups ("" for one)."""
-    groups: Dict[str, List[Dict[str, Any]]] = {}
-    settings: Dict[str, Dict[str, Any]] = {}
-    for record in records:
-        setting = _setting(claim, record)
-        key = json.dumps(setting, sort_keys=True, default=str)
-        groups.setdefault(key, []).append(record)
-        settings[key] = setting
-    if len(groups) == 1:
-        return [("", records)]
-    names = dict.fromkeys(name for setting in settings.values() for name in setting)
-    differ = [name for name in names if len({json.dumps(s.get(name), default=str) for s in settings.values()}) > 1]
-    return [(", ".join(f"{name}={_setting_value(settings[key].get(name))}" for name in differ), group)
-            for key, group in groups.items()]
-
-
-def _setting_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(map(str, value)) + "]"
-    return "-" if value is None else str(value)
 
 
 def _newest_per_run(claim: Claim, metric: str, records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -7,8 +7,10 @@ collects them into ``REPORT.md`` and holds the shared table/figure helpers.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
+import re
 import statistics
 import time
 from collections import defaultdict
@@ -199,7 +201,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, log
     for name, probe in available_probes().items():
         records = store.records(name)
         if records and hasattr(probe, "report"):
-            sections += probe.report(records, store, out)
+            sections += _probe_sections(probe, records, store, out)
     if not sections:
         raise store.nothing_usable()
     sections.append(claims_section(results_dir))
@@ -217,6 +219,26 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, log
     tmp.write_text("\n".join(body))
     os.replace(tmp, path)
     return path
+
+
+def _probe_sections(probe, records: List[Dict[str, Any]], store, out: Path) -> list:
+    """A probe's sections. Results of several settings are never pooled: each setting gets its own sections,
+    titled with what sets it apart, and its files in a sub-folder of ``out`` named by the setting's hash."""
+    from rf_bench.results import config_hash, settings_groups
+
+    groups = settings_groups(records)
+    if len(groups) == 1:
+        return probe.report(records, store, out)
+    sections = []
+    for label, setting, group in groups:
+        sub = out / f"{probe.name}-{config_hash(setting)}"
+        sub.mkdir(parents=True, exist_ok=True)
+        for section in probe.report(group, store, sub):
+            markdown = re.sub(r"\]\(([^)/]+)\)",  # links to the files written beside it
+                              lambda m: f"]({sub.name}/{m.group(1)})" if (sub / m.group(1)).is_file() else m.group(0),
+                              section.markdown)
+            sections.append(dataclasses.replace(section, title=f"{section.title} [{label}]", markdown=markdown))
+    return sections
 
 
 def claims_section(results_dir: str | os.PathLike):

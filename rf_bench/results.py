@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -22,12 +22,42 @@ from .checkpoints import load_weights, sha256_file
 
 __all__ = [
     "Run", "load_run", "find_runs", "group_runs", "load_weights", "sha256_file", "write_json_atomic",
-    "ResultStore", "config_hash",
+    "ResultStore", "config_hash", "settings_groups",
 ]
 
 
 def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def settings_groups(records: List[Dict[str, Any]], read_together: Sequence[str] = ()
+                    ) -> List[Tuple[str, Dict[str, Any], List[Dict[str, Any]]]]:
+    """Results of one probe split by setting: probe version and config, less the keys in ``read_together``.
+
+    Each group comes as (label, setting, records); the label names what sets it apart from the other groups,
+    e.g. ``finetune_epochs=2`` ("" when all results share one setting).
+    """
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    settings: Dict[str, Dict[str, Any]] = {}
+    for record in records:
+        config = record.get("config") or {}
+        setting = {"version": record.get("version")}
+        setting.update((key, config[key]) for key in sorted(config) if key not in read_together)
+        key = json.dumps(setting, sort_keys=True, default=str)
+        groups.setdefault(key, []).append(record)
+        settings[key] = setting
+    if len(groups) <= 1:
+        return [("", setting, records) for setting in settings.values()]
+    names = dict.fromkeys(name for setting in settings.values() for name in setting)
+    differ = [name for name in names if len({json.dumps(s.get(name), default=str) for s in settings.values()}) > 1]
+    return [(", ".join(f"{name}={_setting_value(settings[key].get(name))}" for name in differ), settings[key], group)
+            for key, group in groups.items()]
+
+
+def _setting_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(map(str, value)) + "]"
+    return "-" if value is None else str(value)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

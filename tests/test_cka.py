@@ -124,8 +124,12 @@ def test_cka_probe_and_report(tmp_path, tiny_runs):
     np.testing.assert_allclose(tensors["within_s0"].diagonal().numpy(), 1.0, atol=1e-6)
     report = write_report(tmp_path / "results", tmp_path / "report").read_text()
     assert report.count("## CKA: vgg19_rfpool on digits") == 2  # exact, and the minibatch estimator's own
-    assert "## CKA: vgg19_rfpool on digits (minibatch estimator)" in report
-    assert (tmp_path / "report" / "cka_vgg19_rfpool_digits_minibatch.png").stat().st_size > 10_000
+    # two settings of one probe: each its own sections, named, with its files in its own folder
+    minibatch_section = report.split("## CKA: vgg19_rfpool on digits (minibatch estimator) [")[1].split("\n## ")[0]
+    assert minibatch_section.startswith("batch_size=25, estimator=minibatch]")
+    (figure,) = __import__("re").findall(r"!\[[^]]*\]\((cka-[0-9a-f]+/cka_vgg19_rfpool_digits_minibatch\.png)\)",
+                                         minibatch_section)
+    assert (tmp_path / "report" / figure).stat().st_size > 10_000
     with pytest.raises(ValueError, match="cka.estimator must be 'exact' or 'minibatch'"):
         run_suite(probes, find_runs([str(d) for d in tiny_runs]), tmp_path / "results",
                   {"cka": probes[0].Config(estimator="sampled")}, progress=False)

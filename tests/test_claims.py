@@ -280,6 +280,28 @@ def test_claims_cli_json_and_report(tmp_path):
     assert section.order == 0 and "| dense_accuracy | vgg19_rfpool | digits |" in section.markdown
 
 
+def test_the_report_gives_each_setting_its_own_sections_and_files(tmp_path):
+    import re
+
+    from rf_bench.report import write_report
+
+    dense = {k: 0.95 - 0.05 * k for k in KS}
+    tuned = {10: {k: dense[k] - 0.01 * k for k in KS}, 2: {k: dense[k] - 0.2 for k in KS}}
+    records = [_configured(_prune_record("vgg19_rfpool", k, s, dense[k], 0.5, finetuned=tuned[epochs][k]),
+                           "2026-01-01T00:00:00", finetune_epochs=epochs)
+               for epochs in tuned for k in KS for s in range(2)]
+    report = write_report(_store_by_run(tmp_path, records), tmp_path / "report").read_text()
+    for epochs, by_k in tuned.items():
+        title = f"## Pruning: vgg19_rfpool on digits [finetune_epochs={epochs}]"
+        assert report.count(title) == 1
+        section = report.split(title)[1].split("\n## ")[0]
+        rows = [line.split(" | ") for line in section.splitlines() if re.match(r"\| [1-4] \|", line)]
+        assert [row[3] for row in rows] == ["2"] * 4  # each run once: two seeds per k, not four
+        assert [row[6] for row in rows] == [f"{100 * by_k[k]:.2f} ± 0.00" for k in KS]  # fine-tuned at 0.9
+        (link,) = re.findall(r"!\[[^]]*\]\(([^)]+)\)", section)
+        assert (tmp_path / "report" / link).is_file() and link.startswith("prune-")
+
+
 def test_claims_cli_without_results_is_one_line(tmp_path):
     proc = _cli("claims", str(tmp_path / "nowhere"))
     assert proc.returncode == 2
