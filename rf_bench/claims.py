@@ -93,7 +93,8 @@ class Verdict:
     def as_dict(self) -> Dict[str, Any]:
         """JSON-ready (k keys as strings, NaN as None)."""
         return dict(claim=self.claim, statement=self.statement, family=self.family, dataset=self.dataset,
-                    metric=self.metric, setting=self.setting, direction=self.direction, means={str(k): v for k, v in self.means.items()},
+                    metric=self.metric, setting=self.setting, direction=self.direction,
+                    means={str(k): v for k, v in self.means.items()},
                     stds={str(k): v for k, v in self.stds.items()}, counts={str(k): v for k, v in self.counts.items()},
                     n=self.n, rho=_finite(self.rho), p_value=_finite(self.p_value), p_method=self.p_method,
                     effect=_finite(self.effect), effect_ci=list(self.effect_ci) if self.effect_ci else None,
@@ -287,7 +288,8 @@ def _newest_per_run(claim: Claim, metric: str, records: List[Dict[str, Any]]) ->
         run = record.get("key") or Path(record.get("_path", "")).parent.name or str(id(record))
         if run not in newest or record.get("created", "") >= newest[run].get("created", ""):
             newest[run] = record
-    return [record for record in records if any(record is kept for kept in newest.values())]
+    kept = {id(record) for record in newest.values()}
+    return [record for record in records if id(record) in kept]
 
 
 # -------------------------------------------------------------------------------------- helpers
