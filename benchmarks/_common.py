@@ -24,6 +24,21 @@ def describe(info: Dict[str, Any]) -> str:
             f"torch {info['torch']}")
 
 
+def gpu_results_folder(out: Optional[Path], quick: bool, device: torch.device) -> Optional[Path]:
+    """Where a GPU benchmark writes: ``--out`` when given; else ``benchmarks/results`` for a GPU's figures, and
+    nowhere for a smoke test (``--quick``, or a CPU), whose numbers are not a GPU's."""
+    if out is not None:
+        return out
+    return None if quick or device.type != "cuda" else RESULTS
+
+
+def failure_reason(error: BaseException) -> str:
+    """A failed measurement in one line: the exception's type and its message's last line (where CUDA's
+    out-of-memory message says what it tried to allocate)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
+
+
 def write_result(name: str, result: Dict[str, Any], markdown: str, folder: Optional[Path] = None) -> Path:
     """``<folder>/<name>.json`` and ``.md`` (which ends with the machine and date), each replaced atomically;
     ``folder`` defaults to ``benchmarks/results``."""

@@ -39,7 +39,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, benchmark_device, synchronize, write_result  # noqa: E402
+from _common import (benchmark_device, failure_reason, gpu_results_folder, synchronize,  # noqa: E402
+                     write_result)
 from grid_cost import forward_flops  # noqa: E402
 
 # dense bf16 peak TFLOP/s (no sparsity), from the vendors' data sheets
@@ -235,8 +236,7 @@ def run_jobs(jobs: Sequence[Job], budget_s: float, after_each: Callable[[], None
         try:
             r[column] = measure()
         except Exception as e:  # noqa: BLE001 - recorded in the results, with its reason
-            lines = str(e).strip().splitlines()
-            r.setdefault("failed", {})[column] = f"{type(e).__name__}: {lines[-1] if lines else ''}"
+            r.setdefault("failed", {})[column] = failure_reason(e)
         after_each()
 
 
@@ -303,8 +303,7 @@ def main() -> None:
     device, device_name = benchmark_device(args.device)
     if args.quick:
         _quick(args, device)
-    # GPU figures go to benchmarks/results; a smoke test's only to a folder named for it
-    folder = args.out if args.out is not None else (None if args.quick or device.type != "cuda" else RESULTS)
+    folder = gpu_results_folder(args.out, args.quick, device)
     peak = peak_tflops(device)
     rows, jobs = plan(args, device)
 

@@ -33,7 +33,8 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, benchmark_device, synchronize, write_result  # noqa: E402
+from _common import (benchmark_device, failure_reason, gpu_results_folder, synchronize,  # noqa: E402
+                     write_result)
 
 import rf_bench  # noqa: E402,F401
 from rf_bench.probes.hessian import (HVP, _auto_basis_dtype, hessian_trace, lanczos_basis_size,  # noqa: E402
@@ -103,7 +104,7 @@ def measure(name: str, args, device: torch.device, save: Callable[[Dict[str, Any
     _say(f"{name}: set-up")
     model, batches = _setup(name, args, device)
     hvp = HVP(model, F.cross_entropy, batches)
-    v = torch.randn(hvp.n, device=device, dtype=torch.float64, generator=None)
+    v = torch.randn(hvp.n, device=device, dtype=torch.float64)
     hvp.matvec(v)  # warm-up (cuDNN autotuning, allocator)
     times = []
     for _ in range(args.hvp_repeats):
@@ -189,7 +190,7 @@ def main() -> None:
     if args.quick:
         args.models, args.k, args.images, args.batch, args.width_mult = args.models[:1], 3, 32, 32, 0.125
         args.hvp_repeats, args.trace_samples, args.slq_steps, args.slq_runs = 2, 3, 10, 1
-    folder = args.out if args.out is not None else (None if args.quick or device.type != "cuda" else RESULTS)
+    folder = gpu_results_folder(args.out, args.quick, device)
     rows = []
 
     def save(partial: Optional[Dict[str, Any]] = None) -> None:
@@ -202,8 +203,7 @@ def main() -> None:
         try:
             rows.append(measure(name, args, device, save))
         except Exception as e:  # noqa: BLE001 - recorded, and the next model goes on
-            lines = str(e).strip().splitlines()
-            rows.append(dict(model=name, failed=f"{type(e).__name__}: {lines[-1] if lines else ''}"))
+            rows.append(dict(model=name, failed=failure_reason(e)))
         save()
     print(_markdown(rows, device_name, args))
 
