@@ -37,8 +37,8 @@ from _common import (benchmark_device, failure_reason, gpu_results_folder, synch
                      write_result)
 
 import rf_bench  # noqa: E402,F401
-from rf_bench.probes.hessian import (HVP, _auto_basis_dtype, hessian_trace, lanczos_basis_size,  # noqa: E402
-                                     spectral_density, thick_restart_lanczos)
+from rf_bench.probes.hessian import (HVP, hessian_trace, spectral_density, thick_restart_lanczos,  # noqa: E402
+                                     top_k_basis_dtype)
 
 
 class OutOfTime(Exception):
@@ -78,7 +78,7 @@ def _timed(matvec: Callable, device: torch.device, deadline: Optional[float]) ->
 def top_k(hvp: HVP, args, device: torch.device) -> Dict[str, Any]:
     """The probe's solver (``method="auto"``: thick restart, float64 basis while it fits in 2 GiB), stopped at
     ``args.budget_s`` if it has not converged by then."""
-    dtype = _auto_basis_dtype(lanczos_basis_size(hvp.n, args.k, args.ncv) + 1, hvp.n)
+    dtype = top_k_basis_dtype(hvp.n, args.k, args.ncv)
     start = time.perf_counter()
     deadline = start + args.budget_s if args.budget_s else None
     calls_before = hvp.calls

@@ -34,8 +34,8 @@ from rf_bench.claims import Claim
 from ._numerics import exact_matmul, slq_density
 
 __all__ = ["HVP", "HessianSpectrum", "hessian_eigenvalues", "hessian_trace", "spectral_density", "lanczos",
-           "thick_restart_lanczos", "lanczos_basis_size", "HessianConfig", "HessianProbe", "BN_MODES",
-           "prepare_batchnorm", "bn_mode", "slq_density"]
+           "thick_restart_lanczos", "lanczos_basis_size", "top_k_basis_dtype", "HessianConfig", "HessianProbe",
+           "BN_MODES", "prepare_batchnorm", "bn_mode", "slq_density"]
 
 _FLOAT64_BASIS_MAX_BYTES = 2 << 30  # "auto": a float64 Lanczos basis up to 2 GiB, float32 beyond
 
@@ -135,8 +135,7 @@ def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, batches: Batches, k
         raise ValueError(f"k={k} must be between 1 and the parameter count - 1 ({hvp.n - 1})")
     if method == "auto":
         method = "lanczos"
-        basis_rows = lanczos_basis_size(hvp.n, k, ncv) + 1
-        basis_dtype = basis_dtype or _auto_basis_dtype(basis_rows, hvp.n)
+        basis_dtype = basis_dtype or top_k_basis_dtype(hvp.n, k, ncv)
     t0 = time.perf_counter()
     if method == "arpack":
         values, vectors = _arpack(hvp, k, which, tol, ncv, max_hvps, seed)
@@ -180,6 +179,12 @@ _DEVICE_HEADROOM = 0.8  # share of the device's free memory a basis may take (th
 
 def _auto_basis_dtype(rows: int, n: int) -> torch.dtype:
     return torch.float64 if rows * n * 8 <= _FLOAT64_BASIS_MAX_BYTES else torch.float32
+
+
+def top_k_basis_dtype(n: int, k: int, ncv: Optional[int] = None) -> torch.dtype:
+    """The basis precision ``method="auto"`` gives a top-``k`` solve: float64 while the thick restart's basis
+    (``lanczos_basis_size`` + 1 rows) fits in 2 GiB, float32 beyond."""
+    return _auto_basis_dtype(lanczos_basis_size(n, k, ncv) + 1, n)
 
 
 GPU_SHARE_ENV = "RF_BENCH_GPU_SHARE"  # a packed worker's share of its GPU's memory (set by `rf-bench sweep`)
