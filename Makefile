@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-slow test-all bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,13 +18,16 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/rf-bench demo
 
-# Every test, slow ones included, on two workers; then the timed demo alone (it uses both cores).
+# The test suite on two workers, then the demo end to end alone (it uses both cores).
 test: install
-	$(PY) -m pytest -n 2 -m "not demo" --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 -m "not slow and not demo" --durations=10 $(PYTEST_ARGS)
 	$(PY) -m pytest -m demo -s $(PYTEST_ARGS)
 
-test-fast: install
-	$(PY) -m pytest -n 2 -m "not slow and not demo" $(PYTEST_ARGS)
+# The slow end-to-end checks (multi-process training, kill -9 resumes, SLURM through submitit, ...); CI runs them too.
+test-slow: install
+	$(PY) -m pytest -n 2 -m "slow" --durations=10 $(PYTEST_ARGS)
+
+test-all: test test-slow
 
 bench: install
 	$(PY) benchmarks/run_all.py

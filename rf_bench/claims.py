@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 __all__ = ["Claim", "Verdict", "ALPHA", "collect_claims", "evaluate_claims", "evaluate_metric", "spearman_rho",
-           "permutation_p_value", "welch_interval", "claims_markdown", "chance_level"]
+           "permutation_p_value", "welch_interval", "claims_markdown", "chance_level", "family_label"]
 
 ALPHA = 0.05
 DIRECTIONS = ("falls", "rises")
@@ -61,6 +61,7 @@ class Claim:
     missing: str = "the results lack this metric"
     order: int = 50  # rows sort by it: the paper's claims are 1-5
     read_together: Tuple[str, ...] = ()  # probe settings whose results are read as one (see above)
+    unit: str = ""  # "%": the metric's values are fractions, shown in percent (accuracies)
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -80,6 +81,8 @@ class Verdict:
     verdict: str
     reason: str
     setting: str = ""  # the probe settings that set these results apart from others of the claim ("" if none do)
+    variant: str = ""  # how these runs were trained apart from the others of the family (e.g. "width_mult=0.25")
+    unit: str = ""  # the claim's unit ("%": fractions shown in percent)
     means: Dict[int, float] = field(default_factory=dict)
     stds: Dict[int, Optional[float]] = field(default_factory=dict)
     counts: Dict[int, int] = field(default_factory=dict)
@@ -93,7 +96,8 @@ class Verdict:
     def as_dict(self) -> Dict[str, Any]:
         """JSON-ready (k keys as strings, NaN as None)."""
         return dict(claim=self.claim, statement=self.statement, family=self.family, dataset=self.dataset,
-                    metric=self.metric, setting=self.setting, direction=self.direction,
+                    variant=self.variant, metric=self.metric, setting=self.setting, direction=self.direction,
+                    unit=self.unit,
                     means={str(k): v for k, v in self.means.items()},
                     stds={str(k): v for k, v in self.stds.items()}, counts={str(k): v for k, v in self.counts.items()},
                     n=self.n, rho=_finite(self.rho), p_value=_finite(self.p_value), p_method=self.p_method,
@@ -186,11 +190,13 @@ def _mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
 
 def evaluate_metric(claim: Claim, metric: str, family: str, dataset: str, records: List[Dict[str, Any]]) -> Verdict:
     """The verdict on one metric of ``claim`` from the records of one (family, data set)."""
-    points = [(int(rec["values"]["k"]), float(v)) for rec in records if rec["values"].get("k") is not None
+    from rf_bench.results import record_k
+
+    points = [(record_k(rec), float(v)) for rec in records if record_k(rec) is not None
               for v in (claim.measure(rec).get(metric) or [])]
     points = [(k, v) for k, v in points if math.isfinite(v)]
     verdict = Verdict(claim=claim.id, statement=claim.statement, family=family, dataset=dataset, metric=metric,
-                      direction=claim.direction, verdict="not measured", reason=claim.missing)
+                      direction=claim.direction, verdict="not measured", reason=claim.missing, unit=claim.unit)
     if not points:
         return verdict
     by_k: Dict[int, List[float]] = {}
@@ -241,21 +247,24 @@ def collect_claims(probes: Optional[Dict[str, Any]] = None) -> List[Claim]:
 
 
 def _families(records: Iterable[Dict[str, Any]]) -> List[Tuple[str, str]]:
+    from rf_bench.results import record_family, record_k
+
     found = set()
     for rec in records:
-        values = rec.get("values") or {}
-        if values.get("family") and values.get("k") is not None and rec.get("dataset"):  # rfpool runs: k is known
-            found.add((values["family"], rec["dataset"]))
+        if record_family(rec) and record_k(rec) is not None and rec.get("dataset"):  # rfpool runs: k is known
+            found.add((record_family(rec), rec["dataset"]))
     return sorted(found)
 
 
 def evaluate_claims(results_dir: str | Path, claims: Optional[Sequence[Claim]] = None,
                     log: Optional[Callable[[str], None]] = None) -> List[Verdict]:
-    """A verdict for every claim and metric, in every (family, data set) that has any result at all.
+    """A verdict for every claim and metric, in every (family, data set, variant) that has any result at all.
 
-    Result files that cannot be used are left out (``n`` counts only the points read) and named in ``log``.
+    Runs trained differently (another ``width_mult``, recipe, ...) are never pooled: each variant gets its own
+    rows, named in ``Verdict.variant``. Result files that cannot be used are left out (``n`` counts only the
+    points read) and named in ``log``.
     """
-    from rf_bench.results import ResultStore, settings_groups
+    from rf_bench.results import ResultStore, record_family, variant_groups
 
     store = ResultStore(results_dir)
     records = store.records()
@@ -263,19 +272,31 @@ def evaluate_claims(results_dir: str | Path, claims: Optional[Sequence[Claim]] =
         log(store.skipped_note().rstrip("\n"))
     claims = collect_claims() if claims is None else list(claims)
     verdicts: List[Verdict] = []
-    for claim, (family, dataset) in itertools.product(claims, _families(records)):
-        mine = sorted((r for r in records if r["probe"] == claim.probe and r["dataset"] == dataset
-                       and r["values"].get("family") == family), key=lambda r: r["values"].get("k", 0))
-        if not mine:
-            verdicts.append(Verdict(claim=claim.id, statement=claim.statement, family=family, dataset=dataset,
-                                    metric="-", direction=claim.direction, verdict="not measured",
-                                    reason=f"no {claim.probe} results"))
-            continue
-        for setting, _, group in settings_groups(mine, claim.read_together):
-            for metric in dict.fromkeys(m for r in group for m in claim.measure(r)):
-                verdict = evaluate_metric(claim, metric, family, dataset, _newest_per_run(claim, metric, group))
-                verdict.setting = setting
-                verdicts.append(verdict)
+    for (family, dataset) in _families(records):
+        rfpool = [r for r in records if r["dataset"] == dataset and record_family(r) == family]
+        for variant, members in variant_groups(rfpool):
+            for claim in claims:
+                verdicts += _claim_verdicts(claim, family, dataset, variant, members)
+    order = {claim.id: i for i, claim in enumerate(claims)}
+    return sorted(verdicts, key=lambda v: order.get(v.claim, len(order)))  # stable: families, variants within
+
+
+def _claim_verdicts(claim: Claim, family: str, dataset: str, variant: str,
+                    records: List[Dict[str, Any]]) -> List[Verdict]:
+    """Every metric of ``claim`` on the records of one (family, data set, variant)."""
+    from rf_bench.results import record_k, settings_groups
+
+    mine = sorted((r for r in records if r["probe"] == claim.probe), key=lambda r: record_k(r) or 0)
+    if not mine:
+        return [Verdict(claim=claim.id, statement=claim.statement, family=family, dataset=dataset, variant=variant,
+                        metric="-", direction=claim.direction, verdict="not measured",
+                        reason=f"no {claim.probe} results", unit=claim.unit)]
+    verdicts = []
+    for setting, _, group in settings_groups(mine, claim.read_together):
+        for metric in dict.fromkeys(m for r in group for m in claim.measure(r)):
+            verdict = evaluate_metric(claim, metric, family, dataset, _newest_per_run(claim, metric, group))
+            verdict.setting, verdict.variant = setting, variant
+            verdicts.append(verdict)
     return verdicts
 
 
@@ -312,13 +333,20 @@ def at_chance(accuracies_by_k: Dict[int, List[float]], chance: Optional[float]) 
     return all(statistics.fmean(v) < 1.5 * chance for v in accuracies_by_k.values() if v)
 
 
-def _format_value(value: float) -> str:
+def _format_value(value: float, unit: str = "") -> str:
+    if unit == "%":  # accuracies: percent with two decimals, as in every other table
+        return f"{100 * value:.2f}%"
     return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"
 
 
 def _cell(verdict: Verdict, k: int) -> str:
     mean, std = verdict.means[k], verdict.stds.get(k)
-    return _format_value(mean) + (f" ± {_format_value(std)}" if std is not None else "")
+    return _format_value(mean, verdict.unit) + (f" ± {_format_value(std, verdict.unit)}" if std is not None else "")
+
+
+def family_label(verdict: Verdict) -> str:
+    """The family, with the variant that sets its runs apart where there are several (``vgg19_rfpool [width_mult=0.25]``)."""
+    return verdict.family + (f" [{verdict.variant}]" if verdict.variant else "")
 
 
 def claims_markdown(verdicts: Sequence[Verdict]) -> str:
@@ -328,13 +356,13 @@ def claims_markdown(verdicts: Sequence[Verdict]) -> str:
     header += ["rho", "p", "k_max - k_min [95% CI]", "verdict", "why"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for v in verdicts:
-        cells = [v.claim, v.family, v.dataset, v.metric + (f" [{v.setting}]" if v.setting else ""), v.direction]
+        cells = [v.claim, family_label(v), v.dataset, v.metric + (f" [{v.setting}]" if v.setting else ""), v.direction]
         cells += [_cell(v, k) if k in v.means else "-" for k in ks]
         cells.append(f"{v.rho:+.2f}" if v.rho is not None and not math.isnan(v.rho) else "-")
         cells.append(f"{v.p_value:.2g}" if v.p_value is not None and not math.isnan(v.p_value) else "-")
-        effect = "-" if v.effect is None else _format_value(v.effect)
+        effect = "-" if v.effect is None else _format_value(v.effect, v.unit)
         if v.effect_ci:
-            effect += f" [{_format_value(v.effect_ci[0])}, {_format_value(v.effect_ci[1])}]"
+            effect += f" [{_format_value(v.effect_ci[0], v.unit)}, {_format_value(v.effect_ci[1], v.unit)}]"
         cells += [effect, f"**{v.verdict}**", v.reason]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     counts = {name: sum(v.verdict == name for v in verdicts)

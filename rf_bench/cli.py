@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
@@ -17,7 +18,7 @@ from .models import RFPOOL_KS, unknown_model_hint
 from .paper import MEASURED_RF
 from .rf import gradient_rf, layer_receptive_fields, receptive_field
 from .hub import HubError
-from .train import NonFiniteLossError, add_train_args
+from .train import HelpFormatter, NonFiniteLossError, add_train_args
 
 console = Console()
 err_console = Console(stderr=True)
@@ -36,6 +37,12 @@ def _warn(message: str) -> None:
 
 class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C: one line saying what was kept, exit status 130."""
+
+
 
 
 def create_model_checked(name: str, **kwargs: Any) -> torch.nn.Module:
@@ -107,24 +114,51 @@ def _rf_family_table(family: str, ks: Sequence[int], model_kwargs: Dict[str, Any
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from .train import run_from_args
+    from .train import finished_line, run_from_args
 
-    run_dir = run_from_args(args)
-    console.print(f"run directory: {run_dir}")
+    _plain(finished_line(run_from_args(args)))
 
 
 def _cmd_probe(args: argparse.Namespace) -> None:
-    from .probes.base import apply_overrides, resolve_suite, run_suite
-    from .results import find_runs
+    from .probes.base import apply_overrides, available_probes, load_settings, resolve_suite, run_suite
+    from .results import ResultStore, find_runs
 
-    probes = resolve_suite(args.suite)
-    configs = apply_overrides(probes, args.set)
+    file_suite, file_settings = load_settings(args.settings) if args.settings else (None, [])
+    probes = resolve_suite(args.suite or file_suite or "all")
+    if args.list_settings:
+        _print_settings(probes)
+        return
+    if not args.runs:
+        raise CliError("name the run directories to probe (e.g. `rf-bench probe runs/`), or ask for --list-settings")
+    chosen = {p.name for p in probes}
+    for item in file_settings:  # a settings file may size probes this suite leaves out: those are not an error
+        name = item.split(".", 1)[0]
+        if name not in available_probes():
+            raise CliError(f"{args.settings}: [probes.{name}]: no probe {name!r} is installed; "
+                           f"available: {', '.join(available_probes())}")
+    configs = apply_overrides(probes, [s for s in file_settings if s.split(".", 1)[0] in chosen] + args.set)
     runs = find_runs(args.runs)
-    if not runs:
-        raise CliError(f"no run directories match {' '.join(args.runs)}")
-    written = run_suite(probes, runs, args.results, configs, force=args.force, data_dir=args.data_dir,
-                        progress=not args.no_progress, log=_plain)
+    try:
+        written = run_suite(probes, runs, args.results, configs, force=args.force, data_dir=args.data_dir,
+                            progress=not args.no_progress, log=_plain)
+    except KeyboardInterrupt:
+        kept = len(ResultStore(args.results).records()) if os.path.isdir(args.results) else 0
+        raise Interrupted(f"interrupted: {kept} finished result(s) in {args.results} kept; "
+                          "the same command resumes from them") from None
     console.print(f"{len(written)} results in {args.results}")
+
+
+def _print_settings(probes) -> None:
+    from .probes.base import describe_settings
+
+    table = Table(title=r"probe settings: --set PROBE.NAME=VALUE, or \[probes.PROBE] tables in a --settings file")
+    for col in ("probe", "setting", "default", "meaning"):
+        table.add_column(col, overflow="fold")
+    for probe, name, default, meaning in describe_settings(probes):
+        value = list(default) if isinstance(default, tuple) else default
+        table.add_row(probe, name, json.dumps(value), meaning)
+    out = console if console.is_terminal else Console(width=120)
+    out.print(table)
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -138,8 +172,6 @@ _VERDICT_STYLE = {"supported": "green", "contradicted": "red", "inconclusive": "
 
 
 def _cmd_claims(args: argparse.Namespace) -> None:
-    import json
-
     from .claims import evaluate_claims
 
     if not os.path.isdir(args.results):
@@ -158,26 +190,44 @@ def _cmd_claims(args: argparse.Namespace) -> None:
 
 
 def _print_claims(verdicts, results: str) -> None:
-    # piped output keeps whole rows (a terminal folds them to its width)
-    out = console if console.is_terminal else Console(width=220)
-    out.print(_claims_table(verdicts, results))
+    # a terminal gets the whole table at its width; piped output a compact one that fits 100 columns
+    if console.is_terminal:
+        console.print(_claims_table(verdicts, results))
+    else:
+        Console(width=100, color_system=None).print(_claims_table(verdicts, results, compact=True))
 
 
-def _claims_table(verdicts, results: str) -> Table:
+def _mean_cell(verdict, k: int) -> str:
+    if k not in verdict.means:
+        return "-"
+    mean = verdict.means[k]
+    return f"{100 * mean:.1f}%" if verdict.unit == "%" else f"{mean:.3g}"
+
+
+def _claims_table(verdicts, results: str, compact: bool = False) -> Table:
+    """One row per verdict; ``compact`` drops what the verdict's reason repeats and joins the labels (100 columns)."""
     from rich.markup import escape
 
+    from .claims import family_label
+
     ks = sorted({k for v in verdicts for k in v.means})
-    table = Table(title=f"Does the paper hold? ({results})", show_lines=False)
-    for col in ["claim", "family", "data", "metric", "paper"] + [f"k={k}" for k in ks] + ["rho", "p", "verdict", "why"]:
-        table.add_column(col, overflow="fold")
+    table = Table(title=f"Does the paper hold? ({results})", show_lines=False, padding=(0, 1) if not compact else 0)
+    head = ["claim / family / data / metric"] if compact else ["claim", "family", "data", "metric", "paper"]
+    tail = ["rho", "p", "verdict"] + ([] if compact else ["why"])
+    for col in head + [f"k={k}" for k in ks] + tail:
+        table.add_column(col, overflow="fold", no_wrap=col.startswith("k=") or col in ("rho", "p"))
     for v in verdicts:
-        means = [f"{v.means[k]:.3g}" if k in v.means else "-" for k in ks]
+        means = [_mean_cell(v, k) for k in ks]
         rho = "-" if v.rho is None or v.rho != v.rho else f"{v.rho:+.2f}"
         p = "-" if v.p_value is None or v.p_value != v.p_value else f"{v.p_value:.2g}"
         style = _VERDICT_STYLE.get(v.verdict, "")
         metric = v.metric + (f" [{v.setting}]" if v.setting else "")
-        table.add_row(v.claim, v.family, v.dataset, escape(metric), v.direction, *means, rho, p,
-                      f"[{style}]{v.verdict}[/]", escape(v.reason))
+        if compact:
+            labels = [f"{v.claim} / {family_label(v)} / {v.dataset} / {metric} ({v.direction})"]
+        else:
+            labels = [v.claim, family_label(v), v.dataset, metric, v.direction]
+        row = [escape(x) for x in labels] + means + [rho, p, f"[{style}]{v.verdict}[/]"]
+        table.add_row(*row, *([] if compact else [escape(v.reason)]))
     return table
 
 
@@ -275,8 +325,8 @@ convolution; rf-bench trains them, probes them (pruning, Hessian spectrum, CKA, 
 the paper's tables and figures, and says which of the paper's claims the results support.
 
 Three ways to start a study:
-  1. rf-bench demo                                  the whole study in miniature (CPU, about a minute)
-  2. rf-bench train --model resnet50_rfpool2 --dataset fashion_mnist --recipe fast --epochs 10
+  1. rf-bench demo                                  the whole study in miniature, sized for a CPU
+  2. rf-bench train --model resnet50_rfpool2 --dataset fashion-mnist --recipe fast --epochs 10
      rf-bench probe runs/ && rf-bench report        one run, trained, probed, reported (REPORT.md)
   3. rf-bench sweep grid.toml --max-parallel 2      a grid of runs, probes and the report from one file
 """
@@ -285,12 +335,11 @@ Three ways to start a study:
 def _command(sub, name: str, summary: str, description: str, example: str) -> argparse.ArgumentParser:
     """A sub-command whose --help says what it does for a user and shows one example."""
     return sub.add_parser(name, help=summary, description=description, epilog=f"example:\n  {example}",
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+                          formatter_class=HelpFormatter)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rf-bench", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = argparse.ArgumentParser(prog="rf-bench", description=DESCRIPTION, formatter_class=HelpFormatter,
                                      epilog="`rf-bench COMMAND --help` describes each command.")
     parser.add_argument("--version", action="version", version=f"rf-bench {__version__}")
     parser.add_argument("--debug", action="store_true", help="on an error, show the whole traceback")
@@ -312,8 +361,10 @@ def _add_model_commands(sub) -> None:
                  "rf-bench rf --family resnet50_rfpool --ks 1 2 3 4")
     p.add_argument("model", nargs="?", help="any timm CNN, e.g. resnet50_rfpool3 or resnet18")
     p.add_argument("--family", help="resnet50_rfpool or vgg19_rfpool: table of k vs RF next to the paper's")
-    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4], choices=RFPOOL_KS, metavar="K")
-    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"))
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4], choices=RFPOOL_KS, metavar="K",
+                   help="family table: the k values")
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="input shape the trace sees (default: the model's pretrained config)")
     p.add_argument("--layer", help="module name whose output's RF to report (default: forward_features)")
     p.add_argument("--width-mult", type=float, help="rfpool models only: channel width multiplier")
     p.add_argument("--no-gradient", action="store_true", help="family table: skip the gradient measurement")
@@ -326,7 +377,7 @@ def _add_training_commands(sub) -> None:
     p = _command(sub, "train", "train one run (same as `accelerate launch rf_bench/train.py`)",
                  "Train one model on one data set with a named recipe (paper, fast, finetune) and any override.\n"
                  "The run directory is named after the settings, so the same command resumes an unfinished run.",
-                 "rf-bench train --model vgg19_rfpool2 --dataset fashion_mnist --recipe fast --epochs 10 "
+                 "rf-bench train --model vgg19_rfpool2 --dataset fashion-mnist --recipe fast --epochs 10 "
                  "--train-per-class 1000")
     add_train_args(p)
     p.set_defaults(func=_cmd_train)
@@ -338,14 +389,20 @@ def _add_result_commands(sub) -> None:
                  "Measure finished runs: prune (one-shot pruning and masked fine-tune), hessian (top eigenvalues,\n"
                  "trace, spectral density), cka (layer similarity within and across seeds), rfmap (gradient\n"
                  "maps). Results are stored per run and settings; a rerun skips what is already measured.",
-                 "rf-bench probe runs/ --suite prune,hessian --set hessian.k=20 --results results")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, globs, or folders of runs")
-    p.add_argument("--suite", default="all", help="all, or probe names separated by commas")
+                 "rf-bench probe runs/ --settings demo --set hessian.k=20 --results results")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run directories, globs, or folders of runs")
+    p.add_argument("--suite", help="all, or probe names separated by commas (default: the --settings file's suite, "
+                                   "else all)")
     p.add_argument("--results", default="results", help="results folder (shared by many runs)")
-    p.add_argument("--set", action="append", default=[], metavar="[PROBE.]KEY=VALUE", help="probe setting (JSON value)")
+    p.add_argument("--settings", metavar="FILE",
+                   help="probe settings from the [probes.<name>] tables of a TOML file (a sweep file works), or of a "
+                        "shipped one: demo (sized for a CPU), digits, fashion-cpu, fashion; --set overrides it")
+    p.add_argument("--set", action="append", default=[], metavar="[PROBE.]KEY=VALUE",
+                   help="probe setting (JSON value); repeat for more")
+    p.add_argument("--list-settings", action="store_true", help="print every probe's settings, defaults and meaning")
     p.add_argument("--force", action="store_true", help="recompute results that exist")
     p.add_argument("--data-dir", help="local copy of the runs' data set")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(func=_cmd_probe)
 
     p = _command(sub, "report", "REPORT.md with the paper's tables and figures from a results folder",
@@ -380,7 +437,7 @@ def _add_hub_commands(sub) -> None:
                  "rf-bench pull resnet50_rfpool3.cifar10_s0")
     p.add_argument("tags", nargs="*", metavar="TAG", help="e.g. resnet50_rfpool3.cifar10_s0")
     p.add_argument("--all", action="store_true", help="every published tag")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(func=_cmd_pull)
 
 
@@ -391,7 +448,8 @@ def _add_study_commands(sub) -> None:
                  "report. A rerun skips finished work and resumes the rest; a failed run does not stop the others.",
                  "rf-bench sweep benchmarks/configs/paper.toml --launcher slurm")
     p.add_argument("file", help="sweep file, e.g. benchmarks/configs/paper.toml")
-    p.add_argument("--launcher", default="local", choices=("local", "slurm", "submitit-local"))
+    p.add_argument("--launcher", default="local", choices=("local", "slurm", "submitit-local"),
+                   help="where runs execute: this machine, SLURM, or submitit's local executor")
     p.add_argument("--max-parallel", type=int, default=1, help="local: runs at once (one GPU each, or packed)")
     p.add_argument("--runs-per-gpu", type=int,
                    help="local: runs that share one GPU (packed; default the file's [sweep] runs_per_gpu, else 1)")
@@ -399,29 +457,29 @@ def _add_study_commands(sub) -> None:
     p.add_argument("--status", action="store_true", help="print done / running / failed / pending per run")
     p.add_argument("--dry-run", action="store_true", help="list the runs that would be started")
     p.add_argument("--no-wait", action="store_true", help="slurm: submit and return (rerun later to finish)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(func=_cmd_sweep)
 
-    p = _command(sub, "demo", "the whole study in miniature on digits (CPU, a few minutes): REPORT.md",
+    p = _command(sub, "demo", "the whole study in miniature on digits, sized for a CPU: REPORT.md",
                  "16 tiny runs on the embedded digits data, every probe, the report and the claims table:\n"
-                 "the same code path as the paper's grid, in about a minute on two CPU cores.",
+                 "the same code path as the paper's grid, sized for a 2-core CPU.",
                  "rf-bench demo --out demo_out")
     p.add_argument("--out", default="demo_out", help="folder for runs/, results/ and report/")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="runs at once (worker processes; default: 2, tiny models use one core best)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(func=_cmd_demo)
 
     p = _command(sub, "study", "a shipped study that can reach verdicts on the paper's claims (e.g. digits)",
                  "Run a study shipped with rf-bench: its grid, every probe, the report and the claims table.\n"
                  "A rerun resumes.",
                  "rf-bench study fashion-cpu --out study_fashion")
-    p.add_argument("name", help="digits: scikit-learn's digits, 48 runs, 25 min on a 2-core CPU; fashion-cpu: "
-                                "Fashion-MNIST photos, 32 runs, sized for <= 90 min on a 2-core CPU; fashion: "
+    p.add_argument("name", help="digits: scikit-learn's digits, 48 runs, sized for a 2-core CPU; fashion-cpu: "
+                                "Fashion-MNIST photos, 32 runs, sized for a 2-core CPU; fashion: "
                                 "Fashion-MNIST at full width on the whole training split, for GPUs")
     p.add_argument("--out", help="folder for runs/, results/ and report/ (default: study_<name>)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at once (worker processes)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(func=_cmd_study)
 
 def add_publish_args(p: argparse.ArgumentParser) -> None:
@@ -432,7 +490,7 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", help="results folder whose probe values go into the model cards")
     p.add_argument("--private", action="store_true", help="create private repos")
     p.add_argument("--dry-run", action="store_true", help="write the repo folders only; no token, no upload")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -445,6 +503,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         prepare_deterministic_process()
     try:
         args.func(args)
+    except KeyboardInterrupt:  # one line, never a traceback: what was finished is on disk
+        err_console.print("interrupted: finished work is kept; the same command resumes it", highlight=False,
+                          markup=False, soft_wrap=True)
+        return 130
+    except Interrupted as e:
+        err_console.print(str(e), highlight=False, markup=False, soft_wrap=True)
+        return 130
     except (CliError, ValueError, OSError, NotImplementedError, NonFiniteLossError, HubError, SafetensorError) as e:
         if args.debug:
             raise

@@ -60,12 +60,6 @@ def repo_id_for(namespace: str, model: str, tag: str) -> str:
 # ---------------------------------------------------------------- the repo folder
 
 
-def _final_metrics(run: Run) -> Dict[str, Any]:
-    lines = (run.path / "metrics.jsonl").read_text().splitlines()
-    last = json.loads(lines[-1]) if lines else {}
-    return {k: last[k] for k in ("epoch", "test_acc", "test_loss", "train_acc", "train_loss") if k in last}
-
-
 def _probe_summaries(run: Run, results_dir: Optional[Path]) -> Dict[str, Dict[str, Any]]:
     """The scalar values of every stored probe result of this run (``{}`` when there are none)."""
     if results_dir is None or not (results_dir / run.run_id).is_dir():
@@ -88,7 +82,7 @@ def _manifest_entry(run: Run, repo_id: str, tag: str, weights: Path) -> Dict[str
         repo_id=repo_id, revision=None, filename=WEIGHTS_NAME, sha256=sha256_file(weights),
         size=weights.stat().st_size, num_classes=len(data["classes"]), input_size=list(data["input_size"]),
         mean=list(data["mean"]), std=list(data["std"]), model_args=model_args, dataset=run.dataset,
-        seed=run.seed, recipe=run.config.get("recipe"), metrics=_final_metrics(run), run_id=run.run_id,
+        seed=run.seed, recipe=run.config.get("recipe"), metrics=run.final_metrics(), run_id=run.run_id,
         rf_bench=rf_bench.__version__,
     )
 

@@ -92,6 +92,23 @@ def _pyplot():
     return plt
 
 
+# Okabe & Ito's colour-blind-safe palette less its light colours (yellow, orange, sky blue: under 3:1 on white),
+# then a dark gold, Tol's indigo, black and grey: every line keeps WCAG's 3:1 contrast for graphics on white
+LINE_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#A6761D", "#332288", "#000000", "#7F7F7F")
+
+
+def line_colors(n: int) -> List[str]:
+    """``n`` distinct line colours with contrast on white (one per k), colour-blind safe for up to 6."""
+    return [LINE_COLORS[i % len(LINE_COLORS)] for i in range(n)]
+
+
+def integer_ticks(axis) -> None:
+    """Whole-number ticks only, for axes that count (k, a layer index, an eigenvalue's rank)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _group(records: Iterable[Dict[str, Any]], key) -> Dict[Any, List[Dict[str, Any]]]:
     """Records by ``key(record)``, keys in sorted order."""
     groups: Dict[Any, List[Dict[str, Any]]] = defaultdict(list)
@@ -170,8 +187,7 @@ def _paper_cell(entry: Tuple[float, Optional[float]]) -> str:
 def _plot_prune(curves, title: str, path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    colors = plt.cm.viridis([i / max(1, len(curves) - 1) for i in range(len(curves))])
-    for color, ((k, rf), (rates, pruned, tuned)) in zip(colors, sorted(curves.items())):
+    for color, ((k, rf), (rates, pruned, tuned)) in zip(line_colors(len(curves)), sorted(curves.items())):
         ax.plot(rates, [100 * v for v in pruned], "o-", color=color, label=f"k={k}, RF {rf} (pruned)")
         if not all(math.isnan(v) for v in tuned):
             ax.plot(rates, [100 * v for v in tuned], "s--", color=color, label=f"k={k} (fine-tuned)")
@@ -191,19 +207,27 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, log
 
     Result files that cannot be used are left out, named in ``log`` and counted at the top of the report.
     """
-    from rf_bench.probes.base import available_probes
+    from rf_bench.probes.base import ReportSection, available_probes
     from rf_bench.results import ResultStore
 
     store = ResultStore(results_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sections = []
-    for name, probe in available_probes().items():
-        records = store.records(name)
-        if records and hasattr(probe, "report"):
-            sections += _probe_sections(probe, records, store, out)
-    if not sections:
+    installed = available_probes()
+    by_probe = _group(store.records(), lambda r: r["probe"])
+    if not by_probe:
         raise store.nothing_usable()
+    sections = []
+    for name, records in by_probe.items():
+        try:
+            sections += _probe_sections(installed.get(name), name, records, store, out)
+        except Exception as e:  # one probe's failing report must not cost the others theirs
+            why = f"{type(e).__name__}: {e}".splitlines()[0]
+            if log:
+                log(f"report: the {name} probe's report failed ({why}); its section says so")
+            sections.append(ReportSection(title=f"{name}: report failed", order=90, markdown=(
+                f"The `{name}` probe's report raised `{why}`. Its {len(records)} results are in "
+                f"`{results_dir}`; the rest of this report is complete.\n")))
     sections.append(claims_section(results_dir))
     sections.sort(key=lambda s: (s.order, s.title))
     body = [f"# rf-bench report\n\nFrom `{results_dir}`, {time.strftime('%Y-%m-%d %H:%M')}.\n"]
@@ -221,24 +245,80 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, log
     return path
 
 
-def _probe_sections(probe, records: List[Dict[str, Any]], store, out: Path) -> list:
-    """A probe's sections. Results of several settings are never pooled: each setting gets its own sections,
-    titled with what sets it apart, and its files in a sub-folder of ``out`` named by the setting's hash."""
-    from rf_bench.results import config_hash, settings_groups
+def _probe_sections(probe, name: str, records: List[Dict[str, Any]], store, out: Path) -> list:
+    """A probe's sections. Runs trained differently (``width_mult``, recipe, ...) and results of different settings
+    are never pooled: each gets its own sections, titled with what sets it apart, and its files in a sub-folder of
+    ``out`` named by its hash. A probe without a ``report()`` (or not installed) gets its scalar values."""
+    from rf_bench.results import config_hash, settings_groups, variant_groups
 
-    groups = settings_groups(records)
-    if len(groups) == 1:
-        return probe.report(records, store, out)
+    def sections_of(group, folder):
+        if probe is not None and hasattr(probe, "report"):
+            return probe.report(group, store, folder)
+        return scalar_sections(name, group, folder)
+
     sections = []
-    for label, setting, group in groups:
-        sub = out / f"{probe.name}-{config_hash(setting)}"
-        sub.mkdir(parents=True, exist_ok=True)
-        for section in probe.report(group, store, sub):
-            markdown = re.sub(r"\]\(([^)/]+)\)",  # links to the files written beside it
-                              lambda m: f"]({sub.name}/{m.group(1)})" if (sub / m.group(1)).is_file() else m.group(0),
-                              section.markdown)
-            sections.append(dataclasses.replace(section, title=f"{section.title} [{label}]", markdown=markdown))
+    for variant, members in variant_groups(records):
+        for label, setting, group in settings_groups(members):
+            tag = ", ".join(part for part in (variant, label) if part)
+            if not tag:
+                sections += sections_of(group, out)
+                continue
+            sub = out / f"{name}-{config_hash(dict(setting, variant=variant) if variant else setting)}"
+            sub.mkdir(parents=True, exist_ok=True)
+            for section in sections_of(group, sub):
+                markdown = re.sub(r"\]\(([^)/]+)\)",  # links to the files written beside it
+                                  lambda m: f"]({sub.name}/{m.group(1)})" if (sub / m.group(1)).is_file() else m.group(0),
+                                  section.markdown)
+                sections.append(dataclasses.replace(section, title=f"{section.title} [{tag}]", markdown=markdown))
     return sections
+
+
+def _scalars(values: Dict[str, Any]) -> Dict[str, float]:
+    return {key: value for key, value in values.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def scalar_sections(name: str, records: List[Dict[str, Any]], out_dir: Path):
+    """The report of a probe that writes none of its own: its scalar values per result, then mean ± std per group
+    (model and data set), and a CSV of the first table."""
+    from rf_bench.probes.base import ReportSection
+
+    columns = list(dict.fromkeys(key for rec in records for key in _scalars(rec["values"])))
+    rows = []
+    for rec in sorted(records, key=lambda r: (",".join(r.get("models") or []), r["dataset"], r.get("seeds") or [])):
+        scalars = _scalars(rec["values"])
+        rows.append(dict(model=",".join(sorted(set(rec.get("models") or ["-"]))), dataset=rec["dataset"],
+                         seeds=",".join(map(str, rec.get("seeds") or [])),
+                         **{c: scalars.get(c, "") for c in columns}))
+    _write_csv(out_dir / f"{name}.csv", rows)
+    if not columns:
+        return [ReportSection(title=f"{name}", order=80, markdown=(
+            f"{len(records)} results; the `{name}` probe stores no scalar values to tabulate.\n"))]
+    head = ["model", "data", "seeds"] + columns
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["model"], row["dataset"], row["seeds"]] + [_format_scalar(row[c]) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    groups = _group(rows, lambda r: (r["model"], r["dataset"]))
+    mean_lines = ["| " + " | ".join(["model", "data", "results"] + columns) + " |", "|" + "---|" * (3 + len(columns))]
+    for (model, dataset), members in groups.items():
+        cells = [model, dataset, str(len(members))]
+        for c in columns:
+            values = [m[c] for m in members if m[c] != ""]
+            mean, std = mean_std(values) if values else (None, None)
+            cells.append("-" if mean is None else _format_scalar(mean) + (f" ± {_format_scalar(std)}" if std is not None else ""))
+        mean_lines.append("| " + " | ".join(cells) + " |")
+    markdown = (f"The `{name}` probe's scalar values per result ([{name}.csv]({name}.csv)), then their mean ± std "
+                f"(sample) per model and data set.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(mean_lines) + "\n")
+    return [ReportSection(title=f"{name}", order=80, markdown=markdown)]
+
+
+def _format_scalar(value: Any) -> str:
+    if value == "" or value is None:
+        return "-"
+    if float(value).is_integer() and abs(value) < 1e15:  # counts stay whole, however large
+        return str(int(value))
+    return f"{value:.4g}"
 
 
 def claims_section(results_dir: str | os.PathLike):
@@ -378,6 +458,8 @@ def _plot_cka(panels, title: str, path: Path) -> None:
             ax.set_title(f"k={k}, RF {rf} ({label})", fontsize=8)
             ax.set_xlabel("layer", fontsize=7)
             ax.set_ylabel("layer", fontsize=7)
+            integer_ticks(ax.xaxis)
+            integer_ticks(ax.yaxis)
             ax.tick_params(labelsize=6)
     fig.subplots_adjust(hspace=0.45, wspace=0.3)
     fig.colorbar(im, ax=axes, fraction=0.02, pad=0.02, label="CKA")
@@ -492,15 +574,16 @@ def _plot_densities(densities, stages, title: str, path: Path) -> None:
 
 def _plot_spectra(curves, stages, title: str, path: Path) -> None:
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(stages), figsize=(5.0 * len(stages), 3.8), squeeze=False)
+    # constrained layout keeps the right panel's y label clear of the left panel
+    fig, axes = plt.subplots(1, len(stages), figsize=(5.0 * len(stages), 3.8), squeeze=False, layout="constrained")
     for ax, stage in zip(axes[0], stages):
         items = sorted(curves[stage].items())
-        colors = plt.cm.viridis(np.linspace(0, 1, max(2, len(items))))
-        for color, ((k, rf), ev) in zip(colors, items):
+        for color, ((k, rf), ev) in zip(line_colors(len(items)), items):
             ax.plot(np.arange(1, len(ev) + 1), ev, color=color, label=f"k={k}, RF {rf}")
         positive = all((ev > 0).all() for _, ev in items)
         ax.set_yscale("log" if positive else "symlog")
-        ax.set_xlabel("index")
+        integer_ticks(ax.xaxis)
+        ax.set_xlabel("eigenvalue rank")
         ax.set_ylabel("eigenvalue")
         ax.set_title({"init": "at initialisation", "final": "after training"}[stage], fontsize=9)
         ax.grid(alpha=0.3)

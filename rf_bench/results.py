@@ -22,7 +22,7 @@ from .checkpoints import load_weights, sha256_file
 
 __all__ = [
     "Run", "load_run", "find_runs", "group_runs", "load_weights", "sha256_file", "write_json_atomic",
-    "ResultStore", "config_hash", "settings_groups",
+    "ResultStore", "config_hash", "settings_groups", "record_family", "record_k", "record_variant", "variant_groups",
 ]
 
 
@@ -52,6 +52,72 @@ def settings_groups(records: List[Dict[str, Any]], read_together: Sequence[str] 
     differ = [name for name in names if len({json.dumps(s.get(name), default=str) for s in settings.values()}) > 1]
     return [(", ".join(f"{name}={_setting_value(settings[key].get(name))}" for name in differ), settings[key], group)
             for key, group in groups.items()]
+
+
+def record_family(record: Dict[str, Any]) -> Optional[str]:
+    """The rfpool family of a result's runs (from the harness's record, else the probe's values)."""
+    return record.get("family") or (record.get("values") or {}).get("family")
+
+
+def record_k(record: Dict[str, Any]) -> Optional[int]:
+    """The rfpool k of a result's runs (from the harness's record, else the probe's values)."""
+    k = record.get("k")
+    k = (record.get("values") or {}).get("k") if k is None else k
+    return None if k is None else int(k)
+
+
+# training settings that never set runs apart: the seed varies within a group; the model is (family, k)
+_NOT_A_VARIANT = ("seed", "model", "dataset")
+
+
+def record_variant(record: Dict[str, Any]) -> Dict[str, Any]:
+    """What a result's runs were trained with besides family, k, data set and seed (``width_mult``, recipe, ...).
+
+    Model keyword arguments come first, by name; then the other training settings. Read from the record
+    (``train``), or, for results stored before it was recorded, from the first run's ``config.json``.
+    """
+    train = record.get("train")
+    if train is None:
+        dirs = record.get("run_dirs") or []
+        path = Path(dirs[0]) / "config.json" if dirs else None
+        train = json.loads(path.read_text())["config"] if path and path.is_file() else {}
+    variant = {f"{key}": value for key, value in sorted((train.get("model_kwargs") or {}).items())}
+    variant.update((key, value) for key, value in sorted(train.items())
+                   if key not in _NOT_A_VARIANT and key != "model_kwargs")
+    return variant
+
+
+def variant_groups(records: List[Dict[str, Any]]) -> List[Tuple[str, List[Dict[str, Any]]]]:
+    """Results split by :func:`record_variant`, each labelled by what sets it apart (e.g. ``width_mult=0.25``).
+
+    Runs trained differently are never pooled, as if they were seeds; one variant gives one group, label "".
+    """
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    variants: Dict[str, Dict[str, Any]] = {}
+    for record in records:
+        variant = record_variant(record)
+        key = json.dumps(variant, sort_keys=True, default=str)
+        groups.setdefault(key, []).append(record)
+        variants[key] = variant
+    if len(groups) <= 1:
+        return [("", records)] if records else []
+    names = dict.fromkeys(name for variant in variants.values() for name in variant)
+    differ = [name for name in names if len({json.dumps(v.get(name), default=str) for v in variants.values()}) > 1]
+    labelled = [(", ".join(f"{name}={_setting_value(variants[key].get(name))}" for name in differ), group)
+                for key, group in groups.items()]
+    return sorted(labelled, key=lambda item: _variant_order(item[0]))
+
+
+def _variant_order(label: str) -> Tuple:
+    """Labels sort by their numbers where they have them (width_mult=0.0625 before 0.125 before 0.25)."""
+    parts = []
+    for item in label.split(", "):
+        name, _, value = item.partition("=")
+        try:
+            parts.append((name, 0, float(value), ""))
+        except ValueError:
+            parts.append((name, 1, 0.0, value))
+    return tuple(parts)
 
 
 def _setting_value(value: Any) -> str:
@@ -115,6 +181,13 @@ class Run:
     def input_size(self) -> tuple:
         return tuple(self.meta["data"]["input_size"])
 
+    def final_metrics(self) -> Dict[str, Any]:
+        """The last epoch's line of ``metrics.jsonl`` (epoch, losses and accuracies; ``{}`` if there is none)."""
+        path = self.path / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        last = json.loads(lines[-1]) if lines else {}
+        return {k: last[k] for k in ("epoch", "test_acc", "test_loss", "train_acc", "train_loss") if k in last}
+
     def create_model(self, stage: str = "final") -> nn.Module:
         """The run's model with its ``init`` or ``final`` weights, in eval mode on the CPU."""
         import timm
@@ -157,7 +230,10 @@ def find_runs(patterns: Sequence[str]) -> List[Run]:
 
     paths: List[Path] = []
     for pattern in patterns:
-        matches = [Path(p) for p in sorted(glob.glob(os.path.expanduser(pattern)))] or [Path(pattern)]
+        matches = [Path(p) for p in sorted(glob.glob(os.path.expanduser(pattern)))]
+        if not matches and glob.has_magic(pattern):
+            raise FileNotFoundError(f"no path matches {pattern}; check the pattern, or point at a folder of runs")
+        matches = matches or [Path(pattern)]
         for p in matches:
             if (p / "config.json").is_file():
                 paths.append(p)

@@ -192,6 +192,7 @@ def load_sweep(path: str | os.PathLike | None = None, *, text: Optional[str] = N
                output: Optional[str] = None) -> Sweep:
     """Parse a sweep file (or ``text``); ``output`` puts runs, results and report under one folder instead."""
     from .models import unknown_model_hint  # importing it registers the rfpool models
+    from .probes.base import settings_from_table
 
     where = str(path) if path else "sweep"
     try:
@@ -215,10 +216,8 @@ def load_sweep(path: str | os.PathLike | None = None, *, text: Optional[str] = N
     runs = [resolve_config(recipe, model=model, dataset=dataset, seed=seed, **train_spec)
             for dataset in grid.get("datasets", ["cifar10"]) for model in models for seed in grid.get("seeds", [0])]
     _check_runs(runs, where)
-    probes = dict(spec.get("probes", {}))
-    suite = probes.pop("suite", "all")
-    settings = [f"{probe}.{key}={json.dumps(value)}" for probe, table in sorted(probes.items())
-                for key, value in sorted(table.items())]
+    suite, settings = settings_from_table(spec.get("probes", {}))
+    suite = suite or "all"
     slurm = spec.get("slurm", {})
     if set(slurm) - _SLURM_KEYS:
         raise ValueError(f"{where}: [slurm] has no key(s) {sorted(set(slurm) - _SLURM_KEYS)}; use {sorted(_SLURM_KEYS)}")

@@ -19,7 +19,7 @@ from rf_bench.recipes import COMPILE_MODES, RECIPES, TrainConfig, config_hash, l
 from rf_bench.trainer import NonFiniteLossError, Trainer, check_writable
 
 __all__ = ["TrainConfig", "RECIPES", "resolve_config", "run_dir_for", "train", "main", "NonFiniteLossError",
-           "config_hash", "lr_factor", "check_writable"]
+           "config_hash", "lr_factor", "check_writable", "finished_line", "HelpFormatter"]
 
 
 def train(cfg: TrainConfig, output: str | os.PathLike = "runs", data_dir: Optional[str] = None,
@@ -48,13 +48,31 @@ def _parse_kv(items: List[str]) -> Dict[str, Any]:
     return out
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written, and every option's default in its help (unless it has none or says it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default in (None, False, argparse.SUPPRESS) or default == [] or "default" in text
+                or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def _recipe_summary(name: str) -> str:
+    recipe = RECIPES[name]
+    return f"{recipe['epochs']} epochs, lr {recipe['lr']:g}"
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="timm model name, e.g. resnet50_rfpool3 (required unless --config)")
     p.add_argument("--dataset", help="cifar10, tiny-imagenet, fashion-mnist, mnist, digits or synthetic "
                                      "(required unless --config)")
     p.add_argument("--config", metavar="JSON", help="a whole resolved TrainConfig as JSON (how sweeps launch runs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--recipe", default="paper", help=f"named preset: {', '.join(RECIPES)}")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data order")
+    p.add_argument("--recipe", default="paper",
+                   help=f"named preset: {', '.join(f'{name} ({_recipe_summary(name)})' for name in RECIPES)}")
     p.add_argument("--output", default="runs", help="root folder of run directories")
     p.add_argument("--data-dir", help="local copy of the data set (see rf_bench.data)")
     p.add_argument("--train-per-class", type=int, metavar="N",
@@ -88,7 +106,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=1, metavar="N",
                    help="test every N epochs (0: the last epoch only, which is always tested)")
     p.add_argument("--log-with", choices=("tensorboard", "wandb", "all"), help="accelerate trackers, if installed")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar: one line per epoch")
 
 
 def _config_from_file(path: Path) -> TrainConfig:
@@ -131,6 +149,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def finished_line(run_dir: Path) -> str:
+    """What a user wants once training ends: the final test accuracy and where the run is."""
+    from .results import Run
+
+    metrics = Run(path=Path(run_dir), meta={}).final_metrics()
+    acc = metrics.get("test_acc")
+    epochs = metrics.get("epoch", -1) + 1  # metrics count epochs from 0
+    tested = f"test accuracy {100 * acc:.2f}% after {epochs} epochs" if acc is not None else "not tested"
+    return f"{tested}; run directory: {run_dir}"
+
+
 def run_from_args(args: argparse.Namespace) -> Path:
     if args.log_with and args.log_with != "all":
         import importlib.util
@@ -145,8 +174,7 @@ def run_from_args(args: argparse.Namespace) -> Path:
 def main(argv: Optional[List[str]] = None) -> int:
     from safetensors import SafetensorError
 
-    parser = argparse.ArgumentParser(prog="rf_bench/train.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="rf_bench/train.py", description=__doc__, formatter_class=HelpFormatter)
     add_train_args(parser)
     parser.add_argument("--debug", action="store_true", help="on an error, show the whole traceback")
     args = parser.parse_args(argv)
@@ -164,7 +192,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        print(f"run directory: {run_dir}")
+        print(finished_line(run_dir))
     return 0
 
 

@@ -289,6 +289,20 @@ def _validate_names(cfg: TrainConfig) -> None:
         raise ValueError(f"--dataset: {e}") from None
 
 
+def _too_large_k_hint(cfg: TrainConfig, input_size: Tuple[int, ...], e: "RFPoolSizeError") -> str:
+    """The rfpool size error in `train`'s terms: a smaller k, or a data set whose images are large enough."""
+    from .data.sources import DATASETS, dataset_key
+
+    family = cfg.model[: -len(str(e.k))]
+    smaller = f"--model {family}{e.largest_k}" + (" or a smaller k" if e.largest_k > 1 else "")
+    big_enough = [name for name, spec in DATASETS.items() if (spec.side or 0) >= e.min_input
+                  and name != dataset_key(cfg.dataset)]
+    other = (f", or a data set with images of at least {e.min_input}x{e.min_input} ({', '.join(big_enough)})"
+             if big_enough else "")
+    return (f"--model {cfg.model}: k={e.k} pools the {input_size[-2]}x{input_size[-1]} images of {cfg.dataset} below "
+            f"what the rest of the net needs; train {smaller if e.largest_k >= 1 else 'a smaller k'}{other}")
+
+
 def validate_settings(cfg: TrainConfig) -> None:
     """Refuse a number out of range or an unknown model / data set, in one line, before any work."""
     _validate_numbers(cfg)
@@ -460,6 +474,7 @@ class Trainer:
         import timm
 
         import rf_bench.models  # noqa: F401  (registers the rfpool models)
+        from .models import RFPoolSizeError
         from .results import load_weights
 
         cfg = self.cfg
@@ -469,8 +484,11 @@ class Trainer:
             model = timm.create_model(cfg.model, **self.model_kwargs)
         except TypeError as e:  # an unknown keyword reaches the model's constructor
             raise ValueError(f"--model-kwargs {cfg.model_kwargs} do not fit {cfg.model}: {e}") from None
-        with torch.no_grad():  # a k too large for the images fails here, with the model's own one-line error
-            model.eval()(torch.zeros(1, *self.train_set.input_size))
+        with torch.no_grad():  # a k too large for the images fails here, said in what `train` can change
+            try:
+                model.eval()(torch.zeros(1, *self.train_set.input_size))
+            except RFPoolSizeError as e:
+                raise ValueError(_too_large_k_hint(cfg, self.train_set.input_size, e)) from None
         model.train()
         if cfg.init_from:
             load_weights(model, cfg.init_from)

@@ -2,6 +2,10 @@ import os
 
 # before any cuBLAS call of the session: a deterministic CUDA test after any other CUDA test needs it set already
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+# the tests see rf-bench's own probes and the ones they register, never a plugin the user installed
+# (inherited by every subprocess a test starts)
+os.environ["RF_BENCH_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+os.environ.pop("RF_BENCH_PLUGINS", None)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -18,6 +22,8 @@ except ImportError:  # scikit-learn brings threadpoolctl; without it BLAS keeps 
     pass
 
 TINY = 0.125  # width multiplier for tiny rfpool models (8 stem channels)
+# A subprocess's time limit is a hang detector, far above its normal time (a busy machine must not fail a test).
+HANG_S = 3600
 
 
 @pytest.fixture(autouse=True)

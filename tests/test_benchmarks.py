@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import HANG_S
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -81,7 +83,7 @@ def test_gpu_benchmarks_refuse_a_missing_gpu_in_one_line():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     for script in ("gpu_train.py", "hessian_gpu.py"):
-        proc = subprocess.run([sys.executable, str(BENCH / script)], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([sys.executable, str(BENCH / script)], capture_output=True, text=True, timeout=HANG_S)
         assert proc.returncode == 1 and proc.stderr.strip().startswith("error: no CUDA device here")
         assert "Traceback" not in proc.stderr
 

@@ -14,6 +14,8 @@ from rf_bench.claims import (Claim, claims_markdown, collect_claims, evaluate_cl
                              permutation_p_value, spearman_rho, welch_interval)
 from rf_bench.results import ResultStore
 
+from conftest import HANG_S
+
 KS = (1, 2, 3, 4)
 
 
@@ -260,7 +262,7 @@ def test_evaluate_metric_with_one_k_says_so():
 # ------------------------------------------------------------------------------------ CLI, report
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "rf_bench.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "rf_bench.cli", *args], capture_output=True, text=True, timeout=HANG_S)
 
 
 def test_claims_cli_json_and_report(tmp_path):
@@ -306,3 +308,48 @@ def test_claims_cli_without_results_is_one_line(tmp_path):
     proc = _cli("claims", str(tmp_path / "nowhere"))
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "rf-bench probe" in proc.stderr
+
+
+def _at_width(record, width):
+    """``record`` as the harness stores it for a run trained at ``width_mult=width``."""
+    return dict(record, train=dict(model_kwargs=dict(width_mult=width), recipe="fast", epochs=3))
+
+
+def test_widths_are_never_pooled_in_claims_or_the_report(tmp_path):
+    from rf_bench.report import write_report
+
+    # the narrow nets lose accuracy with k, the wide ones gain it: pooled, the two would cancel out
+    narrow = [_at_width(r, 0.0625) for r in _dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k + 0.002 * s, 3)]
+    wide = [_at_width(r, 0.25) for r in _dense_grid("vgg19_rfpool", lambda k, s: 0.6 + 0.05 * k + 0.002 * s, 3)]
+    results = _store(tmp_path, narrow + wide)
+    rows = {v.variant: v for v in _verdicts(results, "dense_accuracy")}
+    assert set(rows) == {"width_mult=0.0625", "width_mult=0.25"}
+    assert rows["width_mult=0.0625"].verdict == "supported" and rows["width_mult=0.0625"].n == 12
+    assert rows["width_mult=0.25"].verdict == "contradicted" and rows["width_mult=0.25"].n == 12
+    report = write_report(results, tmp_path / "report").read_text()
+    assert "| dense_accuracy | vgg19_rfpool [width_mult=0.0625] | digits |" in report
+    assert "| dense_accuracy | vgg19_rfpool [width_mult=0.25] | digits |" in report
+    for width, by_k in ((0.0625, lambda k: 0.9 - 0.05 * k + 0.002), (0.25, lambda k: 0.6 + 0.05 * k + 0.002)):
+        section = report.split(f"## Pruning: vgg19_rfpool on digits [width_mult={width}]\n", 1)[1].split("\n## ")[0]
+        dense = {int(line.split(" | ")[0][2:]): line.split(" | ")[4] for line in section.splitlines()
+                 if line[:3] in ("| 1", "| 2", "| 3", "| 4")}
+        assert dense == {k: f"{100 * by_k(k):.2f} ± 0.20" for k in KS}  # each width's own seeds, nothing else
+
+
+def test_accuracies_are_percent_in_claims_as_in_every_table(tmp_path):
+    from rf_bench.report import claims_section
+
+    results = _store(tmp_path, _dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k + 0.001 * s, seeds=3))
+    row = next(line for line in claims_section(results).markdown.splitlines() if line.startswith("| dense_accuracy"))
+    assert "| 85.10% ± 0.10% |" in row  # k = 1: mean 0.851, std 0.001
+
+
+def test_the_claims_table_fits_100_columns_when_piped(tmp_path):
+    records = (_dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k + 0.001 * s, seeds=3)
+               + [_at_width(r, 0.25) for r in _dense_grid("resnet50_rfpool", lambda k, s: 0.8 + 0.001 * s, seeds=3)])
+    proc = _cli("claims", str(_store(tmp_path, records)))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(map(len, lines)) <= 100, max(lines, key=len)
+    assert "dense_accuracy /" in proc.stdout and "vgg19_rfpool / digits" in proc.stdout
+    assert "85.1%" in proc.stdout and "supported" in proc.stdout and "[width_mult=0.25]" not in proc.stdout

@@ -38,3 +38,31 @@ def test_too_large_k_is_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "use k <= 4" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_every_help_shows_the_defaults():
+    import argparse
+
+    from rf_bench.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, command in sub.choices.items():
+        text = " ".join(command.format_help().split())
+        for action in command._actions:
+            shown = action.default not in (None, False, [], argparse.SUPPRESS) and action.option_strings
+            if shown:
+                assert f"default: {action.default}" in text or "default" in (action.help or ""), (name, action.dest)
+    train_help = " ".join(sub.choices["train"].format_help().split())
+    assert "(default: paper)" in train_help and "(default: runs)" in train_help
+
+
+def test_help_texts_name_no_durations():
+    import re
+
+    from rf_bench.cli import build_parser
+
+    parser = build_parser()
+    texts = [parser.format_help()] + [c.format_help() for c in parser._subparsers._group_actions[0].choices.values()]
+    for text in texts:
+        assert not re.search(r"\b\d+\s*(s|min|minutes?|seconds?|hours?)\b|about a minute", text), text

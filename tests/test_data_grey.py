@@ -65,6 +65,14 @@ def test_every_source_gives_identical_tensors(tmp_path, cache, grey, split):
         assert got.mean == pytest.approx((mean,), abs=1e-12) and got.std == pytest.approx((std,), abs=1e-12), fmt
 
 
+@pytest.mark.parametrize("folder", ["fashion_mnist", "fashion-mnist", "fashionmnist", "FashionMNIST"])
+def test_a_folder_named_like_any_spelling_of_the_data_set_is_found(tmp_path, cache, grey, folder):
+    fd.write_idx(tmp_path / folder, grey)
+    for name in ("fashion_mnist", "fashion-mnist"):
+        got = D.load(name, "test", data_dir=tmp_path, cache_dir=cache)
+        assert torch.equal(got.images, _reference(grey, "test")[0]) and got.source == str(tmp_path / folder)
+
+
 def test_mnist_reads_its_idx_files_and_hub_copy(tmp_path, cache, grey):
     fd.write_idx(tmp_path / "idx" / "MNIST" / "raw", grey)
     fd.write_grey_parquet(tmp_path / "hub", grey, config="mnist", classes=[str(d) for d in range(10)])

@@ -14,6 +14,8 @@ from rf_bench.models import RfPoolVGG
 from rf_bench.probes.hessian import (HVP, hessian_eigenvalues, hessian_trace, prepare_batchnorm, slq_density,
                                      spectral_density, thick_restart_lanczos)
 
+from conftest import HANG_S
+
 
 class SmallCNN(nn.Module):
     def __init__(self, bn=False):
@@ -416,7 +418,7 @@ def test_hvps_split_across_two_processes_match_one(tmp_path):
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     torchrun = Path(sys.executable).parent / "torchrun"
     two = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), str(script),
-                          str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+                          str(tmp_path)], capture_output=True, text=True, env=env, timeout=HANG_S)
     assert two.returncode == 0, two.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 

@@ -2,9 +2,11 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from rf_bench.probes.base import apply_overrides, resolve_suite
 from rf_bench.probes.prune import global_magnitude_masks, prunable_parameters
 from rf_bench.results import ResultStore, find_runs, group_runs, load_run
 
-from conftest import TINY
+from conftest import HANG_S, TINY
 
 RATES = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -94,11 +96,13 @@ def _probe_cmd(*args):
 
 
 def _dummy_distribution(root: Path, log: Path) -> Path:
-    """A temporary installed distribution with an rf_bench.probes entry point (a third-party probe)."""
+    """A temporary installed distribution with an rf_bench.probes entry point (a third-party probe), no report() of
+    its own, and one claim read from a value its results carry (1 / k) and from the k the harness records."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "dummy_probe.py").write_text(textwrap.dedent(f"""
         import os, time
         from dataclasses import dataclass
+        from rf_bench.claims import Claim
         from rf_bench.probes.base import ProbeOutput
 
         @dataclass
@@ -110,13 +114,15 @@ def _dummy_distribution(root: Path, log: Path) -> Path:
             version = 1
             scope = "run"
             Config = Config
+            claims = (Claim("dummy_inverse_k", "1 / k falls as k grows", "falls", "dummy",
+                            lambda record: {{"inverse k": [record["values"]["inverse_k"]]}}),)
 
             def run(self, run, config, ctx):
                 with open({str(log)!r}, "a") as f:
                     f.write(run.run_id + "\\n")
                 time.sleep(config.sleep)
                 n = sum(p.numel() for p in run.create_model().parameters())
-                return ProbeOutput(values=dict(params=n, pid=os.getpid()))
+                return ProbeOutput(values=dict(params=n, pid=os.getpid(), inverse_k=1 / run.k))
     """))
     info = root / "dummy_probe-0.1.dist-info"
     info.mkdir(exist_ok=True)
@@ -126,25 +132,68 @@ def _dummy_distribution(root: Path, log: Path) -> Path:
 
 
 def _env_with(path: Path):
-    return dict(os.environ, PYTHONPATH=str(path) + os.pathsep + os.environ.get("PYTHONPATH", ""), HF_HUB_OFFLINE="1")
+    return dict(os.environ, PYTHONPATH=str(path) + os.pathsep + os.environ.get("PYTHONPATH", ""), HF_HUB_OFFLINE="1",
+                RF_BENCH_PLUGINS="dummy")
 
 
-def test_third_party_probe_runs_in_suite_all(tmp_path, tiny_runs):
+CHEAP_SETTINGS = """
+# every built-in probe, briefly
+[probes.prune]
+finetune_epochs = 0
+rates = [0.5]
+[probes.hessian]
+k = 2
+ncv = 6
+tol = 0.01
+n_images = 16
+trace_samples = 2
+density_steps = 0
+stages = ["init"]
+[probes.cka]
+n_images = 32
+[probes.rfmap]
+n = 2
+stages = ["init"]
+measure_rf = false
+"""
+
+
+def test_third_party_probe_runs_in_suite_all_and_reaches_the_report_and_claims(tmp_path, tiny_runs):
     plugin = _dummy_distribution(tmp_path / "site", tmp_path / "calls.log")
-    results = tmp_path / "results"
-    cheap = ["prune.finetune_epochs=0", "prune.rates=[0.5]", "hessian.k=2", "hessian.n_images=16",
-             "hessian.trace_samples=2", 'hessian.stages=["init"]', "cka.n_images=32", "rfmap.n=2",
-             'rfmap.stages=["init"]', "rfmap.measure_rf=false"]  # every built-in probe runs, briefly
-    settings = [arg for item in cheap for arg in ("--set", item)]
-    proc = subprocess.run(_probe_cmd(*map(str, tiny_runs[:2]), "--suite", "all", "--results", str(results),
-                                     *settings), capture_output=True, text=True, env=_env_with(plugin), timeout=600)
+    results, report = tmp_path / "results", tmp_path / "report"
+    settings = tmp_path / "cheap.toml"
+    settings.write_text(CHEAP_SETTINGS)
+    env = _env_with(plugin)
+    proc = subprocess.run(_probe_cmd(*map(str, tiny_runs), "--suite", "all", "--results", str(results),
+                                     "--settings", str(settings)), capture_output=True, text=True, env=env,
+                          timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     store = ResultStore(results)
     dummy = store.records("dummy")
-    assert len(dummy) == 2 and len(store.records("prune")) == 2
+    assert len(dummy) == 4 and len(store.records("prune")) == 4
     assert {r["probe"] for r in store.records()} == {"dummy", "prune", "hessian", "cka", "rfmap"}
+    assert store.records("hessian")[0]["config"]["k"] == 2  # the settings file was read
     expected = sum(p.numel() for p in load_run(tiny_runs[0]).create_model().parameters())
     assert dummy[0]["values"]["params"] == expected
+
+    cli = [sys.executable, "-m", "rf_bench.cli"]
+    proc = subprocess.run(cli + ["report", str(results), "--out", str(report)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (report / "REPORT.md").read_text()
+    section = text.split("## dummy\n", 1)[1].split("\n## ", 1)[0]  # a section though the probe writes no report()
+    tables = [[[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()]
+              for block in section.split("\n\n") if block.startswith("|")]
+    (per_result, _, *rows), (per_model, _, *means) = tables  # header, rule, rows: one per result, one per model
+    rows = [dict(zip(per_result, row)) for row in rows]
+    means = {row[0]: dict(zip(per_model, row)) for row in means}
+    assert len(rows) == 4 and {row["params"] for row in rows} == {str(expected)}
+    assert sorted((row["model"], row["seeds"], row["inverse_k"]) for row in rows) == [
+        ("vgg19_rfpool1", "0", "1"), ("vgg19_rfpool1", "1", "1"), ("vgg19_rfpool2", "0", "0.5"), ("vgg19_rfpool2", "1", "0.5")]
+    assert means["vgg19_rfpool2"]["results"] == "2" and means["vgg19_rfpool2"]["inverse_k"] == "0.5 ± 0"
+    proc = subprocess.run(cli + ["claims", str(results), "--json"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = [v for v in json.loads(proc.stdout) if v["claim"] == "dummy_inverse_k"]
+    assert row["family"] == "vgg19_rfpool" and row["means"] == {"1": 1.0, "2": 0.5} and row["rho"] == -1.0
 
 
 def test_two_concurrent_probe_processes_share_the_work(tmp_path, tiny_runs):
@@ -155,7 +204,7 @@ def test_two_concurrent_probe_processes_share_the_work(tmp_path, tiny_runs):
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env_with(plugin))
              for _ in range(2)]
     for p in procs:
-        _, err = p.communicate(timeout=600)
+        _, err = p.communicate(timeout=HANG_S)
         assert p.returncode == 0, err[-3000:]
     calls = log.read_text().split()
     assert sorted(calls) == sorted(load_run(d).run_id for d in tiny_runs)  # each run computed exactly once
@@ -212,7 +261,7 @@ def test_end_to_end_prune_report_numbers_equal_stored_results(tmp_path, tiny_run
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run(_probe_cmd(str(Path(tiny_runs[0]).parent), "--suite", "prune", "--results", str(results),
                                      "--set", "finetune_epochs=1"), capture_output=True, text=True, env=env,
-                          timeout=900)
+                          timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = subprocess.run([sys.executable, "-m", "rf_bench.cli", "report", str(results), "--out", str(report)],
                           capture_output=True, text=True, env=env)
@@ -242,3 +291,98 @@ def test_end_to_end_prune_report_numbers_equal_stored_results(tmp_path, tiny_run
             assert all(x["finetuned_sparsity"] >= rate - 1e-5 for x in by_rate)  # round(rate * n) / n
     csv = (report / "prune.csv").read_text().splitlines()
     assert csv[0].startswith("family,dataset,k,rf_analytic") and len(csv) == 1 + 2 * (1 + 2 * len(RATES))
+
+
+def test_a_failing_probe_report_is_named_and_the_rest_is_written(tmp_path, tiny_runs, monkeypatch):
+    from rf_bench.probes import base
+    from rf_bench.report import write_report
+
+    class Broken:
+        name, version, scope = "broken", 1, "run"
+        Config = base.Probe.Config
+
+        def run(self, run, config, ctx):
+            return base.ProbeOutput(values=dict(score=float(run.k)))
+
+        @staticmethod
+        def report(records, store, out_dir):
+            raise RuntimeError("the figure code has a bug")
+
+    probes = dict(base.available_probes(), broken=Broken)
+    monkeypatch.setattr(base, "available_probes", lambda: probes)
+    results = tmp_path / "results"
+    base.run_suite([Broken, probes["prune"]], [load_run(d) for d in tiny_runs[:2]], results,
+                   apply_overrides([probes["prune"]], ["rates=[0.5]", "finetune_epochs=0"]) | {"broken": Broken.Config()},
+                   progress=False)
+    logged = []
+    text = write_report(results, tmp_path / "report", log=logged.append).read_text()
+    assert "## broken: report failed" in text and "RuntimeError: the figure code has a bug" in text
+    assert "## Pruning: vgg19_rfpool on digits" in text and "## Does the paper hold?" in text
+    assert any("broken" in line for line in logged)
+
+
+def test_list_settings_names_every_setting_of_every_builtin_probe_with_its_default_and_meaning():
+    proc = subprocess.run([sys.executable, "-m", "rf_bench.cli", "probe", "--list-settings"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    import dataclasses
+
+    from rf_bench.probes.base import describe_settings
+
+    rows = describe_settings(resolve_suite("all"))
+    for probe in resolve_suite("all"):
+        for f in dataclasses.fields(probe.Config):
+            (row,) = [r for r in rows if r[:2] == (probe.name, f.name)]
+            assert row[2] == getattr(probe.Config(), f.name) and len(row[3]) > 10, row  # a default and a meaning
+            assert f.name in proc.stdout
+    assert len(proc.stdout.splitlines()) >= len(rows)
+
+
+def test_set_keys_and_run_globs_get_hints():
+    with pytest.raises(ValueError, match="no probe 'hessian' has a setting 'kk'; did you mean 'k'"):
+        apply_overrides(resolve_suite("hessian"), ["hessian.kk=3"])
+    with pytest.raises(ValueError, match="no probe 'hesian' in the suite; did you mean 'hessian'"):
+        apply_overrides(resolve_suite("hessian,cka"), ["hesian.k=3"])
+    with pytest.raises(FileNotFoundError, match="no path matches .*nothing-here-\\*"):
+        find_runs(["nothing-here-*"])
+
+
+def test_a_settings_file_sizes_the_probes_and_set_overrides_it(tmp_path):
+    from rf_bench.probes.base import load_settings
+
+    suite, items = load_settings("demo")  # a shipped sweep file's [probes] tables, as they are
+    configs = apply_overrides(resolve_suite(suite), items + ["hessian.k=4"])
+    assert suite == "all" and configs["hessian"].k == 4 and configs["hessian"].n_images == 32
+    assert configs["prune"].finetune_epochs == 0 and configs["rfmap"].n == 8
+    (tmp_path / "bad.toml").write_text("[train]\nepochs = 3\n")
+    with pytest.raises(ValueError, match="has no \\[probes\\] table"):
+        load_settings(str(tmp_path / "bad.toml"))
+
+
+def test_ctrl_c_in_the_hessian_step_is_one_line_and_the_rerun_resumes(tmp_path, tiny_runs):
+    results = tmp_path / "results"
+    prune = ["--set", "prune.rates=[0.5]", "--set", "prune.finetune_epochs=0"]
+
+    def command(*hessian):
+        return _probe_cmd(str(tiny_runs[0]), "--suite", "prune,hessian", "--results", str(results), *prune,
+                          *[arg for item in hessian for arg in ("--set", f"hessian.{item}")])
+
+    proc = subprocess.Popen(command("n_images=256", "k=30", "tol=1e-9", "density_steps=0"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + HANG_S
+    while time.monotonic() < deadline and proc.poll() is None and not list(results.glob("*/.hessian-*.lock")):
+        time.sleep(0.2)  # prune is stored; the Hessian has begun
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=HANG_S)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().count("\n") == 0 and "Traceback" not in err + out
+    assert err.startswith("interrupted: 1 finished result(s)") and "the same command resumes" in err
+    (pruned,) = ResultStore(results).records("prune")
+    stamp = Path(pruned["_path"]).stat().st_mtime_ns
+    assert not ResultStore(results).records("hessian") and not list(results.glob("*/.*.tmp*"))
+    rerun = subprocess.run(command("n_images=32", "k=2", "density_steps=0"), capture_output=True, text=True,
+                           timeout=HANG_S)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert Path(pruned["_path"]).stat().st_mtime_ns == stamp  # kept, not recomputed
+    assert len(ResultStore(results).records("hessian")) == 1

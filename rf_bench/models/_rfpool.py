@@ -21,6 +21,16 @@ def largest_valid_k(size: int, min_size_after_pool: int) -> int:
     return size // min_size_after_pool
 
 
+class RFPoolSizeError(ValueError):
+    """An input too small for the rfpool ``k``: the pooled map would be smaller than the rest of the net needs.
+
+    ``largest_k`` is the largest k this input allows (0: none), ``min_input`` the input side this k needs."""
+
+    def __init__(self, message: str, k: int, input_hw: tuple, largest_k: int, min_input: int) -> None:
+        super().__init__(message)
+        self.k, self.input_hw, self.largest_k, self.min_input = k, input_hw, largest_k, min_input
+
+
 @register_notrace_function  # a leaf call in timm's fx graphs, not control flow on a proxy
 def check_rfpool_input(x: torch.Tensor, k: int, min_size_after_pool: int, name: str) -> torch.Tensor:
     """``x`` itself, if the pooled map keeps ``min_size_after_pool`` px a side; else a one-line ValueError."""
@@ -30,10 +40,10 @@ def check_rfpool_input(x: torch.Tensor, k: int, min_size_after_pool: int, name: 
     best = largest_valid_k(min(h, w), min_size_after_pool)
     fix = "use k <= " + str(best) if best >= 1 else "use a larger input"
     need = k * min_size_after_pool
-    raise ValueError(
+    raise RFPoolSizeError(
         f"{name}: rfpool k={k} shrinks a {h}x{w} input to {h // k}x{w // k}, but the rest of the net needs "
-        f">= {min_size_after_pool}x{min_size_after_pool}; {fix} or an input of at least {need}x{need}"
-    )
+        f">= {min_size_after_pool}x{min_size_after_pool}; {fix} or an input of at least {need}x{need}",
+        k=k, input_hw=(h, w), largest_k=best, min_input=need)
 
 
 torch.fx.wrap("check_rfpool_input")  # plain torch.fx.symbolic_trace keeps it as one call too

@@ -9,18 +9,23 @@ the ``rf_bench.probes`` entry-point group, e.g. in a plugin's ``pyproject.toml``
     mine = "my_package.probes:MyProbe"
 
 A probe may also define ``report(records, store, out_dir) -> list[ReportSection]`` to add its tables
-and figures to ``rf-bench report``.
+and figures to ``rf-bench report``; without one, the report still shows its scalar values.
+
+As with pytest's plugins, ``RF_BENCH_DISABLE_PLUGIN_AUTOLOAD=1`` keeps third-party probes out (only
+rf-bench's own load), and ``RF_BENCH_PLUGINS=name,...`` lets named ones back in: a test suite or a
+study sees exactly the probes it asked for, whatever else is installed.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -29,9 +34,10 @@ from torch.nn import functional as F
 from rf_bench.results import ResultStore, Run, config_hash, group_runs
 
 __all__ = ["Probe", "ProbeOutput", "ProbeContext", "ReportSection", "available_probes", "resolve_suite",
-           "apply_overrides", "run_suite", "evaluate"]
+           "apply_overrides", "load_settings", "settings_from_table", "describe_settings", "run_suite", "evaluate"]
 
 ENTRY_POINT_GROUP = "rf_bench.probes"
+_OWN_DISTRIBUTION = "rf-bench"
 
 
 @dataclass
@@ -50,6 +56,8 @@ class ProbeContext:
     data_dir: Optional[str] = None
     device: torch.device = torch.device("cpu")
     progress: bool = True
+    # a long probe says where it is (e.g. "init: HVP 12 of about 40, 9 s left"); shown beside the suite's bar
+    status: Callable[[str], None] = lambda message: None
 
 
 @dataclass
@@ -77,10 +85,23 @@ class Probe:
         raise NotImplementedError
 
 
+def _autoloaded(ep: metadata.EntryPoint) -> bool:
+    """Whether an entry point loads under ``RF_BENCH_DISABLE_PLUGIN_AUTOLOAD`` / ``RF_BENCH_PLUGINS``."""
+    if not os.environ.get("RF_BENCH_DISABLE_PLUGIN_AUTOLOAD"):
+        return True
+    dist = getattr(ep, "dist", None)
+    if dist is not None and (dist.metadata["Name"] or "").lower().replace("_", "-") == _OWN_DISTRIBUTION:
+        return True
+    allowed = {n.strip() for n in os.environ.get("RF_BENCH_PLUGINS", "").split(",") if n.strip()}
+    return ep.name in allowed
+
+
 def available_probes() -> Dict[str, Type[Probe]]:
     """Every probe registered under the ``rf_bench.probes`` entry-point group, by name."""
     probes: Dict[str, Type[Probe]] = {}
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if not _autoloaded(ep):
+            continue
         try:
             obj = ep.load()
         except Exception as e:  # a broken plugin must not take the others down
@@ -103,6 +124,14 @@ def resolve_suite(suite: str) -> List[Type[Probe]]:
     return chosen
 
 
+def _nearest(name: str, choices: Sequence[str]) -> str:
+    """``; did you mean 'x'?`` for the closest choice, else the list of choices."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.5)
+    return f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(sorted(choices)) or 'none'}"
+
+
 def apply_overrides(probes: Sequence[Type[Probe]], settings: Sequence[str]) -> Dict[str, Any]:
     """Each probe's config with ``key=value`` / ``probe.key=value`` settings (values parsed as JSON)."""
     configs = {p.name: p.Config() for p in probes}
@@ -119,15 +148,99 @@ def apply_overrides(probes: Sequence[Type[Probe]], settings: Sequence[str]) -> D
         hit = False
         for name in names:
             if name not in configs:
-                raise ValueError(f"--set {item}: no probe {name!r} in the suite ({', '.join(configs)})")
+                raise ValueError(f"--set {item}: no probe {name!r} in the suite; {_nearest(name, list(configs))}")
             if fld in {f.name for f in dataclasses.fields(configs[name])}:
                 if isinstance(value, list):
                     value = tuple(value)
                 configs[name] = dataclasses.replace(configs[name], **{fld: value})
                 hit = True
         if not hit:
-            raise ValueError(f"--set {item}: no probe in the suite has a setting {fld!r}")
+            known = [f.name for name in names for f in dataclasses.fields(configs[name])]
+            where = f"probe {target!r}" if target else "probe in the suite"
+            raise ValueError(f"--set {item}: no {where} has a setting {fld!r}; {_nearest(fld, known)} "
+                             "(`rf-bench probe --list-settings` lists them)")
     return configs
+
+
+def settings_from_table(probes: Dict[str, Any]) -> Tuple[Optional[str], List[str]]:
+    """A sweep file's ``[probes]`` table as (its ``suite``, or None; ``probe.key=value`` settings)."""
+    probes = dict(probes)
+    suite = probes.pop("suite", None)
+    items = []
+    for probe, table in sorted(probes.items()):
+        if not isinstance(table, dict):
+            raise ValueError(f"[probes] {probe} = {table!r} is not a table; write [probes.{probe}] settings")
+        items += [f"{probe}.{key}={json.dumps(value)}" for key, value in sorted(table.items())]
+    return suite, items
+
+
+def _shipped_settings() -> Dict[str, str]:
+    """Sweep files shipped with rf-bench whose [probes] tables ``--settings NAME`` reuses: the demo and the studies."""
+    from importlib import resources
+
+    from rf_bench.studies import available_studies
+
+    shipped = {"demo": resources.files("rf_bench").joinpath("demo.toml")}
+    shipped.update((name, resources.files("rf_bench.studies").joinpath(f"{name}.toml")) for name in available_studies())
+    return shipped
+
+
+def load_settings(source: str) -> Tuple[Optional[str], List[str]]:
+    """The ``[probes]`` tables of a settings or sweep file, or of a shipped one by name (``demo``, a study).
+
+    Returns (the file's suite or None, ``probe.key=value`` settings for :func:`apply_overrides`).
+    """
+    import tomllib
+
+    path = Path(source)
+    shipped = _shipped_settings()
+    if path.is_file():
+        text = path.read_text()
+    elif source in shipped:
+        text = shipped[source].read_text()
+    else:
+        raise FileNotFoundError(f"no settings file {source}; name a TOML file with [probes.<name>] tables, or one of "
+                                f"the shipped ones: {', '.join(shipped)}")
+    try:
+        spec = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{source} is not valid TOML: {e}") from None
+    if "probes" not in spec:
+        raise ValueError(f"{source} has no [probes] table; write [probes.<name>] tables of settings "
+                         "(`rf-bench probe --list-settings` lists them)")
+    return settings_from_table(spec["probes"])
+
+
+def _field_docs(config_type: type) -> Dict[str, str]:
+    """One line per setting from a Google-style ``Attributes:`` section of the config's docstring."""
+    docs: Dict[str, str] = {}
+    lines = (config_type.__doc__ or "").expandtabs().splitlines()
+    inside, current = False, None
+    for line in lines:
+        text = line.strip()
+        if text == "Attributes:":
+            inside = True
+            continue
+        if not inside or not text:
+            continue
+        name, sep, rest = text.partition(":")
+        if sep and name.isidentifier() and name in {f.name for f in dataclasses.fields(config_type)}:
+            current = name
+            docs[name] = rest.strip()
+        elif current:
+            docs[current] += " " + text
+    return docs
+
+
+def describe_settings(probes: Sequence[Type[Probe]]) -> List[Tuple[str, str, Any, str]]:
+    """(probe, setting, default, meaning) for every setting of every probe."""
+    rows = []
+    for probe in probes:
+        config = probe.Config()
+        docs = _field_docs(probe.Config)
+        for f in dataclasses.fields(config):
+            rows.append((probe.name, f.name, getattr(config, f.name), docs.get(f.name, "")))
+    return rows
 
 
 def _config_dict(config: Any) -> Dict[str, Any]:
@@ -163,6 +276,9 @@ def run_suite(probes: Sequence[Type[Probe]], runs: Sequence[Run], results_dir: s
                        device=torch.device("cuda" if torch.cuda.is_available() else "cpu"), progress=progress)
     tasks = _tasks(probes, runs, configs)
     written: List[Path] = []
+    bar = Progress(TextColumn("[bold]probes"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                   TimeElapsedColumn(), disable=not progress)
+    task_id = bar.add_task("", total=len(tasks))
 
     def attempt(probe, key, target, blocking: bool) -> bool:
         cfg = configs[probe.name]
@@ -186,10 +302,13 @@ def run_suite(probes: Sequence[Type[Probe]], runs: Sequence[Run], results_dir: s
                        else "its group has other runs now")
                 log(f"{probe.name} on {key}: {why}; recomputing")
             t0 = time.perf_counter()
-            out = probe().run(target, cfg, ctx)
+            status = (lambda message: bar.update(task_id, description=f"{probe.name} {key}: {message}"))
+            out = probe().run(target, cfg, dataclasses.replace(ctx, status=status))
             record = dict(probe=probe.name, version=probe.version, config=_config_dict(cfg), key=key,
                           runs=[r.run_id for r in members], run_dirs=[str(r.path) for r in members],
                           models=[r.model_name for r in members], dataset=members[0].dataset,
+                          family=members[0].family, k=members[0].k,
+                          train={k: v for k, v in members[0].config.items() if k != "seed"},
                           seeds=[r.seed for r in members], seconds=time.perf_counter() - t0,
                           created=time.strftime("%Y-%m-%dT%H:%M:%S"), values=out.values)
             store.write(path, record, out.tensors)
@@ -198,10 +317,7 @@ def run_suite(probes: Sequence[Type[Probe]], runs: Sequence[Run], results_dir: s
         finally:
             lock.release()
 
-    bar = Progress(TextColumn("[bold]probes"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                   TimeElapsedColumn(), disable=not progress)
     with bar:
-        task_id = bar.add_task("", total=len(tasks))
         deferred = []
         for probe, key, target in tasks:
             bar.update(task_id, description=f"{probe.name} {key}")

@@ -332,13 +332,26 @@ def _resolve_layers(model: nn.Module, layers) -> List[str]:
 
 @dataclass
 class CKAConfig:
-    n_images: int = 1000  # the first n test images
+    """Settings of the CKA probe (``--set cka.<name>=<value>``).
+
+    Attributes:
+        n_images: the first n test images the layers are compared on (the paper: 1000).
+        layers: which layers: "main" (each weight layer of the main path, then the logits), "blocks" (block outputs),
+            "shortcut" (main plus the shortcut convs), or a regex over module names.
+        batch_size: images per forward pass.
+        budget_gib: memory the stored activations may take before they are reduced to Gram matrices.
+        stage: the weights compared: "final" (trained) or "init".
+        estimator: "exact" (linear CKA on all images) or "minibatch" (unbiased HSIC summed over batches).
+        gram_dtype: precision of the exact estimator's Gram products ("float64" takes twice the time).
+    """
+
+    n_images: int = 1000
     layers: str = "main"
     batch_size: int = 250
     budget_gib: float = 2.0
     stage: str = "final"
-    estimator: str = "exact"  # or "minibatch": unbiased HSIC summed over batches (Nguyen et al. 2021)
-    gram_dtype: str = "float32"  # precision of the exact estimator's Gram products (float64: 2x the time)
+    estimator: str = "exact"  # minibatch: Nguyen et al. 2021
+    gram_dtype: str = "float32"
 
 
 def _cross_seed_cka(record):

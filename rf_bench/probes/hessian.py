@@ -49,10 +49,11 @@ class HVP:
     process is given the same ``batches`` and passes over its share (``batches[rank::world]``); the
     products are summed across processes (one all-reduce per HVP), so every process gets the whole
     ``H v`` and runs the same Lanczos iteration. ``distributed=False`` keeps each process on its own.
+    ``on_hvp(calls)``, if given, is called after every product (for progress displays).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, batches: Batches,
-                 distributed: Optional[bool] = None) -> None:
+                 distributed: Optional[bool] = None, on_hvp: Optional[Callable[[int], None]] = None) -> None:
         self.model = model
         self.loss_fn = loss_fn
         batches = list(batches)
@@ -63,6 +64,7 @@ class HVP:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.n = sum(p.numel() for p in self.params)
         self.calls = 0
+        self.on_hvp = on_hvp
         self.passes = 0  # batch passes this process made
         first = self.params[0]
         self.device, self.dtype = first.device, first.dtype
@@ -84,6 +86,8 @@ class HVP:
                 self.passes += 1
         if self.distributed:
             dist.all_reduce(out)
+        if self.on_hvp is not None:
+            self.on_hvp(self.calls)
         return out.double()
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
@@ -115,7 +119,8 @@ def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, batches: Batches, k
                         which: str = "LA", tol: float = 1e-6, max_hvps: Optional[int] = None,
                         ncv: Optional[int] = None, seed: int = 0, residuals: bool = False,
                         eigenvectors: bool = False, method: str = "auto",
-                        basis_dtype: Optional[torch.dtype] = None, distributed: Optional[bool] = None) -> HessianSpectrum:
+                        basis_dtype: Optional[torch.dtype] = None, distributed: Optional[bool] = None,
+                        on_hvp: Optional[Callable[[int], None]] = None) -> HessianSpectrum:
     """The ``k`` largest (``LA``: by value; ``LM``: by magnitude) eigenvalues of the loss Hessian.
 
     ``tol`` is the relative accuracy (ARPACK's criterion: residual <= tol * |eigenvalue|); ``max_hvps`` caps
@@ -124,13 +129,14 @@ def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, batches: Batches, k
     ``basis_dtype``, float64 unless given), or ``"auto"``: the thick restart, with a float64 basis while
     it fits in 2 GiB, else float32 (it needed no more HVPs than ARPACK in every benchmark, and is faster:
     ``benchmarks/results/hessian_compare.md``). ``residuals=True`` spends ``k`` more HVPs to report each pair's
-    relative residual. ``distributed``: see :class:`HVP` (default: split when launched on several processes).
+    relative residual. ``distributed``: see :class:`HVP` (default: split when launched on several processes);
+    ``on_hvp(calls)`` is called after every product.
     """
     if which not in ("LA", "LM"):
         raise ValueError(f"which must be 'LA' (largest by value) or 'LM' (by magnitude), got {which!r}")
     if method not in ("auto", "arpack", "lanczos"):
         raise ValueError(f"method must be 'auto', 'arpack' or 'lanczos', got {method!r}")
-    hvp = HVP(model, loss_fn, batches, distributed)
+    hvp = HVP(model, loss_fn, batches, distributed, on_hvp)
     if not 0 < k < hvp.n:
         raise ValueError(f"k={k} must be between 1 and the parameter count - 1 ({hvp.n - 1})")
     if method == "auto":
@@ -385,11 +391,12 @@ def _rademacher(n: int, generator: torch.Generator, device: torch.device) -> tor
 
 
 def hessian_trace(model: nn.Module, loss_fn: Callable, batches: Batches, samples: int = 100,
-                  seed: int = 0, distributed: Optional[bool] = None) -> Tuple[float, float, int]:
+                  seed: int = 0, distributed: Optional[bool] = None,
+                  on_hvp: Optional[Callable[[int], None]] = None) -> Tuple[float, float, int]:
     """Hutchinson's estimate of ``tr(H)`` with Rademacher vectors: ``(trace, standard error, hvps)``.
 
     Vectors and products stay on the model's device; one scalar per sample comes back."""
-    hvp = HVP(model, loss_fn, batches, distributed)
+    hvp = HVP(model, loss_fn, batches, distributed, on_hvp)
     g = torch.Generator().manual_seed(seed)
     estimates = []
     for _ in range(samples):
@@ -433,7 +440,7 @@ def lanczos(matvec: Callable, n: int, steps: int, v0, *, device: Optional[torch.
 
 def spectral_density(model: nn.Module, loss_fn: Callable, batches: Batches, steps: int = 80, runs: int = 4,
                      grid_points: int = 1000, sigma: Optional[float] = None, seed: int = 0,
-                     distributed: Optional[bool] = None):
+                     distributed: Optional[bool] = None, on_hvp: Optional[Callable[[int], None]] = None):
     """Stochastic Lanczos quadrature (Ghorbani et al. 2019): ``(grid, density, nodes, weights, hvps)``.
 
     ``nodes``/``weights`` (runs x steps) are the quadrature: ``E_v[v^T f(H) v] ~ sum_i w_i f(node_i)``.
@@ -441,7 +448,7 @@ def spectral_density(model: nn.Module, loss_fn: Callable, batches: Batches, step
     """
     from scipy.linalg import eigh_tridiagonal
 
-    hvp = HVP(model, loss_fn, batches, distributed)
+    hvp = HVP(model, loss_fn, batches, distributed, on_hvp)
     steps = min(steps, hvp.n)
     g = torch.Generator().manual_seed(seed)
     nodes, weights = [], []
@@ -494,19 +501,37 @@ def prepare_batchnorm(model: nn.Module, mode: str, images: torch.Tensor) -> nn.M
 
 @dataclass
 class HessianConfig:
+    """Settings of the Hessian probe (``--set hessian.<name>=<value>``); its cost is HVPs, each a pass over n_images.
+
+    Attributes:
+        k: eigenvalues computed, the largest first (the paper: 90).
+        which: "LA" (largest by value) or "LM" (largest by magnitude, what power iteration finds).
+        n_images: a fixed, seeded subset of the training split, not augmented, that the loss is taken over.
+        batch_size: images per forward pass of one HVP (sets memory, not the result).
+        subset_seed: seed of the image subset.
+        tol: relative tolerance of the eigenvalues.
+        ncv: Lanczos basis size (default: set by k); smaller takes fewer HVPs for a small k.
+        method: "auto" (thick-restart Lanczos, float64 basis while it fits in 2 GiB, else float32) or "arpack".
+        trace_samples: Rademacher vectors of Hutchinson's trace estimate.
+        stages: the weights measured: "init" and/or "final".
+        bn: BatchNorm protocol: "recalibrate" (statistics from the probe's images), "batch" or "stored".
+        density_steps: Lanczos steps per vector of the SLQ spectral density (0: no density).
+        density_runs: Rademacher vectors of the SLQ spectral density.
+    """
+
     k: int = 90
     which: str = "LA"
-    n_images: int = 2048  # a fixed, seeded subset of the training split, no augmentation
+    n_images: int = 2048
     batch_size: int = 256
     subset_seed: int = 0
     tol: float = 1e-4
-    ncv: Optional[int] = None  # Lanczos basis size (default per method); smaller: fewer HVPs for a small k
-    method: str = "auto"  # thick-restart Lanczos, float64 basis while it fits in 2 GiB, else float32; or "arpack"
+    ncv: Optional[int] = None
+    method: str = "auto"
     trace_samples: int = 20
     stages: Tuple[str, ...] = ("init", "final")
-    bn: str = "recalibrate"  # BatchNorm protocol: recalibrate (on the probe's images), batch, or stored
-    density_steps: int = 30  # SLQ: Lanczos steps per probe vector (0: no spectral density)
-    density_runs: int = 2  # SLQ: Rademacher probe vectors
+    bn: str = "recalibrate"
+    density_steps: int = 30
+    density_runs: int = 2
 
     def __post_init__(self) -> None:
         if self.bn not in BN_MODES:
@@ -538,6 +563,30 @@ HESSIAN_CLAIMS = (
 )
 
 
+class _HVPProgress:
+    """Counts one stage's HVPs for the progress display: "init, top-k: HVP 12 of about 61, 40 s left".
+
+    The top-k's count is an estimate (one Lanczos basis; restarts add more), so the total is "about"."""
+
+    def __init__(self, stage: str, model: nn.Module, config: HessianConfig, status: Callable[[str], None]) -> None:
+        n = sum(p.numel() for p in model.parameters())
+        k = min(config.k, n - 1)
+        density = config.density_steps * config.density_runs if config.density_steps > 0 else 0
+        self.expected = lanczos_basis_size(n, k, config.ncv) + config.trace_samples + density
+        self.stage, self.status, self.done = stage, status, 0
+        self.start = time.perf_counter()
+
+    def step(self, part: str) -> Callable[[int], None]:
+        def on_hvp(_calls: int) -> None:
+            self.done += 1
+            self.expected = max(self.expected, self.done)
+            per_hvp = (time.perf_counter() - self.start) / self.done
+            left = per_hvp * (self.expected - self.done)
+            self.status(f"{self.stage}, {part}: HVP {self.done} of about {self.expected}, "
+                        f"{per_hvp:.2g} s each, ~{left:.0f} s left")
+        return on_hvp
+
+
 class HessianProbe:
     """Top-k Hessian eigenvalues and the Hutchinson trace at init and after training (Figures 1-2)."""
 
@@ -565,21 +614,22 @@ class HessianProbe:
         for stage in config.stages:
             # a fresh copy from the run's files: recalibrating it never touches them
             model = prepare_batchnorm(run.create_model(stage).to(ctx.device), config.bn, x)
-            values[stage] = self._measure(model, batches, config)
+            values[stage] = self._measure(model, batches, config, _HVPProgress(stage, model, config, ctx.status))
             tensors[f"{stage}_eigenvalues"] = torch.tensor(values[stage]["eigenvalues"], dtype=torch.float64)
         return ProbeOutput(values=values, tensors=tensors)
 
     @staticmethod
-    def _measure(model: nn.Module, batches: Batches, config: HessianConfig) -> dict:
+    def _measure(model: nn.Module, batches: Batches, config: HessianConfig, progress: "_HVPProgress") -> dict:
         """Top-k eigenvalues, Hutchinson trace and (optionally) the SLQ density of one prepared model."""
         n_params = sum(p.numel() for p in model.parameters())
         k = min(config.k, n_params - 1)
         # distributed=False: processes launched together share the harness's tasks (each result is
         # locked by one), so they are not in step to all-reduce one HVP
         spectrum = hessian_eigenvalues(model, F.cross_entropy, batches, k=k, which=config.which, tol=config.tol,
-                                       ncv=config.ncv, method=config.method, distributed=False)
+                                       ncv=config.ncv, method=config.method, distributed=False,
+                                       on_hvp=progress.step("top-k"))
         trace, trace_se, trace_hvps = hessian_trace(model, F.cross_entropy, batches, config.trace_samples,
-                                                    distributed=False)
+                                                    distributed=False, on_hvp=progress.step("trace"))
         ev = spectrum.eigenvalues
         out = dict(eigenvalues=ev.tolist(), hvps=spectrum.hvps, seconds=spectrum.seconds, top=float(ev[0]),
                    ratio_top_last=float(ev[0] / ev[-1]), trace=trace, trace_stderr=trace_se, trace_hvps=trace_hvps,
@@ -587,7 +637,7 @@ class HessianProbe:
         if config.density_steps > 0:
             _, _, nodes, weights, density_hvps = spectral_density(
                 model, F.cross_entropy, batches, steps=config.density_steps, runs=config.density_runs,
-                distributed=False)
+                distributed=False, on_hvp=progress.step("density"))
             out.update(slq_nodes=[n.tolist() for n in nodes], slq_weights=[w.tolist() for w in weights],
                        density_hvps=density_hvps)
         return out

@@ -16,8 +16,17 @@ __all__ = ["prunable_parameters", "global_magnitude_masks", "apply_masks", "spar
 
 @dataclass
 class PruneConfig:
+    """Settings of the prune probe (``--set prune.<name>=<value>``).
+
+    Attributes:
+        rates: shares of the weights removed by one-shot global magnitude pruning (the paper: 0.5-0.9).
+        finetune_epochs: epochs of masked fine-tuning after pruning at each rate (0: one-shot only; the paper: 10).
+        finetune_recipe: the recipe the fine-tune trains with ("finetune": lr 1e-4, as in the paper).
+        eval_batch_size: test images per forward pass.
+    """
+
     rates: Tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
-    finetune_epochs: int = 10  # 0: no fine-tune
+    finetune_epochs: int = 10
     finetune_recipe: str = "finetune"  # lr 1e-4, weight decay 5e-4, momentum 0.9, clip 0.1 (PAPER.md)
     eval_batch_size: int = 500
 
@@ -72,11 +81,11 @@ def _at_chance(metric: str, records):
 
 PRUNE_CLAIMS = (
     Claim("dense_accuracy", "dense test accuracy falls as the RF grows (Table 1)", "falls", "prune",
-          _dense_accuracy, caveat=_at_chance, order=1,
+          _dense_accuracy, caveat=_at_chance, order=1, unit="%",
           read_together=("rates", "eval_batch_size", "finetune_epochs", "finetune_recipe")),  # none changes it
     Claim("prune_robustness", "the accuracy lost to one-shot pruning shrinks as the RF grows, before and after "
           "the masked fine-tune, in points and as a share of the dense accuracy (Tables 1-2)", "falls", "prune", _accuracy_lost, caveat=_at_chance,
-          missing="no fine-tune in these results (prune.finetune_epochs = 0)", order=2,
+          missing="no fine-tune in these results (prune.finetune_epochs = 0)", order=2, unit="%",
           read_together=("rates", "eval_batch_size")),  # each rate is its own metric
 )
 

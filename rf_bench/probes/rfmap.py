@@ -115,11 +115,21 @@ def plot_map(rfmap: RFMap, path, title: str = "") -> None:
 
 @dataclass
 class RFMapConfig:
-    input_size: Tuple[int, int, int] = (3, 64, 64)  # the channels follow the run's model (in_chans)
+    """Settings of the RF-map probe (``--set rfmap.<name>=<value>``).
+
+    Attributes:
+        input_size: (C, H, W) of the noise inputs the maps are drawn on (C follows the run's model).
+        n: noise inputs averaged into one map (the paper: 50).
+        seed: seed of the noise inputs.
+        stages: the weights mapped: "init" (the paper's maps) and/or "final".
+        measure_rf: also measure the RF with gradients, on an input larger than the analytic RF.
+    """
+
+    input_size: Tuple[int, int, int] = (3, 64, 64)
     n: int = 50
     seed: int = 0
-    stages: Tuple[str, ...] = ("init", "final")  # the paper uses the initial (random) weights
-    measure_rf: bool = True  # also the gradient-measured RF (on an input larger than the RF)
+    stages: Tuple[str, ...] = ("init", "final")
+    measure_rf: bool = True
 
 
 def _init_maxima(record):

@@ -29,7 +29,7 @@ from .idx import idx_source
 from .tiny import TINY_MEAN, TINY_STD, TINY_SOURCES
 
 __all__ = ["load", "dataset_key", "DATASETS", "DATA_DIR_ENV", "DEBIAN_FASHION_MNIST", "CIFAR10_CLASSES",
-           "CIFAR10_MEAN", "CIFAR10_STD", "TINY_MEAN", "TINY_STD", "FASHION_MNIST_CLASSES"]
+           "CIFAR10_MEAN", "CIFAR10_STD", "TINY_MEAN", "TINY_STD", "FASHION_MNIST_CLASSES", "folder_names"]
 
 DATA_DIR_ENV = "RF_BENCH_DATA_DIR"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # `apt-get install dataset-fashion-mnist`
@@ -49,6 +49,7 @@ class _DatasetSpec:
     builder: Optional[Callable[..., ImageSet]] = None  # generated/embedded data sets
     pad_to: Optional[int] = None  # zero-pad smaller images to this square size (28x28 -> 32x32, as LeNet did)
     default_dirs: Tuple[Path, ...] = ()  # local copies found without --data-dir (a system package's files)
+    side: Optional[int] = None  # image side the models see (after padding); None: set by the caller (synthetic)
 
     @property
     def stats_from_train(self) -> bool:
@@ -66,14 +67,14 @@ _MNIST_HUB = HubSpec("ylecun/mnist", "mnist", "image", "label", {"train": "train
 
 DATASETS: Dict[str, _DatasetSpec] = {
     "cifar10": _DatasetSpec(_CIFAR_HUB, hub_sources(_CIFAR_HUB) + CIFAR_SOURCES, CIFAR10_MEAN, CIFAR10_STD,
-                            CIFAR10_CLASSES),
-    "tiny-imagenet": _DatasetSpec(_TINY_HUB, hub_sources(_TINY_HUB) + TINY_SOURCES, TINY_MEAN, TINY_STD),
+                            CIFAR10_CLASSES, side=32),
+    "tiny-imagenet": _DatasetSpec(_TINY_HUB, hub_sources(_TINY_HUB) + TINY_SOURCES, TINY_MEAN, TINY_STD, side=64),
     "fashion-mnist": _DatasetSpec(
         _FASHION_HUB, hub_sources(_FASHION_HUB) + (idx_source(("FashionMNIST/raw", "fashion-mnist"), 10),),
-        classes=FASHION_MNIST_CLASSES, pad_to=32, default_dirs=(DEBIAN_FASHION_MNIST,)),
+        classes=FASHION_MNIST_CLASSES, pad_to=32, default_dirs=(DEBIAN_FASHION_MNIST,), side=32),
     "mnist": _DatasetSpec(_MNIST_HUB, hub_sources(_MNIST_HUB) + (idx_source(("MNIST/raw",), 10),),
-                          classes=MNIST_CLASSES, pad_to=32),
-    "digits": _DatasetSpec(None, (), builder=digits),
+                          classes=MNIST_CLASSES, pad_to=32, side=32),
+    "digits": _DatasetSpec(None, (), builder=digits, side=32),
     "synthetic": _DatasetSpec(None, (), builder=synthetic),
 }
 _SPLITS = {"train": "train", "test": "test", "valid": "test", "val": "test", "validation": "test"}
@@ -138,10 +139,21 @@ def _finish(name: str, spec: _DatasetSpec, split: str, decoded: Decoded, origin:
     return ImageSet(images, labels, classes, tuple(mean), tuple(std), name, split, str(origin))
 
 
+def folder_names(name: str) -> Tuple[str, ...]:
+    """Every spelling of a data set's folder that is found under ``--data-dir``: ``fashion-mnist``,
+    ``fashion_mnist``, ``fashionmnist`` and their capitalised forms (``FashionMNIST``, torchvision's)."""
+    key = dataset_key(name)
+    words = key.split("-")
+    capitalised = "".join(w.capitalize() for w in words).replace("Mnist", "MNIST")
+    spellings = ["-".join(words), "_".join(words), "".join(words), capitalised, key.upper()]
+    return tuple(dict.fromkeys(spellings))
+
+
 def _local_roots(name: str, spec: _DatasetSpec, data_dir: Optional[Path]) -> Tuple[Path, ...]:
-    """Folders to search: the one given (from --data-dir or ``$RF_BENCH_DATA_DIR``), else the system locations."""
+    """Folders to search: the one given (from --data-dir or ``$RF_BENCH_DATA_DIR``) and its sub-folder named like
+    the data set (any spelling), else the system locations."""
     if data_dir:
-        return (data_dir / name, data_dir)
+        return tuple(data_dir / folder for folder in folder_names(name)) + (data_dir,)
     return tuple(d for d in spec.default_dirs if d.is_dir())
 
 
