@@ -8,12 +8,24 @@ offset ``o`` (input coordinate of the centre of unit 0's RF),
 
 Element-wise ops keep the RF; a merge (residual add, concatenation) takes the union of its inputs.
 All sizes are along the height axis (the models here are square).
+
+Modern CNNs add three things, each with its rule:
+
+- **Gates by global context** (squeeze-excitation, ECA, global-context blocks): a global pool whose output
+  rescales the spatial map. The local RF passes through the product unchanged; the unit also sees a summary
+  of its whole input, which ``RF.global_context`` says (it is never hidden, and never an error).
+- **Channels-last blocks** (ConvNeXt's LayerNorm and MLP): permutes that only move the channel axis are
+  followed: the height and width axes are tracked wherever they go, and ops over channels keep the RF.
+- **What cannot be followed** (upsampling, a reshape that mixes space and channels, a block timm keeps
+  opaque to tracing that holds spatial convs) is refused in one line naming the module and the op.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import operator
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -23,7 +35,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
-__all__ = ["RF", "LayerRF", "receptive_field", "layer_receptive_fields", "gradient_rf", "gradient_support"]
+__all__ = ["RF", "LayerRF", "MeasuredRF", "receptive_field", "layer_receptive_fields", "gradient_rf", "gradient_support",
+           "measure_rf", "silenced_parameters"]
 
 
 @dataclass(frozen=True)
@@ -33,13 +46,15 @@ class RF:
     size: int  # side of the square of input pixels that can affect one unit
     stride: int  # jump: input pixels between two neighbouring units
     offset: float  # input coordinate of the centre of unit 0's RF (pixel centres at 0, 1, ...)
+    global_context: bool = False  # the unit is also rescaled by a summary of its whole input (an SE-like gate)
 
     def union(self, other: "RF") -> "RF":
         if self.stride != other.stride:
             raise ValueError(f"cannot merge feature maps of different strides ({self.stride} vs {other.stride})")
         lo = min(self.offset - (self.size - 1) / 2, other.offset - (other.size - 1) / 2)
         hi = max(self.offset + (self.size - 1) / 2, other.offset + (other.size - 1) / 2)
-        return RF(size=int(round(hi - lo)) + 1, stride=self.stride, offset=(lo + hi) / 2)
+        return RF(size=int(round(hi - lo)) + 1, stride=self.stride, offset=(lo + hi) / 2,
+                  global_context=self.global_context or other.global_context)
 
     def window(self, kernel: int, stride: int, padding: int, dilation: int = 1) -> "RF":
         span = dilation * (kernel - 1)
@@ -47,6 +62,7 @@ class RF:
             size=self.size + span * self.stride,
             stride=self.stride * stride,
             offset=self.offset + (span / 2 - padding) * self.stride,
+            global_context=self.global_context,
         )
 
 
@@ -67,12 +83,21 @@ def _pair0(v: Any) -> int:
     return int(v[0]) if isinstance(v, (tuple, list)) else int(v)
 
 
+def _space_to_depth_types() -> Tuple[type, ...]:
+    try:
+        from timm.layers import SpaceToDepth
+    except ImportError:  # older timm
+        return ()
+    return (SpaceToDepth,)
+
+
 class _Tracer(fx.Tracer):
     """Traces down to convs and pools, with timm's fx conventions (its leaf modules and wrapped functions)."""
 
     def __init__(self) -> None:
         super().__init__(autowrap_functions=tuple(f for f in get_notrace_functions() if callable(f)))
-        self._leaf_types = tuple(get_notrace_modules()) + (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+        self._leaf_types = (tuple(get_notrace_modules()) + (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+                            + _space_to_depth_types())
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, self._leaf_types) or super().is_leaf_module(m, qualname)
@@ -108,12 +133,27 @@ def _trace(model: nn.Module, input_size: Sequence[int]) -> fx.GraphModule:
     return gm
 
 
-def _spatial(node: Any) -> Optional[Tuple[int, int]]:
+_NCHW = (2, 3)  # where height and width are in a tensor that nothing has permuted
+Axes = Optional[Tuple[int, int]]
+
+
+def _shape(node: Any) -> Optional[Tuple[int, ...]]:
     tm = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    if isinstance(tm, (tuple, list)) and not hasattr(tm, "shape"):  # several outputs (split, chunk): they share a rank; the first one's shape
+        tm = next((t for t in tm if hasattr(t, "shape")), None)
     if tm is None or not hasattr(tm, "shape"):
         return None
-    shape = tuple(tm.shape)
-    return (shape[-2], shape[-1]) if len(shape) == 4 else ()
+    return tuple(tm.shape)
+
+
+def _spatial(node: Any, axes: Axes = _NCHW) -> Optional[Tuple[int, ...]]:
+    """Height and width of a tensor node at ``axes``; ``()`` for a tensor without them, None for a non-tensor."""
+    shape = _shape(node)
+    if shape is None:
+        return None
+    if axes is None or max(axes) >= len(shape):
+        return ()
+    return (shape[axes[0]], shape[axes[1]])
 
 
 def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:
@@ -139,20 +179,50 @@ def _adaptive_rf(rf: RF, in_hw: Tuple[int, int], out_hw: Tuple[int, int]) -> Any
     raise NotImplementedError(f"adaptive pooling {in_hw} -> {out_hw} has non-uniform bins")
 
 
+def _dynamic_same(m: nn.Module) -> bool:
+    """timm's TF-'SAME' layers pad at run time (Conv2dSame, MaxPool2dSame, CondConv2d(padding='same'), ...)."""
+    return type(m).__name__.endswith("Same") or bool(getattr(m, "dynamic_padding", False))
+
+
+def _conv_like(m: nn.Module) -> bool:
+    """A conv by its attributes: nn.Conv2d, or a timm conv that is not one (CondConv2d)."""
+    return isinstance(m, nn.Conv2d) or all(hasattr(m, a) for a in ("kernel_size", "stride", "padding", "dilation",
+                                                                      "weight"))
+
+
 def _module_rf(m: nn.Module, rf: RF, node: fx.Node, in_node: fx.Node) -> Any:
     in_hw, out_hw = _spatial(in_node), _spatial(node)
-    if isinstance(m, nn.Conv2d):
+    if _conv_like(m):
         k, s, d = _pair0(m.kernel_size), _pair0(m.stride), _pair0(m.dilation)
-        if type(m).__name__.endswith("Same"):  # timm's dynamic TF-same padding
+        if _dynamic_same(m):
             return rf.window(k, s, _same_padding(in_hw[0], k, s, d), d)
         return _conv_rf(rf, k, s, m.padding, d, in_hw[0])
-    if isinstance(m, nn.MaxPool2d):
-        return rf.window(_pair0(m.kernel_size), _pair0(m.stride or m.kernel_size), _pair0(m.padding), _pair0(m.dilation))
-    if isinstance(m, nn.AvgPool2d):
-        return rf.window(_pair0(m.kernel_size), _pair0(m.stride or m.kernel_size), _pair0(m.padding))
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+        k, s = _pair0(m.kernel_size), _pair0(m.stride or m.kernel_size)
+        d = _pair0(getattr(m, "dilation", 1))
+        padding = _same_padding(in_hw[0], k, s, d) if _dynamic_same(m) else _pair0(m.padding)
+        return rf.window(k, s, padding, d)
     if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and out_hw:
         return _adaptive_rf(rf, in_hw, out_hw)
+    if isinstance(m, _space_to_depth_types()):  # each output unit is one bs x bs block of input units
+        return rf.window(m.bs, m.bs, 0)
     return None  # not a spatial op we know: let the generic rule decide
+
+
+def _spatial_submodules(m: nn.Module) -> List[str]:
+    """Submodules of an opaque (leaf) module that reach across space: convs wider than 1x1 or strided, pools."""
+    found = []
+    for name, sub in m.named_modules():
+        if not name:  # the module itself: a known spatial op was handled before; others keep or change the size
+            continue
+        if _conv_like(sub):
+            spatial = _pair0(sub.kernel_size) > 1 or _pair0(sub.stride) > 1
+        else:
+            spatial = isinstance(sub, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+                                       nn.Upsample))
+        if spatial:
+            found.append(name)
+    return found
 
 
 def _function_rf(fn: Any, node: fx.Node, rf: RF, gm: fx.GraphModule) -> Any:
@@ -182,39 +252,110 @@ def _tensor_inputs(node: fx.Node, rfs: Dict[fx.Node, Any]) -> List[fx.Node]:
     return found
 
 
+def _op_name(node: fx.Node, gm: fx.GraphModule) -> str:
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+
+
+def _module_name(node: fx.Node) -> str:
+    """The qualified name of the module a node runs in (what a user finds in ``model.named_modules()``)."""
+    if node.op == "call_module":
+        return str(node.target).removeprefix("model.")
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "forward_features"
+    last = list(stack.values())[-1]
+    path = last[0] if isinstance(last, tuple) else list(stack)[-1]
+    return str(path).removeprefix("model.").removeprefix("model") or "forward_features"
+
+
+def _refuse(node: fx.Node, gm: fx.GraphModule, what: str) -> NotImplementedError:
+    return NotImplementedError(f"receptive_field: module {_module_name(node)!r} ({_op_name(node, gm)}) {what}")
+
+
+def _permuted_axes(node: fx.Node, axes: Tuple[int, int]) -> Optional[Tuple[int, int]]:
+    """Where height and width go through a permute / transpose (None if ``node`` is neither)."""
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    rest = [a for a in node.args[1:]] + list(node.kwargs.values())
+    if name == "permute":
+        dims = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else list(rest)
+        ndim = len(dims)
+        dims = [d % ndim for d in dims]
+        return dims.index(axes[0] % ndim), dims.index(axes[1] % ndim)
+    if name in ("transpose", "swapaxes", "swapdims"):
+        ndim = len(_shape(node))
+        a, b = (int(d) % ndim for d in rest[:2])
+        swap = {a: b, b: a}
+        return swap.get(axes[0] % ndim, axes[0] % ndim), swap.get(axes[1] % ndim, axes[1] % ndim)
+    return None
+
+
 def _propagate(gm: fx.GraphModule) -> Dict[fx.Node, Any]:
     """Receptive field of every tensor-valued node (``_GLOBAL`` once spatial structure is gone)."""
     modules = dict(gm.named_modules())
     rfs: Dict[fx.Node, Any] = {}
+    axes: Dict[fx.Node, Axes] = {}
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            rfs[node] = RF(size=1, stride=1, offset=0.0)
+            rfs[node], axes[node] = RF(size=1, stride=1, offset=0.0), _NCHW
             continue
-        if node.op in ("output", "get_attr") or _spatial(node) is None:
+        if node.op in ("output", "get_attr") or _shape(node) is None:
             continue
         inputs = _tensor_inputs(node, rfs)
         if not inputs:
             continue
-        if any(rfs[n] == _GLOBAL for n in inputs):
+        local = [n for n in inputs if rfs[n] != _GLOBAL]
+        if not local:
             rfs[node] = _GLOBAL
             continue
-        rf_in = inputs[0]
+        first = local[0]
+        moved = _permuted_axes(node, axes[first]) if node.op in ("call_method", "call_function") else None
+        if moved is not None:  # a permute keeps every unit's RF; only where height and width are changes
+            rfs[node], axes[node] = rfs[first], moved
+            continue
+        same_rank = len(_shape(node)) == len(_shape(first))
+        axes[node] = axes[first] if same_rank else (_NCHW if len(_shape(node)) == 4 else None)
+        if len(local) < len(inputs):  # a gate: a global summary rescales (or shifts) the local map
+            rfs[node] = _gated_rf(node, local, rfs, axes)
+            if rfs[node] != _GLOBAL:
+                node.meta["rf_global_inputs"] = [n for n in inputs if n not in local]
+            continue
         known = None
-        if node.op == "call_module":
-            known = _module_rf(modules[node.target], rfs[rf_in], node, rf_in)
-        elif node.op == "call_function":
-            known = _function_rf(node.target, node, rfs[rf_in], gm)
+        if node.op in ("call_module", "call_function") and axes[first] == _NCHW:
+            if node.op == "call_module":
+                known = _module_rf(modules[node.target], rfs[first], node, first)
+            else:
+                known = _function_rf(node.target, node, rfs[first], gm)
         if known is not None:
             rfs[node] = known
             continue
-        rfs[node] = _generic_rf(node, inputs, rfs)
+        if node.op == "call_module":
+            hidden = _spatial_submodules(modules[node.target])
+            if hidden:
+                raise _refuse(node, gm, f"is traced as one opaque call but holds spatial layers "
+                                        f"({', '.join(hidden[:3])}); rf_bench cannot follow its RF")
+        rfs[node] = _generic_rf(node, local, rfs, axes, gm)
     return rfs
 
 
-def _generic_rf(node: fx.Node, inputs: List[fx.Node], rfs: Dict[fx.Node, Any]) -> Any:
+def _gated_rf(node: fx.Node, local: List[fx.Node], rfs: Dict[fx.Node, Any], axes: Dict[fx.Node, Axes]) -> Any:
+    """An op mixing local maps with a global summary (an SE gate's product, a GC block's sum): the local RF, flagged;
+    global if the output has no spatial map of the local inputs' size."""
+    out_hw = _spatial(node, axes[node])
+    if not out_hw or any(_spatial(n, axes[n]) != out_hw for n in local):
+        return _GLOBAL
+    merged = rfs[local[0]]
+    for n in local[1:]:
+        merged = merged.union(rfs[n])
+    return dataclasses.replace(merged, global_context=True)
+
+
+def _generic_rf(node: fx.Node, inputs: List[fx.Node], rfs: Dict[fx.Node, Any], axes: Dict[fx.Node, Axes],
+                gm: fx.GraphModule) -> Any:
     """Ops that keep the spatial size are element-wise (union of inputs); ones that drop it are global."""
-    out_hw = _spatial(node)
-    in_hws = {_spatial(n) for n in inputs}
+    out_hw = _spatial(node, axes[node])
+    in_hws = {_spatial(n, axes[n]) for n in inputs}
     if out_hw and in_hws == {out_hw}:
         merged = rfs[inputs[0]]
         for n in inputs[1:]:
@@ -222,10 +363,8 @@ def _generic_rf(node: fx.Node, inputs: List[fx.Node], rfs: Dict[fx.Node, Any]) -
         return merged
     if not out_hw or out_hw == (1, 1):
         return _GLOBAL
-    raise NotImplementedError(
-        f"receptive_field: {node.format_node()} changes the spatial size {sorted(in_hws)} -> {out_hw} "
-        "in a way rf_bench does not know; only convs and pools may"
-    )
+    raise _refuse(node, gm, f"changes the spatial size {' / '.join(map(str, sorted(in_hws)))} -> {out_hw}; rf_bench "
+                            "follows convolutions, pools and ops that keep the size, not this one")
 
 
 def _node_for_layer(gm: fx.GraphModule, layer: str) -> fx.Node:
@@ -307,6 +446,88 @@ def _layer_output(model: nn.Module, x: torch.Tensor, layer: Optional[str]) -> to
     return captured[-1]
 
 
+# parameters that add rather than multiply: zero is their ordinary value, and it silences nothing
+_ADDITIVE = ("bias", "beta", "shift", "embed", "token")
+
+
+# a multiplicative tensor this small silences its path: ConvNeXt's layer scales start at 1e-6, and the product of
+# a dozen of them underflows float32, so the gradient of the RF's edge, which crosses every branch, is exactly zero
+SILENT_MAX = 1e-4
+
+
+def silenced_parameters(model: nn.Module) -> List[str]:
+    """Multiplicative parameters that are zero or nearly (``max |p| < SILENT_MAX``), which block the gradient.
+
+    timm zero-initialises the last norm of each residual branch (``zero_init_last``) and some gates, and starts
+    layer scales at 1e-6; a gradient measurement on such a net sees only the shortcut paths."""
+    return [name for name, p in model.named_parameters()
+            if p.is_floating_point() and not p.is_meta and not any(word in name.rsplit(".", 1)[-1] for word in _ADDITIVE)
+            and float(p.detach().abs().max()) < SILENT_MAX]
+
+
+def _revived_copy(model: nn.Module, names: Sequence[str]) -> nn.Module:
+    """A copy of ``model`` whose zero tensors ``names`` are re-initialised: norm weights and scales to 1, conv and
+    linear weights as PyTorch initialises them."""
+    copy_ = copy.deepcopy(model)
+    params = dict(copy_.named_parameters())
+    with torch.no_grad():
+        for name in names:
+            p = params[name]
+            if p.dim() <= 1:
+                p.fill_(1.0)
+            else:
+                nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+    return copy_
+
+
+@dataclass(frozen=True)
+class MeasuredRF:
+    """A gradient-measured RF: its extent, the input rows and columns it covers, the unit measured, the zero
+    tensors re-initialised (on a copy) so that the measurement saw every path, and whether global-context gates
+    were detached (``local``: the gradient then shows the local RF, as the analytic one is)."""
+
+    size: int
+    rows: Tuple[int, int]
+    cols: Tuple[int, int]
+    unit: Tuple[int, int]
+    revived: Tuple[str, ...] = ()
+    local: bool = False
+
+
+class _LocalPaths(nn.Module):
+    """``forward_features`` (or ``layer``'s output) with the global inputs of every gate detached: the gradient of
+    a unit then flows only along the local paths, whose extent the analytic RF is."""
+
+    def __init__(self, gm: fx.GraphModule, target: fx.Node) -> None:
+        super().__init__()
+        graph = gm.graph
+        for node in list(graph.nodes):
+            for source in node.meta.get("rf_global_inputs", ()):
+                with graph.inserting_before(node):
+                    detached = graph.call_method("detach", (source,))
+                node.replace_input_with(source, detached)
+        output = next(n for n in graph.nodes if n.op == "output")
+        output.args = (target,)
+        graph.eliminate_dead_code()
+        gm.recompile()
+        self.gm = gm
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gm(x)
+
+
+def _local_paths(model: nn.Module, input_size: Tuple[int, ...], layer: Optional[str]) -> Optional[nn.Module]:
+    """The model with its gates' global inputs detached, or None if it has no such gate (or cannot be traced)."""
+    try:
+        gm = _trace(model, input_size)
+        _propagate(gm)
+    except (NotImplementedError, ValueError, TypeError, RuntimeError):  # measured as it is, gates and all
+        return None
+    if not any("rf_global_inputs" in node.meta for node in gm.graph.nodes):
+        return None
+    return _LocalPaths(gm, _node_for_layer(gm, layer) if layer else _output_node(gm))
+
+
 def gradient_support(
         model: nn.Module,
         input_size: Optional[Sequence[int]] = None,
@@ -320,6 +541,7 @@ def gradient_support(
     output of ``forward_features``) and back-propagated, in eval mode, to ``n`` random inputs; the
     support of ``|grad|`` is the union over them, so that no edge pixel is missed because a ReLU was
     off or a max-pool picked another pixel. Returns ``((row_lo, row_hi), (col_lo, col_hi), (i, j))``.
+    The model is measured as it is (see :func:`measure_rf` for nets with zero-initialised tensors).
     """
     input_size = tuple(input_size or _default_input_size(model))
     param = next(model.parameters(), None)
@@ -343,6 +565,39 @@ def gradient_support(
     return (int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1])), (h // 2, w // 2)
 
 
+def measure_rf(
+        model: nn.Module,
+        input_size: Optional[Sequence[int]] = None,
+        layer: Optional[str] = None,
+        n: int = 4,
+        seed: int = 0,
+) -> MeasuredRF:
+    """The gradient-measured RF of ``layer``'s centre unit, never of a silenced network.
+
+    Where :func:`silenced_parameters` finds zero tensors (timm's ``zero_init_last``, zero-initialised gates), the
+    measurement runs on a copy with them re-initialised, and ``revived`` names them. In a net with global-context
+    gates (squeeze-excitation and kin) every input pixel reaches every unit through the gates' global pools; the
+    gradient is then taken with the gates' global inputs detached (``local``), which measures the local RF that
+    :func:`receptive_field` reports beside its ``global_context`` flag. Raises ``ValueError`` if the support
+    reaches the border, i.e. the input is too small to measure.
+    """
+    input_size = tuple(input_size or _default_input_size(model))
+    revived = tuple(silenced_parameters(model))
+    measured = _revived_copy(model, revived) if revived else model
+    local = _local_paths(measured, input_size, layer)
+    if local is not None:
+        measured, layer = local, None
+    (top, bottom), (left, right), unit = gradient_support(measured, input_size, layer, n, seed)
+    height, width = input_size[-2:]
+    if top == 0 or bottom == height - 1 or left == 0 or right == width - 1:
+        raise ValueError(
+            f"the measured RF reaches the border of the {height}x{width} input (>= {bottom - top + 1} px); "
+            "use an input larger than the analytic RF (receptive_field(...).size) plus a margin"
+        )
+    return MeasuredRF(size=bottom - top + 1, rows=(top, bottom), cols=(left, right), unit=unit, revived=revived,
+                      local=local is not None)
+
+
 def gradient_rf(
         model: nn.Module,
         input_size: Optional[Sequence[int]] = None,
@@ -352,16 +607,14 @@ def gradient_rf(
 ) -> int:
     """Measured RF: the extent (along the height) of non-zero input gradient of the centre unit.
 
-    This is how the paper measured RFs (see ``gradient_support``). Branches initialised to zero
-    (timm's ``zero_init_last``) contribute no gradient, so their part of the RF is not seen.
+    This is how the paper measured RFs (see ``gradient_support``). A net with zero-initialised tensors (timm's
+    ``zero_init_last``) is measured on a copy with them re-initialised, with a warning that names them
+    (:func:`measure_rf` returns them): a silenced branch would otherwise hide its part of the RF.
     Raises ``ValueError`` if the support reaches the border, i.e. the input is too small to measure.
     """
-    input_size = tuple(input_size or _default_input_size(model))
-    (top, bottom), (left, right), _ = gradient_support(model, input_size, layer, n, seed)
-    height, width = input_size[-2:]
-    if top == 0 or bottom == height - 1 or left == 0 or right == width - 1:
-        raise ValueError(
-            f"the measured RF reaches the border of the {height}x{width} input (>= {bottom - top + 1} px); "
-            "use an input larger than the analytic RF (receptive_field(...).size) plus a margin"
-        )
-    return bottom - top + 1
+    measured = measure_rf(model, input_size, layer, n, seed)
+    if measured.revived:
+        shown = ", ".join(measured.revived[:3]) + (f" and {len(measured.revived) - 3} more" if len(measured.revived) > 3 else "")
+        warnings.warn(f"gradient_rf: {len(measured.revived)} zero-initialised tensor(s) ({shown}) would silence their "
+                      "paths; measured on a copy with them re-initialised", stacklevel=2)
+    return measured.size

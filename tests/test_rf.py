@@ -6,7 +6,8 @@ from torch import nn
 
 import rf_bench  # noqa: F401
 from rf_bench.models import RFPOOL_KS
-from rf_bench.rf import RF, gradient_rf, gradient_support, layer_receptive_fields, receptive_field
+from rf_bench.rf import (RF, gradient_rf, gradient_support, layer_receptive_fields, measure_rf, receptive_field,
+                         silenced_parameters)
 
 from conftest import TINY
 
@@ -103,4 +104,94 @@ def test_errors():
     with pytest.raises(ValueError, match="use k <= 4"):
         receptive_field(timm.create_model("vgg19_rfpool6", width_mult=TINY), (3, 32, 32))
     with pytest.raises(ValueError, match="global pooling"):
-        receptive_field(timm.create_model("efficientnet_b0"), (3, 64, 64))  # squeeze-excite sees everything
+        receptive_field(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1)), (3, 16, 16))
+
+
+# stock timm CNNs as timm builds them (zero_init_last, layer scales at 1e-6): (model, layer, global-context gates)
+MODERN = [
+    ("efficientnet_b0", None, True),  # squeeze-excitation, depthwise convs, SiLU
+    ("mobilenetv3_large_100", None, True),  # hard-sigmoid SE gates
+    ("regnety_008", None, True),  # SE gates, grouped convs, zero-initialised last BNs
+    ("resnet18", None, False),  # zero-initialised last BNs
+    ("convnext_tiny", "stages.1", False),  # channels-last LayerNorm and MLP (permutes), layer scales at 1e-6
+]
+
+
+@pytest.mark.parametrize("name, layer, gated", MODERN, ids=[m[0] for m in MODERN])
+def test_modern_timm_cnns_analytic_rf_equals_the_gradient(name, layer, gated):
+    model = timm.create_model(name, num_classes=0).eval()
+    rf = receptive_field(model, (3, 224, 224), layer=layer)
+    assert rf.global_context is gated
+    size = rf.size + 2 * rf.stride + 8
+    measured = measure_rf(model, (3, size, size), layer=layer, n=2)
+    assert measured.size == rf.size and measured.local is gated
+
+
+@pytest.mark.slow
+def test_convnext_tiny_whole_net_analytic_rf_equals_the_gradient():
+    model = timm.create_model("convnext_tiny", num_classes=0).eval()
+    rf = receptive_field(model, (3, 224, 224))
+    size = rf.size + 2 * rf.stride + 8
+    assert measure_rf(model, (3, size, size), n=1).size == rf.size
+
+
+def test_a_gated_unit_sees_the_whole_input_through_its_gates():
+    model = timm.create_model("mobilenetv3_large_100", num_classes=0).eval()
+    rf = receptive_field(model, (3, 224, 224), layer="blocks.1")
+    size = rf.size + 40
+    # eagerly, gates and all, the gradient reaches every pixel: the global context the flag reports
+    (top, bottom), (left, right), _ = gradient_support(model, (3, size, size), layer="blocks.3", n=1)
+    assert (top, bottom, left, right) == (0, size - 1, 0, size - 1)
+    assert not receptive_field(model, (3, 224, 224), layer="blocks.1").global_context  # no SE in the first blocks
+    assert receptive_field(model, (3, 224, 224), layer="blocks.3").global_context
+
+
+def test_gradient_rf_never_measures_a_silenced_network():
+    model = timm.create_model("resnet18", num_classes=0).eval()  # zero_init_last: every branch's last BN is 0
+    silenced = silenced_parameters(model)
+    assert silenced == [f"layer{s}.{b}.bn2.weight" for s in range(1, 5) for b in range(2)]
+    (top, bottom), _, _ = gradient_support(model, (3, 512, 512), n=2)
+    assert bottom - top + 1 < 435  # as it is, only the shortcuts carry gradient: a wrong, smaller RF
+    with pytest.warns(UserWarning, match="8 zero-initialised tensor.*layer1.0.bn2.weight.*re-initialised"):
+        assert gradient_rf(model, (3, 512, 512), n=2) == 435
+    assert all(float(p.detach().abs().max()) == 0 for n, p in model.named_parameters() if n in silenced)  # the model untouched
+    # layer scales at 1e-6 silence too: their product underflows float32 along the RF's edge
+    convnext = timm.create_model("convnext_tiny", num_classes=0).eval()
+    assert len(silenced_parameters(convnext)) == 18 and all("gamma" in n for n in silenced_parameters(convnext))
+    (top, bottom), _, _ = gradient_support(convnext, (3, 248, 248), layer="stages.1", n=2)
+    assert bottom - top + 1 < 224 == measure_rf(convnext, (3, 248, 248), layer="stages.1", n=2).size
+
+
+class _Upsampling(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.up = nn.Upsample(scale_factor=2)
+
+    def forward_features(self, x):
+        return self.up(self.down(x))
+
+
+class _Opaque(nn.Module):
+    """A block timm would keep opaque to tracing, holding a spatial conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_ops_it_cannot_follow_are_refused_naming_the_module(monkeypatch):
+    with pytest.raises(NotImplementedError, match=r"module 'up' \(Upsample\) changes the spatial size .*\(16, 16\) -> "
+                                                  r"\(32, 32\)") as e:
+        receptive_field(_Upsampling(), (3, 32, 32))
+    assert "\n" not in str(e.value) and "%" not in str(e.value)  # one line, no fx node dump
+    import rf_bench.rf as rf_module
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), _Opaque())
+    monkeypatch.setattr(rf_module, "get_notrace_modules", lambda: [_Opaque])
+    with pytest.raises(NotImplementedError, match=r"module '1' \(_Opaque\) is traced as one opaque call but holds "
+                                                  r"spatial layers \(conv\)"):
+        receptive_field(model, (3, 16, 16))
