@@ -16,7 +16,7 @@ from rich.table import Table
 from . import __version__
 from .models import RFPOOL_KS, unknown_model_hint
 from .paper import MEASURED_RF
-from .rf import gradient_rf, layer_receptive_fields, receptive_field
+from .rf import block_receptive_fields, gradient_rf, layer_receptive_fields, receptive_field
 from .hub import HubError
 from .train import HelpFormatter, NonFiniteLossError, add_train_args
 
@@ -72,16 +72,25 @@ def _cmd_rf(args: argparse.Namespace) -> None:
         _draw_map(model, args.model, input_size or (3, 64, 64), args.layer, args.map)
         return
     rows = layer_receptive_fields(model, input_size)
-    table = Table(title=f"{args.model}: receptive field per layer, input {input_size or 'default'}")
-    for col in ("layer", "op", "output shape", "RF size", "jump", "offset"):
+    summary = not args.all_layers and len(rows) > _SUMMARY_ROWS
+    if summary:
+        rows = block_receptive_fields(model, input_size)
+    what = "at the end of each block (--all-layers: every layer)" if summary else "per layer"
+    table = Table(title=f"{args.model}: receptive field {what}, input {input_size or 'default'}")
+    for col in ("layer", "op", "output shape", "RF size", "jump", "offset", "global context"):
         table.add_column(col, justify="right" if col not in ("layer", "op") else "left")
     for row in rows:
         table.add_row(row.name, row.op, "x".join(map(str, row.shape[1:])), str(row.rf.size), str(row.rf.stride),
-                      f"{row.rf.offset:g}")
+                      f"{row.rf.offset:g}", "yes" if row.rf.global_context else "-")
     console.print(table)
     final = receptive_field(model, input_size, layer=args.layer)
+    gated = ("; each unit is also rescaled by a summary of its whole input (global-context gates)"
+             if final.global_context else "")
     console.print(f"[bold]{args.layer or 'forward_features'}[/]: RF {final.size} px, jump {final.stride}, "
-                  f"offset {final.offset:g}")
+                  f"offset {final.offset:g}{gated}")
+
+
+_SUMMARY_ROWS = 80  # more layers than this: one row per block
 
 
 def _draw_map(model: torch.nn.Module, name: str, input_size, layer: Optional[str], path: str) -> None:
@@ -368,6 +377,8 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--layer", help="module name whose output's RF to report (default: forward_features)")
     p.add_argument("--width-mult", type=float, help="rfpool models only: channel width multiplier")
     p.add_argument("--no-gradient", action="store_true", help="family table: skip the gradient measurement")
+    p.add_argument("--all-layers", action="store_true",
+                   help=f"one row per layer even for nets of more than {_SUMMARY_ROWS} (default: one row per block)")
     p.add_argument("--map", metavar="PNG", help="draw the paper's gradient map (n=50, default input 3x64x64)")
     p.set_defaults(func=_cmd_rf)
 

@@ -35,7 +35,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
-__all__ = ["RF", "LayerRF", "MeasuredRF", "receptive_field", "layer_receptive_fields", "gradient_rf", "gradient_support",
+__all__ = ["RF", "LayerRF", "MeasuredRF", "receptive_field", "layer_receptive_fields", "block_receptive_fields",
+           "gradient_rf", "gradient_support",
            "measure_rf", "silenced_parameters"]
 
 
@@ -411,6 +412,37 @@ def receptive_field(model: nn.Module, input_size: Optional[Sequence[int]] = None
         raise ValueError(f"layer {layer or 'forward_features'!r} has no spatial map (global pooling or flattening); "
                          "pick a conv layer before it")
     return rf
+
+
+def _block_name(qualname: str) -> str:
+    """The block a module belongs to: its path up to the second numbered part (``layer2.1``,
+    ``stages.2.blocks.0``), or to the first (``blocks.3``), or its first part (``conv_stem``)."""
+    parts = qualname.split(".")
+    numbered = [i for i, p in enumerate(parts) if p.isdigit()]
+    end = numbered[1] + 1 if len(numbered) > 1 else (numbered[0] + 1 if numbered else 1)
+    return ".".join(parts[:end])
+
+
+def block_receptive_fields(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> List[LayerRF]:
+    """RF at the output of each block of ``forward_features`` (its last node, residual add included), in
+    execution order: a readable summary of a net with hundreds of layers."""
+    input_size = tuple(input_size or _default_input_size(model))
+    gm = _trace(model, input_size)
+    rfs = _propagate(gm)
+    last: Dict[str, fx.Node] = {}
+    for node, rf in rfs.items():
+        stack = node.meta.get("nn_module_stack") or {}
+        paths = [(v[0] if isinstance(v, tuple) else k) for k, v in stack.items()]
+        if node.op == "call_module":
+            paths.append(node.target)
+        paths = [str(p).removeprefix("model.") for p in paths if str(p).startswith("model.")]
+        if paths and rf != _GLOBAL:
+            last[_block_name(paths[-1])] = node
+    rows = []
+    for name, node in sorted(last.items(), key=lambda item: list(rfs).index(item[1])):
+        op = type(gm.get_submodule(node.target)).__name__ if node.op == "call_module" else _op_name(node, gm)
+        rows.append(LayerRF(name=name, op=op, shape=tuple(node.meta["tensor_meta"].shape), rf=rfs[node]))
+    return rows
 
 
 def layer_receptive_fields(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> List[LayerRF]:

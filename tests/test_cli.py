@@ -15,7 +15,7 @@ def test_rf_family_table(capsys):
 
 
 def test_rf_per_layer_table_any_timm_model(capsys):
-    assert main(["rf", "resnet18", "--input-size", "3", "64", "64"]) == 0
+    assert main(["rf", "resnet18", "--input-size", "3", "64", "64", "--all-layers"]) == 0
     out = capsys.readouterr().out
     assert "layer4.1.act2" in out and "RF 435 px, jump 32" in out
 
@@ -66,3 +66,13 @@ def test_help_texts_name_no_durations():
     texts = [parser.format_help()] + [c.format_help() for c in parser._subparsers._group_actions[0].choices.values()]
     for text in texts:
         assert not re.search(r"\b\d+\s*(s|min|minutes?|seconds?|hours?)\b|about a minute", text), text
+
+
+def test_rf_of_a_deep_net_is_one_row_per_block_with_the_global_context_note(capsys):
+    assert main(["rf", "efficientnet_b0"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    assert 10 <= len(rows) <= 40 and "at the end of each block" in " ".join(out.split())
+    assert "RF 851 px, jump 32" in out and "global-context gates" in " ".join(out.split())
+    assert main(["rf", "efficientnet_b0", "--all-layers"]) == 0
+    assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]) > 100
