@@ -78,7 +78,8 @@ def _cmd_rf(args: argparse.Namespace) -> None:
     what = "at the end of each block (--all-layers: every layer)" if summary else "per layer"
     table = Table(title=f"{args.model}: receptive field {what}, input {input_size or 'default'}")
     for col in ("layer", "op", "output shape", "RF size", "jump", "offset", "global context"):
-        table.add_column(col, justify="right" if col not in ("layer", "op") else "left")
+        table.add_column(col, justify="right" if col not in ("layer", "op") else "left",
+                         no_wrap=col == "layer", overflow="fold")  # layer names stay whole: users copy them
     for row in rows:
         table.add_row(row.name, row.op, "x".join(map(str, row.shape[1:])), str(row.rf.size), str(row.rf.stride),
                       f"{row.rf.offset:g}", "yes" if row.rf.global_context else "-")
