@@ -37,8 +37,9 @@ def _metrics(run_dir):
 
 
 def _run_dir(proc):
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("run directory: "))
-    return Path(line.removeprefix("run directory: "))
+    """The run directory from training's last line: ``test accuracy 91.23% after 4 epochs; run directory: PATH``."""
+    line = next(line for line in proc.stdout.splitlines() if "run directory: " in line)
+    return Path(line.split("run directory: ", 1)[1])
 
 
 def _weights(run_dir):
@@ -55,6 +56,7 @@ def test_accelerate_launch_trains_well_above_chance(tmp_path, model):
     run_dir = _run_dir(proc)
     metrics = _metrics(run_dir)
     assert [m["epoch"] for m in metrics] == [0, 1, 2, 3]
+    assert f"test accuracy {100 * metrics[-1]['test_acc']:.2f}% after 4 epochs; run directory: " in proc.stdout
     assert metrics[-1]["test_acc"] > 0.5  # 10 classes: chance is 0.1
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     for name in ("config.json", "init.safetensors", "model.safetensors", "metrics.jsonl", "done"):
