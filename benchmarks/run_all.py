@@ -44,6 +44,7 @@ BENCHMARKS: Sequence[Benchmark] = (
     Benchmark("grid_cost.py", timeout_s=300),
     Benchmark("hessian_compare.py", timeout_s=3600, comparison=("pyhessian", "hessian_eigenthings")),
     Benchmark("cka_compare.py", timeout_s=1800, comparison=("torch_cka", "ckatorch")),
+    Benchmark("rf_coverage.py", timeout_s=3600, comparison=("torchscan", "receptivefield")),
     Benchmark("gpu_train.py", gpu=True),
     Benchmark("hessian_gpu.py", gpu=True),
 )

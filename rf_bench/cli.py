@@ -267,12 +267,12 @@ def _sweep_status_table(sweep) -> Table:
 
     colours = {"done": "green", "running": "cyan", "failed": "red", "pending": "yellow"}
     table = Table(title=f"sweep {sweep.name}: {sweep.output}")
-    for col in ("model", "dataset", "seed", "status", "epochs", "last error"):
-        table.add_column(col)
+    for col in ("model", "model kwargs", "dataset", "seed", "status", "epochs", "last error"):
+        table.add_column(col, overflow="fold")
     rows = sweep_status(sweep)
     for r in rows:
-        table.add_row(r["model"], r["dataset"], str(r["seed"]), f"[{colours[r['status']]}]{r['status']}[/]",
-                      r["epochs"], r["error"])
+        table.add_row(r["model"], r["model_kwargs"], r["dataset"], str(r["seed"]),
+                      f"[{colours[r['status']]}]{r['status']}[/]", r["epochs"], r["error"])
     counts = {s: sum(r["status"] == s for r in rows) for s in colours}
     table.caption = ", ".join(f"{n} {s}" for s, n in counts.items())
     return table

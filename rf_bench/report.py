@@ -22,7 +22,8 @@ import numpy as np
 
 from rf_bench.paper import MEASURED_RF, PRUNE_09
 
-__all__ = ["write_report", "mean_std", "fmt_pct", "prune_sections", "analytic_rf"]
+__all__ = ["write_report", "mean_std", "fmt_pct", "prune_sections", "analytic_rf", "width_sections", "scalar_sections",
+           "line_colors", "integer_ticks"]
 
 
 def mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
@@ -200,6 +201,86 @@ def _plot_prune(curves, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------------------- width
+
+def _width(record: Dict[str, Any]) -> Optional[float]:
+    from rf_bench.results import record_variant
+
+    width = record_variant(record).get("width_mult")
+    return None if width is None else float(width)
+
+
+def width_sections(records: List[Dict[str, Any]], out_dir: Path):
+    """Does the RF effect need wide nets? Per (family, data set) with runs at several widths: accuracy kept after
+    one-shot pruning at each rate against k, one line per width, beside the paper's CIFAR10 full-width values;
+    and dense accuracy against k, one line per width. Each width's runs are its own (never pooled)."""
+    from rf_bench.probes.base import ReportSection
+    from rf_bench.results import record_family, record_k
+
+    sections, csv_rows = [], []
+    by_family = _group((r for r in records if _width(r) is not None and record_k(r) is not None),
+                       lambda r: (record_family(r), r["dataset"]))
+    for (family, dataset), recs in by_family.items():
+        widths = sorted({_width(r) for r in recs})
+        if len(widths) < 2:
+            continue
+        rates = sorted({row["rate"] for r in recs for row in r["values"]["rates"]})
+        curves = {}  # (width, rate or "dense") -> {k: [accuracies]}
+        for r in recs:
+            k, width = record_k(r), _width(r)
+            curves.setdefault((width, "dense"), {}).setdefault(k, []).append(r["values"]["dense_acc"])
+            for row in r["values"]["rates"]:
+                curves.setdefault((width, row["rate"]), {}).setdefault(k, []).append(row["pruned_acc"])
+        ks = sorted({record_k(r) for r in recs})
+        head = ["width", "accuracy"] + [f"k={k}" for k in ks]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for width in widths:
+            for rate in ["dense"] + rates:
+                by_k = curves.get((width, rate), {})
+                label = "dense" if rate == "dense" else f"pruned {rate:g}, one-shot"
+                lines.append("| " + " | ".join([f"{width:g}", label] + [fmt_pct(by_k.get(k, [])) for k in ks]) + " |")
+                for k, values in sorted(by_k.items()):
+                    m, s = mean_std(values)
+                    csv_rows.append(dict(family=family, dataset=dataset, width_mult=width, k=k,
+                                         rate=0.0 if rate == "dense" else rate, metric="dense" if rate == "dense"
+                                         else "pruned", mean=m, std=s, n=len(values)))
+        figure = out_dir / f"width_{family}_{dataset}.png"
+        _plot_widths(curves, widths, rates, ks, PRUNE_09.get((family, "cifar10"), {}),
+                     f"{family} on {dataset}: accuracy against k, per width", figure)
+        md = (f"Test accuracy (%) at each width (`width_mult`), mean ± std over seeds: dense, and after one-shot "
+              f"global magnitude pruning at each rate. The dashed grey line is the paper's CIFAR10 result at full "
+              f"width (another data set, for reference).\n\n" + "\n".join(lines) + f"\n\n![{family} widths]({figure.name})\n")
+        sections.append(ReportSection(title=f"Width: {family} on {dataset}", markdown=md, order=9))
+    _write_csv(out_dir / "width.csv", csv_rows)
+    return sections
+
+
+def _plot_widths(curves, widths, rates, ks, paper, title: str, path: Path) -> None:
+    """One panel per rate (dense first): accuracy against k, a line per width, the paper's CIFAR10 beside it."""
+    plt = _pyplot()
+    panels = ["dense"] + rates
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False, sharey=True,
+                             layout="constrained")
+    for ax, rate in zip(axes[0], panels):
+        for color, width in zip(line_colors(len(widths)), widths):
+            by_k = curves.get((width, rate), {})
+            xs = [k for k in ks if k in by_k]
+            ax.plot(xs, [100 * statistics.fmean(by_k[k]) for k in xs], "o-", color=color, label=f"width {width:g}")
+        reference = {k: entry[0 if rate == "dense" else 1][0] for k, entry in paper.items()}
+        if reference and rate in ("dense", 0.9):
+            ax.plot(sorted(reference), [reference[k] for k in sorted(reference)], "s--", color="#7F7F7F",
+                    label="paper, CIFAR10, full width")
+        ax.set_title("dense" if rate == "dense" else f"pruned {rate:g}, one-shot", fontsize=9)
+        ax.set_xlabel("k")
+        integer_ticks(ax.xaxis)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    _savefig(fig, path)
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------------------------------- report
 
 def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, log=None) -> Path:
@@ -217,7 +298,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, log
     by_probe = _group(store.records(), lambda r: r["probe"])
     if not by_probe:
         raise store.nothing_usable()
-    sections = []
+    sections = width_sections(by_probe.get("prune", []), out)
     for name, records in by_probe.items():
         try:
             sections += _probe_sections(installed.get(name), name, records, store, out)

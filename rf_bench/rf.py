@@ -93,12 +93,15 @@ def _space_to_depth_types() -> Tuple[type, ...]:
 
 
 class _Tracer(fx.Tracer):
-    """Traces down to convs and pools, with timm's fx conventions (its leaf modules and wrapped functions)."""
+    """Traces down to convs and pools, with timm's fx conventions (its leaf modules and wrapped functions).
 
-    def __init__(self) -> None:
+    ``open_blocks``: trace into timm's leaf modules too, except those that are one conv, pool or pointwise op
+    (a block timm keeps opaque, such as NFNet's, may still trace; where it does not, the caller retries)."""
+
+    def __init__(self, open_blocks: bool = False) -> None:
         super().__init__(autowrap_functions=tuple(f for f in get_notrace_functions() if callable(f)))
-        self._leaf_types = (tuple(get_notrace_modules()) + (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
-                            + _space_to_depth_types())
+        notrace = tuple(m for m in get_notrace_modules() if not open_blocks or _is_one_op(m))
+        self._leaf_types = notrace + (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d) + _space_to_depth_types()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, self._leaf_types) or super().is_leaf_module(m, qualname)
@@ -115,13 +118,23 @@ class _Features(nn.Module):
         return self.model.forward_features(x)
 
 
+def _is_one_op(module_type: type) -> bool:
+    """A timm leaf that is a single conv or pool (handled by its attributes) or pointwise (norm + activation)."""
+    return issubclass(module_type, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) or "Norm" in module_type.__name__ and \
+        "Block" not in module_type.__name__ or module_type.__name__ in ("CondConv2d", "ConvMlp", "InplaceAbn")
+
+
 def _trace(model: nn.Module, input_size: Sequence[int]) -> fx.GraphModule:
     """Trace ``forward_features`` (or ``forward``) and record every node's output shape."""
     root = _Features(model) if hasattr(model, "forward_features") else nn.Sequential()
     if not hasattr(model, "forward_features"):
         root.add_module("model", model)
-    tracer = _Tracer()
-    graph = tracer.trace(root)
+    try:  # into timm's opaque blocks where they trace; else they stay leaves (and are refused if spatial)
+        tracer = _Tracer(open_blocks=True)
+        graph = tracer.trace(root)
+    except Exception:  # noqa: BLE001  fx raises many kinds on untraceable control flow
+        tracer = _Tracer()
+        graph = tracer.trace(root)
     gm = fx.GraphModule(tracer.root, graph)
     gm = gm.eval()
     # shapes only: run on the meta device so a 900x900 input costs nothing
@@ -207,6 +220,8 @@ def _module_rf(m: nn.Module, rf: RF, node: fx.Node, in_node: fx.Node) -> Any:
         return _adaptive_rf(rf, in_hw, out_hw)
     if isinstance(m, _space_to_depth_types()):  # each output unit is one bs x bs block of input units
         return rf.window(m.bs, m.bs, 0)
+    if isinstance(m, (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d)):
+        return _padded(rf, m.padding)
     return None  # not a spatial op we know: let the generic rule decide
 
 
@@ -244,7 +259,17 @@ def _function_rf(fn: Any, node: fx.Node, rf: RF, gm: fx.GraphModule) -> Any:
         return rf.window(k, s, _pair0(get(3, "padding", 0)), d)
     if fn in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch._C._nn.adaptive_avg_pool2d):
         return _adaptive_rf(rf, _spatial(args[0]), _spatial(node))
+    if fn in (F.pad, torch.nn.functional.pad, torch.constant_pad_nd):
+        pads = args[1] if len(args) > 1 else kw.get("pad")
+        return _padded(rf, pads)
     return None
+
+
+def _padded(rf: RF, pads: Sequence[int]) -> RF:
+    """Padding adds units before the first one (``pads`` is F.pad's: last axis first, so height's top is [2]):
+    the RF and the jump stay, unit 0's centre moves back by the top padding."""
+    top = int(pads[2]) if len(pads) >= 4 else 0
+    return dataclasses.replace(rf, offset=rf.offset - top * rf.stride)
 
 
 def _tensor_inputs(node: fx.Node, rfs: Dict[fx.Node, Any]) -> List[fx.Node]:

@@ -13,6 +13,8 @@ A sweep file::
     ks = [1, 2, 3, 4]
     datasets = ["cifar10", "tiny-imagenet"]
     seeds = [0, 1, 2, 3, 4]
+    [grid.model_kwargs]        # optional: model keyword arguments as axes, each value its own runs
+    width_mult = [0.0625, 0.125, 0.25]
 
     [train]                    # recipe name plus any TrainConfig field
     recipe = "paper"
@@ -97,7 +99,7 @@ class Sweep:
 
 _SECTIONS = ("sweep", "grid", "train", "probes", "slurm")
 _SWEEP_KEYS = {"name", "output", "results", "report", "data_dir", "runs_per_gpu", "eval_every"}
-_GRID_KEYS = {"models", "families", "ks", "datasets", "seeds"}
+_GRID_KEYS = {"models", "families", "ks", "datasets", "seeds", "model_kwargs"}
 _GRID_ONLY = {"model": "models", "dataset": "datasets", "seed": "seeds"}  # [train] keys that belong to [grid]
 
 
@@ -130,6 +132,49 @@ def _check_grid(grid: Dict[str, Any], where: str) -> None:
     for key, kind in (("models", str), ("families", str), ("datasets", str), ("ks", int), ("seeds", int)):
         if key in grid:
             _check_list(grid[key], kind, f"{where}: [grid] {key}")
+    axes = grid.get("model_kwargs", {})
+    if not isinstance(axes, dict):
+        raise ValueError(f"{where}: [grid] model_kwargs must be a table of lists, e.g. [grid.model_kwargs] "
+                         "width_mult = [0.0625, 0.125]")
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}: [grid.model_kwargs] {key} = {values!r} must be a non-empty list of values")
+
+
+def _kwargs_grid(axes: Dict[str, List[Any]]) -> List[Dict[str, Any]]:
+    """Every combination of the model keyword arguments' values ([{}] without axes)."""
+    import itertools
+
+    names = sorted(axes)
+    return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
+
+
+def _check_model_kwargs(models: Sequence[str], kwargs: Dict[str, Any], where: str) -> None:
+    """Every model takes every keyword (built on the meta device: no weights, no time), or a one-line error with the
+    nearest name the model's constructor takes."""
+    import inspect
+
+    import timm
+    import torch
+
+    for model in models:
+        try:
+            with torch.device("meta"):
+                timm.create_model(model, **kwargs)
+        except TypeError as e:
+            bad = next((k for k in kwargs if repr(k) in str(e) or k in str(e)), None)
+            with torch.device("meta"):
+                built = timm.create_model(model)
+            accepted = [p for p in inspect.signature(type(built).__init__).parameters if p not in ("self", "kwargs")]
+            hint = _nearest_name(bad, accepted) if bad else f"valid: {', '.join(accepted)}"
+            raise ValueError(f"{where}: [grid.model_kwargs] {model} takes no keyword {bad!r}; {hint}") from None
+
+
+def _nearest_name(name: str, choices: Sequence[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    return f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(choices)}"
 
 
 # a scalar field's default type -> (accepted value types, how to say it)
@@ -213,8 +258,14 @@ def load_sweep(path: str | os.PathLike | None = None, *, text: Optional[str] = N
         if hint:
             raise ValueError(f"{where}: unknown model {model!r}; {hint}")
     recipe = train_spec.pop("recipe", "paper")
-    runs = [resolve_config(recipe, model=model, dataset=dataset, seed=seed, **train_spec)
-            for dataset in grid.get("datasets", ["cifar10"]) for model in models for seed in grid.get("seeds", [0])]
+    base_kwargs = dict(train_spec.pop("model_kwargs", {}) or {})
+    variants = _kwargs_grid(grid.get("model_kwargs", {}))
+    if variants != [{}]:
+        _check_model_kwargs(sorted(set(models)), dict(base_kwargs, **variants[0]), where)
+    runs = [resolve_config(recipe, model=model, dataset=dataset, seed=seed, model_kwargs=dict(base_kwargs, **extra),
+                           **train_spec)
+            for dataset in grid.get("datasets", ["cifar10"]) for extra in variants for model in models
+            for seed in grid.get("seeds", [0])]
     _check_runs(runs, where)
     suite, settings = settings_from_table(spec.get("probes", {}))
     suite = suite or "all"
@@ -459,7 +510,8 @@ def run_sweep(sweep: Sweep, launcher: str = "local", *, max_parallel: int = 1, d
     if dry_run:
         for i in todo:
             cfg = sweep.runs[i]
-            log(f"  would run {cfg.model} on {cfg.dataset}, seed {cfg.seed} -> {sweep.run_dir(cfg)}")
+            kwargs = f" ({_kwargs_label(cfg.model_kwargs)})" if cfg.model_kwargs else ""
+            log(f"  would run {cfg.model}{kwargs} on {cfg.dataset}, seed {cfg.seed} -> {sweep.run_dir(cfg)}")
         return dict(todo=todo, failed=[])
     failed: List[Dict[str, Any]] = []
     if launcher == "local" and max_parallel <= 1:
@@ -600,6 +652,10 @@ def _run_with_submitit(sweep: Sweep, launcher: str, todo: Sequence[int], wait: b
     return failed
 
 
+def _kwargs_label(kwargs: Dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in sorted(kwargs.items())) or "-"
+
+
 def sweep_status(sweep: Sweep) -> List[Dict[str, Any]]:
     """One row per run: done / running / failed / pending, with the last error line of a failure."""
     rows = []
@@ -617,5 +673,6 @@ def sweep_status(sweep: Sweep) -> List[Dict[str, Any]]:
             status = "pending"  # never started, or its job was killed: the next sweep resumes it
         epochs = len((run_dir / "metrics.jsonl").read_text().splitlines()) if (run_dir / "metrics.jsonl").is_file() else 0
         rows.append(dict(model=cfg.model, dataset=cfg.dataset, seed=cfg.seed, run=run_dir.name, status=status,
+                         model_kwargs=_kwargs_label(cfg.model_kwargs),
                          epochs=f"{epochs}/{cfg.epochs}", error=recorded.get("error", "") if status == "failed" else ""))
     return rows

@@ -353,3 +353,26 @@ def test_the_claims_table_fits_100_columns_when_piped(tmp_path):
     assert max(map(len, lines)) <= 100, max(lines, key=len)
     assert "dense_accuracy /" in proc.stdout and "vgg19_rfpool / digits" in proc.stdout
     assert "85.1%" in proc.stdout and "supported" in proc.stdout and "[width_mult=0.25]" not in proc.stdout
+
+
+def test_the_width_figure_has_one_line_per_width_and_the_papers_reference(tmp_path, monkeypatch):
+    from rf_bench import report
+
+    narrow = [_at_width(r, 0.0625) for r in _dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k + 0.002 * s, 3)]
+    wide = [_at_width(r, 0.25) for r in _dense_grid("vgg19_rfpool", lambda k, s: 0.6 + 0.05 * k + 0.002 * s, 3)]
+    figures = []
+    monkeypatch.setattr(report, "_savefig", lambda fig, path: figures.append(fig))
+    plt = report._pyplot()
+    monkeypatch.setattr(plt, "close", lambda fig=None: None)
+    text = report.write_report(_store(tmp_path, narrow + wide), tmp_path / "report").read_text()
+    section = text.split("## Width: vgg19_rfpool on digits\n", 1)[1].split("\n## ", 1)[0]
+    assert "| 0.0625 | dense | 85.20 ± 0.20 | 80.20 ± 0.20 | 75.20 ± 0.20 | 70.20 ± 0.20 |" in section
+    assert "| 0.25 | pruned 0.9, one-shot | 60.00 ± 0.00 |" in section
+    (fig,) = [f for f in figures if f._suptitle and "per width" in f._suptitle.get_text()]
+    dense, pruned = fig.axes[:2]
+    labels = [line.get_label() for line in pruned.get_lines()]
+    assert labels == ["width 0.0625", "width 0.25", "paper, CIFAR10, full width"]
+    assert list(pruned.get_lines()[2].get_ydata()) == [10.9, 32.4, 87.6, 85.8]  # the paper's VGG19, CIFAR10, 0.9
+    assert list(dense.get_lines()[0].get_ydata()) == pytest.approx([85.2, 80.2, 75.2, 70.2])
+    for fig in figures:
+        plt.close(fig)

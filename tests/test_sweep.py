@@ -80,6 +80,32 @@ def _assert_complete(sweep, epochs=2):
     assert all(r["status"] == "done" for r in sweep_status(sweep))
 
 
+WIDTHS = SMALL.replace('seeds = [0, 1]\n', 'seeds = [0, 1]\n[grid.model_kwargs]\nwidth_mult = [0.0625, 0.125]\n')
+
+
+def test_a_model_keyword_is_a_grid_axis_with_its_own_runs_checked_before_any_work(tmp_path, capsys):
+    from rf_bench.cli import main
+
+    sweep = load_sweep(text=WIDTHS, output=str(tmp_path))
+    widths = sorted((c.model, c.seed, c.model_kwargs["width_mult"]) for c in sweep.runs)
+    assert widths == sorted((m, s, w) for m in ("vgg19_rfpool1", "vgg19_rfpool2") for s in (0, 1) for w in (0.0625, 0.125))
+    assert len({sweep.run_dir(c) for c in sweep.runs}) == 8  # each width its own run id
+    plain = load_sweep(text=SMALL, output=str(tmp_path))  # [train] model_kwargs alone keeps its run ids
+    assert {sweep.run_dir(c) for c in plain.runs} < {sweep.run_dir(c) for c in sweep.runs}
+    path = tmp_path / "widths.toml"
+    path.write_text(WIDTHS)
+    assert main(["sweep", str(path), "--output", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "vgg19_rfpool1 (width_mult=0.125) on digits, seed 1" in out and out.count("would run") == 8
+    assert main(["sweep", str(path), "--output", str(tmp_path), "--status"]) == 0
+    assert "width_mult" in capsys.readouterr().out
+    assert sorted({row["model_kwargs"] for row in sweep_status(sweep)}) == ["width_mult=0.0625", "width_mult=0.125"]
+    with pytest.raises(ValueError, match="takes no keyword 'widht_mult'; did you mean 'width_mult'"):
+        load_sweep(text=WIDTHS.replace("width_mult = [", "widht_mult = ["))
+    with pytest.raises(ValueError, match="must be a non-empty list"):
+        load_sweep(text=WIDTHS.replace("width_mult = [0.0625, 0.125]", "width_mult = 0.125"))
+
+
 def test_paper_grid_is_80_runs_and_bad_files_are_one_line(tmp_path):
     sweep = load_sweep(REPO_ROOT / "benchmarks" / "configs" / "paper.toml", output=str(tmp_path))
     assert len(sweep.runs) == 80 and len({sweep.run_dir(c) for c in sweep.runs}) == 80

@@ -1,0 +1,301 @@
+"""Receptive fields of every CNN in timm: rf-bench's analytic RF beside torchscan and receptivefield.
+
+For every architecture ``timm.list_models()`` names (no pretrained weights), the analytic RF of its final feature
+map, or the refusal and its reason, computed on the meta device (no weights, no memory). Then, for the smallest
+variant of each timm model family (timm's module, e.g. ``efficientnet``), the gradient-measured RF
+(``rf_bench.rf.measure_rf``) beside it and beside what the two libraries a user would otherwise pick answer:
+
+- **torchscan** (``crawl_module``): it reports each module's own RF, stride and padding; the RF of the net is
+  those composed in call order, as torchscan's summary composed them before 0.2 (a chain, blind to branches);
+- **receptivefield** (``PytorchReceptiveField``): a gradient method, from zero inputs, on the net as timm builds
+  it.
+
+Out of scope, by rule: a model with fewer than two spatial convolutions (kernel > 1 and not a patchify conv whose
+kernel equals its stride) is not a CNN (vision transformers, MLP-Mixers). Where the RF is too large to measure on
+this machine (``--max-side``), the gradient check runs at the deepest block whose RF fits, named in the results.
+
+    pip install torchscan==0.2.0 && pip install --no-deps receptivefield==0.5.0   # the two libraries compared
+    python benchmarks/rf_coverage.py                  # every model: results/rf_coverage.{json,md}
+    python benchmarks/rf_coverage.py --models resnet18 efficientnet_b0    # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import multiprocessing as mp
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_result  # noqa: E402
+
+MAX_SIDE = 900  # largest input side a gradient check may use (memory and time on a 2-core CPU)
+
+
+# ----------------------------------------------------------------------------------------------- scope
+
+def spatial_convs(model: nn.Module) -> int:
+    """Convolutions that reach across space: kernel > 1, and not a patchify conv (kernel == stride, as in ViTs)."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            k, s = m.kernel_size[0], m.stride[0]
+            count += k > 1 and k != s
+    return count
+
+
+def family_of(name: str) -> str:
+    import timm.models._registry as registry
+
+    return registry._model_to_module.get(name, "?").rsplit(".", 1)[-1]
+
+
+# ---------------------------------------------------------------------------------------- analytic RF
+
+def analytic(name: str) -> Dict[str, Any]:
+    """One model on the meta device: in scope or not, its parameter count and its analytic RF (or the refusal)."""
+    import timm
+
+    import rf_bench  # noqa: F401
+    from rf_bench.rf import receptive_field
+
+    row: Dict[str, Any] = dict(model=name, family=family_of(name))
+    t0 = time.perf_counter()
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = timm.create_model(name, pretrained=False)
+    except Exception as e:  # noqa: BLE001  a model timm cannot build without its weights or extras
+        row.update(status="not built", reason=_one_line(e))
+        return row
+    row["params"] = sum(p.numel() for p in model.parameters())
+    row["input_size"] = list(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+    if spatial_convs(model) < 2:
+        row.update(status="out of scope", reason="fewer than two spatial convolutions (not a CNN)")
+        return row
+    try:
+        rf = receptive_field(model.eval(), row["input_size"])
+        row.update(status="ok", rf=rf.size, jump=rf.stride, global_context=rf.global_context)
+    except Exception as e:  # noqa: BLE001  the refusal is the result
+        row.update(status="refused", reason=_one_line(e))
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    return row
+
+
+def _one_line(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".splitlines()[0]
+    return text[:300]
+
+
+# ------------------------------------------------------------------------------------------ gradients
+
+def _check_layer(model: nn.Module, input_size, max_side: int):
+    """(layer or None for the whole net, its analytic RF) whose RF fits an input of at most ``max_side``."""
+    from rf_bench.rf import block_receptive_fields, receptive_field
+
+    rf = receptive_field(model, input_size)
+    if rf.size + 2 * rf.stride + 8 <= max_side:
+        return None, rf
+    fitting = [row for row in block_receptive_fields(model, input_size)
+               if row.rf.size + 2 * row.rf.stride + 8 <= max_side]
+    if not fitting:
+        raise ValueError(f"no block's RF fits a {max_side}x{max_side} input")
+    return fitting[-1].name, fitting[-1].rf
+
+
+def gradient_check(name: str, max_side: int) -> Dict[str, Any]:
+    """rf-bench's analytic and gradient RF of one model, with torchscan's and receptivefield's answers."""
+    import timm
+
+    import rf_bench  # noqa: F401
+    from rf_bench.rf import measure_rf
+
+    row: Dict[str, Any] = dict(model=name, family=family_of(name))
+    t0 = time.perf_counter()
+    try:
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False, num_classes=0).eval()
+        input_size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+        layer, rf = _check_layer(model, input_size, max_side)
+        side = rf.size + 2 * rf.stride + 8
+        side += (-side) % max(rf.stride, 1)  # a whole number of units
+        measured = measure_rf(model, (input_size[0], side, side), layer=layer, n=1)
+        row.update(layer=layer or "forward_features", analytic=rf.size, gradient=measured.size,
+                   agrees=measured.size == rf.size, revived=len(measured.revived), local=measured.local,
+                   global_context=rf.global_context, side=side)
+    except Exception as e:  # noqa: BLE001
+        row.update(error=_one_line(e))
+        return row
+    if layer is None:  # the libraries answer for the whole net only
+        row["torchscan"] = _torchscan_rf(name, input_size)
+        row["receptivefield"] = _receptivefield_rf(model, (input_size[0], side, side))
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def _torchscan_rf(name: str, input_size) -> Dict[str, Any]:
+    """torchscan's per-module RFs composed in call order over the leaf modules of the feature extractor."""
+    try:
+        import timm
+        import torchscan
+    except ImportError:
+        return dict(status="not installed")
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="").eval()
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report = torchscan.crawl_module(model, tuple(input_size))
+        paths = [layer["path"] for layer in report["layers"]]
+        leaves = [layer for layer in report["layers"]
+                  if not any(p.startswith(layer["path"] + ".") for p in paths) and layer["depth"] > 0]
+        rf, jump = 1.0, 1.0
+        for layer in leaves:
+            metrics = layer["metrics"]
+            size = (metrics.get("receptive_field") or {}).get("value")
+            stride = (metrics.get("effective_stride") or {}).get("value")
+            if size is None or stride is None:
+                return dict(status="no answer", reason=f"no RF for {layer['path']} ({layer['type']})")
+            rf += (size - 1) * jump
+            jump *= stride
+        return dict(status="ok", rf=int(round(rf)))
+    except Exception as e:  # noqa: BLE001
+        return dict(status="failed", reason=_one_line(e))
+
+
+class _FeatureMaps(nn.Module):
+    """receptivefield's contract: a module whose forward leaves its feature maps in ``self.feature_maps``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        out = self.model.forward_features(x)
+        self.feature_maps = [out]
+        return out
+
+
+def _receptivefield_rf(model: nn.Module, input_size) -> Dict[str, Any]:
+    try:
+        from receptivefield.pytorch import PytorchReceptiveField
+    except ImportError:
+        return dict(status="not installed")
+    logging.getLogger("receptivefield").setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            (desc,) = PytorchReceptiveField(lambda: _FeatureMaps(model)).compute(
+                input_shape=(input_size[1], input_size[2], input_size[0]))
+        return dict(status="ok", rf=int(desc.rf.size.h))
+    except Exception as e:  # noqa: BLE001
+        return dict(status="failed", reason=_one_line(e))
+
+
+# --------------------------------------------------------------------------------------------- report
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _smallest_per_family(rows: List[Dict[str, Any]]) -> List[str]:
+    best: Dict[str, Dict[str, Any]] = {}
+    for row in rows:
+        if row.get("status") == "ok" and (row["family"] not in best or row["params"] < best[row["family"]]["params"]):
+            best[row["family"]] = row
+    return [row["model"] for _, row in sorted(best.items())]
+
+
+def summarise(rows: List[Dict[str, Any]], checks: List[Dict[str, Any]]) -> Dict[str, Any]:
+    cnn = [r for r in rows if r["status"] in ("ok", "refused")]
+    measured = [c for c in checks if "gradient" in c]
+    whole = [c for c in measured if c["layer"] == "forward_features"]
+
+    def library(key: str) -> Dict[str, int]:
+        answers = [c for c in whole if c.get(key, {}).get("status") == "ok"]
+        return dict(answered=len(answers), agree=sum(c[key]["rf"] == c["gradient"] for c in answers), of=len(whole))
+
+    refusals: Dict[str, List[str]] = {}
+    for r in cnn:
+        if r["status"] == "refused":
+            refusals.setdefault(r["family"], []).append(f"{r['model']}: {r['reason']}")
+    return dict(models=len(rows), cnns=len(cnn), analytic=sum(r["status"] == "ok" for r in cnn),
+                out_of_scope=sum(r["status"] == "out of scope" for r in rows),
+                not_built=sum(r["status"] == "not built" for r in rows),
+                families_checked=len(checks), gradient_measured=len(measured),
+                gradient_agrees=sum(c["agrees"] for c in measured), whole_net_checks=len(whole),
+                torchscan=library("torchscan"), receptivefield=library("receptivefield"), refused_families=refusals)
+
+
+def markdown(summary: Dict[str, Any], checks: List[Dict[str, Any]], meta: Dict[str, Any]) -> str:
+    s = summary
+    pct = 100 * s["analytic"] / max(s["cnns"], 1)
+    lines = [f"# RF coverage of timm's CNNs (timm {meta['timm']}, {meta['seconds']} s with {meta['jobs']} workers)", "",
+             f"- {s['models']} models listed; {s['out_of_scope']} out of scope (fewer than two spatial convolutions), "
+             f"{s['not_built']} not built without weights; **{s['cnns']} CNNs**.",
+             f"- **rf-bench's analytic RF: {s['analytic']} of {s['cnns']} CNNs ({pct:.1f}%)**; the rest refused in one "
+             "line each (below).",
+             f"- Gradient check, smallest model of each family: {s['gradient_measured']} of {s['families_checked']} "
+             f"measured, **{s['gradient_agrees']} agree** with the analytic RF "
+             f"({s['whole_net_checks']} on the whole net, the rest at the deepest block that fits a "
+             f"{meta['max_side']} px input).",
+             f"- torchscan (per-module RFs chained in call order): an answer for {s['torchscan']['answered']} of "
+             f"{s['torchscan']['of']} whole nets, {s['torchscan']['agree']} equal to the gradient RF.",
+             f"- receptivefield (gradient from zero inputs): an answer for {s['receptivefield']['answered']} of "
+             f"{s['receptivefield']['of']}, {s['receptivefield']['agree']} equal to the gradient RF.",
+             "", "| family | model | layer | analytic | gradient | agrees | global context | revived | torchscan | "
+             "receptivefield |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in checks:
+        if "gradient" not in c:
+            lines.append(f"| {c['family']} | {c['model']} | - | - | - | error: {c['error']} | | | | |")
+            continue
+        lib = lambda key: (str(c[key]["rf"]) if c.get(key, {}).get("status") == "ok"  # noqa: E731
+                           else c.get(key, {}).get("status", "-"))
+        lines.append(f"| {c['family']} | {c['model']} | {c['layer']} | {c['analytic']} | {c['gradient']} | "
+                     f"{'yes' if c['agrees'] else '**no**'} | {'yes' if c['global_context'] else '-'} | "
+                     f"{c['revived']} | {lib('torchscan')} | {lib('receptivefield')} |")
+    if s["refused_families"]:
+        lines += ["", "## Refused", ""]
+        for family, reasons in sorted(s["refused_families"].items()):
+            lines.append(f"- **{family}** ({len(reasons)}): {reasons[0]}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--limit", type=int, help="only the first N models (a quick look)")
+    parser.add_argument("--models", nargs="+", help="only these models (a quick look)")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes")
+    parser.add_argument("--max-side", type=int, default=MAX_SIDE, help="largest input side of a gradient check")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="results folder")
+    args = parser.parse_args(argv)
+    import timm
+
+    names = args.models or timm.list_models()[: args.limit]
+    start = time.perf_counter()
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(args.jobs, initializer=_worker_init, maxtasksperchild=25) as pool:
+        rows = pool.map(analytic, names, chunksize=4)
+        smallest = _smallest_per_family(rows)
+        checks = pool.starmap(gradient_check, [(name, args.max_side) for name in smallest], chunksize=1)
+    summary = summarise(rows, checks)
+    meta = dict(timm=timm.__version__, max_side=args.max_side, seconds=round(time.perf_counter() - start),
+                limit=args.limit, jobs=args.jobs)
+    text = markdown(summary, checks, meta)
+    write_result("rf_coverage" if args.limit is None and not args.models else "rf_coverage_quick",
+                 dict(meta=meta, summary=summary, checks=checks, models=rows), text, Path(args.out))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
