@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import os
 import re
@@ -99,7 +100,8 @@ LINE_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#A6761D", "#332288",
 
 
 def line_colors(n: int) -> List[str]:
-    """``n`` distinct line colours with contrast on white (one per k), colour-blind safe for up to 6."""
+    """``n`` line colours with 3:1 contrast on white (one per k); the first four are Okabe & Ito's colour-blind-safe
+    set."""
     return [LINE_COLORS[i % len(LINE_COLORS)] for i in range(n)]
 
 
@@ -217,10 +219,17 @@ def width_sections(records: List[Dict[str, Any]], out_dir: Path):
     from rf_bench.probes.base import ReportSection
     from rf_bench.results import record_family, record_k
 
+    from rf_bench.results import record_variant
+
+    def rest(record):  # everything else that sets runs apart stays apart: one figure per such group
+        return json.dumps({k: v for k, v in record_variant(record).items() if k != "width_mult"}, sort_keys=True,
+                          default=str)
+
     sections, csv_rows = [], []
     by_family = _group((r for r in records if _width(r) is not None and record_k(r) is not None),
-                       lambda r: (record_family(r), r["dataset"]))
-    for (family, dataset), recs in by_family.items():
+                       lambda r: (record_family(r), r["dataset"], rest(r)))
+    several = len({key[:2] for key in by_family}) < len(by_family)
+    for index, ((family, dataset, other), recs) in enumerate(by_family.items()):
         widths = sorted({_width(r) for r in recs})
         if len(widths) < 2:
             continue
@@ -244,13 +253,14 @@ def width_sections(records: List[Dict[str, Any]], out_dir: Path):
                     csv_rows.append(dict(family=family, dataset=dataset, width_mult=width, k=k,
                                          rate=0.0 if rate == "dense" else rate, metric="dense" if rate == "dense"
                                          else "pruned", mean=m, std=s, n=len(values)))
-        figure = out_dir / f"width_{family}_{dataset}.png"
+        figure = out_dir / (f"width_{family}_{dataset}" + (f"_{index}" if several else "") + ".png")
         _plot_widths(curves, widths, rates, ks, PRUNE_09.get((family, "cifar10"), {}),
                      f"{family} on {dataset}: accuracy against k, per width", figure)
         md = (f"Test accuracy (%) at each width (`width_mult`), mean ± std over seeds: dense, and after one-shot "
               f"global magnitude pruning at each rate. The dashed grey line is the paper's CIFAR10 result at full "
               f"width (another data set, for reference).\n\n" + "\n".join(lines) + f"\n\n![{family} widths]({figure.name})\n")
-        sections.append(ReportSection(title=f"Width: {family} on {dataset}", markdown=md, order=9))
+        title = f"Width: {family} on {dataset}" + (f" [{other}]" if several else "")
+        sections.append(ReportSection(title=title, markdown=md, order=9))
     _write_csv(out_dir / "width.csv", csv_rows)
     return sections
 

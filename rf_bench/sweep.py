@@ -15,6 +15,7 @@ A sweep file::
     seeds = [0, 1, 2, 3, 4]
     [grid.model_kwargs]        # optional: model keyword arguments as axes, each value its own runs
     width_mult = [0.0625, 0.125, 0.25]
+    resnet50_rfpool = { width_mult = [0.0625, 0.125] }   # a family's (or model's) own axes instead
 
     [train]                    # recipe name plus any TrainConfig field
     recipe = "paper"
@@ -137,16 +138,20 @@ def _check_grid(grid: Dict[str, Any], where: str) -> None:
         raise ValueError(f"{where}: [grid] model_kwargs must be a table of lists, e.g. [grid.model_kwargs] "
                          "width_mult = [0.0625, 0.125]")
     for key, values in axes.items():
-        if not isinstance(values, list) or not values:
-            raise ValueError(f"{where}: [grid.model_kwargs] {key} = {values!r} must be a non-empty list of values")
+        for name, value in (values.items() if isinstance(values, dict) else [(key, values)]):
+            if not isinstance(value, list) or not value:
+                raise ValueError(f"{where}: [grid.model_kwargs] {name} = {value!r} must be a non-empty list of values")
 
 
-def _kwargs_grid(axes: Dict[str, List[Any]]) -> List[Dict[str, Any]]:
-    """Every combination of the model keyword arguments' values ([{}] without axes)."""
+def _kwargs_grid(axes: Dict[str, Any], model: str) -> List[Dict[str, Any]]:
+    """Every combination of the model keyword arguments' values for ``model`` ([{}] without axes): a sub-table named
+    after the model or its family (``resnet50_rfpool``) replaces the shared axes for it."""
     import itertools
 
-    names = sorted(axes)
-    return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
+    own = [table for name, table in axes.items() if isinstance(table, dict) and model.startswith(name)]
+    chosen = own[0] if own else {name: values for name, values in axes.items() if not isinstance(values, dict)}
+    names = sorted(chosen)
+    return [dict(zip(names, values)) for values in itertools.product(*(chosen[n] for n in names))]
 
 
 def _check_model_kwargs(models: Sequence[str], kwargs: Dict[str, Any], where: str) -> None:
@@ -259,13 +264,15 @@ def load_sweep(path: str | os.PathLike | None = None, *, text: Optional[str] = N
             raise ValueError(f"{where}: unknown model {model!r}; {hint}")
     recipe = train_spec.pop("recipe", "paper")
     base_kwargs = dict(train_spec.pop("model_kwargs", {}) or {})
-    variants = _kwargs_grid(grid.get("model_kwargs", {}))
-    if variants != [{}]:
-        _check_model_kwargs(sorted(set(models)), dict(base_kwargs, **variants[0]), where)
+    axes = grid.get("model_kwargs", {})
+    for model in sorted(set(models)):
+        variants = _kwargs_grid(axes, model)
+        if variants != [{}]:
+            _check_model_kwargs([model], dict(base_kwargs, **variants[0]), where)
     runs = [resolve_config(recipe, model=model, dataset=dataset, seed=seed, model_kwargs=dict(base_kwargs, **extra),
                            **train_spec)
-            for dataset in grid.get("datasets", ["cifar10"]) for extra in variants for model in models
-            for seed in grid.get("seeds", [0])]
+            for dataset in grid.get("datasets", ["cifar10"]) for model in models
+            for extra in _kwargs_grid(axes, model) for seed in grid.get("seeds", [0])]
     _check_runs(runs, where)
     suite, settings = settings_from_table(spec.get("probes", {}))
     suite = suite or "all"

@@ -386,3 +386,15 @@ def test_ctrl_c_in_the_hessian_step_is_one_line_and_the_rerun_resumes(tmp_path, 
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert Path(pruned["_path"]).stat().st_mtime_ns == stamp  # kept, not recomputed
     assert len(ResultStore(results).records("hessian")) == 1
+
+
+def test_finetune_rates_fine_tune_only_those_and_older_results_keep_their_hash(tmp_path, tiny_runs):
+    from rf_bench.probes.base import ProbeContext, _config_dict
+    from rf_bench.probes.prune import PruneConfig, PruneProbe
+
+    assert "finetune_rates" not in _config_dict(PruneConfig())  # a result stored before the setting is still found
+    config = PruneConfig(rates=(0.5, 0.9), finetune_epochs=1, finetune_rates=(0.9,))
+    out = PruneProbe().run(load_run(tiny_runs[0]), config, ProbeContext(results_dir=tmp_path))
+    by_rate = {row["rate"]: row for row in out.values["rates"]}
+    assert "finetuned_acc" not in by_rate[0.5] and 0 <= by_rate[0.9]["finetuned_acc"] <= 1
+    assert by_rate[0.9]["finetuned_sparsity"] >= 0.9 - 1e-5

@@ -104,6 +104,11 @@ def test_a_model_keyword_is_a_grid_axis_with_its_own_runs_checked_before_any_wor
         load_sweep(text=WIDTHS.replace("width_mult = [", "widht_mult = ["))
     with pytest.raises(ValueError, match="must be a non-empty list"):
         load_sweep(text=WIDTHS.replace("width_mult = [0.0625, 0.125]", "width_mult = 0.125"))
+    # a family's own axes: vgg19_rfpool2 stops at the narrow width
+    own = load_sweep(text=WIDTHS.replace("width_mult = [0.0625, 0.125]\n",
+                                         "width_mult = [0.0625, 0.125]\nvgg19_rfpool2 = { width_mult = [0.0625] }\n"))
+    assert sorted({(c.model, c.model_kwargs["width_mult"]) for c in own.runs}) == [
+        ("vgg19_rfpool1", 0.0625), ("vgg19_rfpool1", 0.125), ("vgg19_rfpool2", 0.0625)]
 
 
 def test_paper_grid_is_80_runs_and_bad_files_are_one_line(tmp_path):

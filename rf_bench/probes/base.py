@@ -125,7 +125,7 @@ def resolve_suite(suite: str) -> List[Type[Probe]]:
 
 
 def _nearest(name: str, choices: Sequence[str]) -> str:
-    """``; did you mean 'x'?`` for the closest choice, else the list of choices."""
+    """``did you mean 'x'?`` for the closest choice, else the list of choices."""
     import difflib
 
     close = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.5)
@@ -174,7 +174,7 @@ def settings_from_table(probes: Dict[str, Any]) -> Tuple[Optional[str], List[str
     return suite, items
 
 
-def _shipped_settings() -> Dict[str, str]:
+def _shipped_settings() -> Dict[str, Any]:
     """Sweep files shipped with rf-bench whose [probes] tables ``--settings NAME`` reuses: the demo and the studies."""
     from importlib import resources
 
@@ -244,7 +244,14 @@ def describe_settings(probes: Sequence[Type[Probe]]) -> List[Tuple[str, str, Any
 
 
 def _config_dict(config: Any) -> Dict[str, Any]:
-    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
+    """A probe config as stored (and hashed): settings a probe added later (its ``LATER_FIELDS``) are left out while
+    at their default, so results stored before they existed keep their hash and are still found."""
+    values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
+    defaults = type(config)()
+    for name in getattr(config, "LATER_FIELDS", ()):
+        if name in values and values[name] == getattr(defaults, name):
+            del values[name]
+    return values
 
 
 def _tasks(probes, runs: Sequence[Run], configs) -> List[Tuple[Type[Probe], str, Any]]:

@@ -6,7 +6,7 @@ re-exported here so ``from rf_bench.probes.prune import global_magnitude_masks``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import ClassVar, Optional, Tuple
 
 from rf_bench.claims import Claim, at_chance, chance_level
 from rf_bench.pruning import apply_masks, global_magnitude_masks, prunable_parameters, sparsity
@@ -23,12 +23,16 @@ class PruneConfig:
         finetune_epochs: epochs of masked fine-tuning after pruning at each rate (0: one-shot only; the paper: 10).
         finetune_recipe: the recipe the fine-tune trains with ("finetune": lr 1e-4, as in the paper).
         eval_batch_size: test images per forward pass.
+        finetune_rates: the rates that are fine-tuned (default: every rate); the others stay one-shot.
     """
 
     rates: Tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
     finetune_epochs: int = 10
     finetune_recipe: str = "finetune"  # lr 1e-4, weight decay 5e-4, momentum 0.9, clip 0.1 (PAPER.md)
     eval_batch_size: int = 500
+    finetune_rates: Optional[Tuple[float, ...]] = None
+    # added later: left out of the stored config (and its hash) at their default, so earlier results stay found
+    LATER_FIELDS: ClassVar[Tuple[str, ...]] = ("finetune_rates",)
 
 
 def _dense_accuracy(record):
@@ -82,11 +86,11 @@ def _at_chance(metric: str, records):
 PRUNE_CLAIMS = (
     Claim("dense_accuracy", "dense test accuracy falls as the RF grows (Table 1)", "falls", "prune",
           _dense_accuracy, caveat=_at_chance, order=1, unit="%",
-          read_together=("rates", "eval_batch_size", "finetune_epochs", "finetune_recipe")),  # none changes it
+          read_together=("rates", "eval_batch_size", "finetune_epochs", "finetune_recipe", "finetune_rates")),
     Claim("prune_robustness", "the accuracy lost to one-shot pruning shrinks as the RF grows, before and after "
           "the masked fine-tune, in points and as a share of the dense accuracy (Tables 1-2)", "falls", "prune", _accuracy_lost, caveat=_at_chance,
           missing="no fine-tune in these results (prune.finetune_epochs = 0)", order=2, unit="%",
-          read_together=("rates", "eval_batch_size")),  # each rate is its own metric
+          read_together=("rates", "eval_batch_size", "finetune_rates")),  # each rate and stage is its own metric
 )
 
 
@@ -118,7 +122,7 @@ class PruneProbe:
             _, pruned = evaluate(pruned_model, test, ctx.device, config.eval_batch_size)
             row = dict(rate=rate, pruned_acc=pruned, drop=dense - pruned,
                        pruned_sparsity=sparsity(pruned_model, masks[rate])["zero_fraction"])
-            if config.finetune_epochs > 0:
+            if config.finetune_epochs > 0 and (config.finetune_rates is None or rate in config.finetune_rates):
                 cfg = resolve_config(config.finetune_recipe, model=run.model_name, dataset=run.dataset,
                                      seed=run.seed, epochs=config.finetune_epochs, augment=run.config["augment"],
                                      model_kwargs=run.config["model_kwargs"], prune_rate=rate,
