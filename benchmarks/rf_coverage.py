@@ -10,9 +10,13 @@ variant of each timm model family (timm's module, e.g. ``efficientnet``), the gr
 - **receptivefield** (``PytorchReceptiveField``): a gradient method, from zero inputs, on the net as timm builds
   it.
 
-Out of scope, by rule: a model with fewer than two spatial convolutions (kernel > 1 and not a patchify conv whose
-kernel equals its stride) is not a CNN (vision transformers, MLP-Mixers). Where the RF is too large to measure on
-this machine (``--max-side``), the gradient check runs at the deepest block whose RF fits, named in the results.
+Out of scope, by rule, and listed as such: a model is a CNN when it has at least two spatial convolutions (kernel > 1
+and not a patchify conv whose kernel equals its stride), no self-attention (no module class named ``*Attention*``,
+nor timm's attention blocks ``HaloAttn``, ``BottleneckAttn``, ``NonLocalAttn``, ``LambdaLayer``,
+``BilinearAttnTransform``, ``LiteMLA``, ``GPSA``; channel and spatial gates are not attention), and a
+``forward_features`` that returns one feature map (N, C, H, W). Vision transformers, MLP-Mixers, Mamba-style and
+conv-attention hybrids fall outside. Where the RF is too large to measure on this machine (``--max-side``), the
+gradient check runs at the deepest block whose RF fits, named in the results.
 
     pip install torchscan==0.2.0 && pip install --no-deps receptivefield==0.5.0   # the two libraries compared
     python benchmarks/rf_coverage.py                  # every model: results/rf_coverage.{json,md}
@@ -43,6 +47,27 @@ MAX_SIDE = 900  # largest input side a gradient check may use (memory and time o
 
 
 # ----------------------------------------------------------------------------------------------- scope
+
+SELF_ATTENTION = ("HaloAttn", "BottleneckAttn", "NonLocalAttn", "LambdaLayer", "BilinearAttnTransform", "LiteMLA",
+                  "GPSA")
+
+
+def not_a_cnn(model: nn.Module, input_size) -> str:
+    """Why ``model`` is out of scope ("" for a CNN)."""
+    if spatial_convs(model) < 2:
+        return "fewer than two spatial convolutions"
+    attention = next((type(m).__name__ for m in model.modules() if "Attention" in type(m).__name__
+                      or type(m).__name__ in SELF_ATTENTION or isinstance(m, nn.MultiheadAttention)), None)
+    if attention:
+        return f"self-attention ({attention})"
+    try:
+        out = model.forward_features(torch.empty(1, *input_size, device="meta"))
+    except Exception as e:  # noqa: BLE001
+        return f"forward_features fails on the meta device ({type(e).__name__})"
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        return "forward_features returns no (N, C, H, W) feature map"
+    return ""
+
 
 def spatial_convs(model: nn.Module) -> int:
     """Convolutions that reach across space: kernel > 1, and not a patchify conv (kernel == stride, as in ViTs)."""
@@ -80,8 +105,9 @@ def analytic(name: str) -> Dict[str, Any]:
         return row
     row["params"] = sum(p.numel() for p in model.parameters())
     row["input_size"] = list(model.pretrained_cfg.get("input_size", (3, 224, 224)))
-    if spatial_convs(model) < 2:
-        row.update(status="out of scope", reason="fewer than two spatial convolutions (not a CNN)")
+    why = not_a_cnn(model.eval(), row["input_size"])
+    if why:
+        row.update(status="out of scope", reason=why)
         return row
     try:
         rf = receptive_field(model.eval(), row["input_size"])
@@ -129,7 +155,7 @@ def gradient_check(name: str, max_side: int) -> Dict[str, Any]:
         layer, rf = _check_layer(model, input_size, max_side)
         side = rf.size + 2 * rf.stride + 8
         side += (-side) % max(rf.stride, 1)  # a whole number of units
-        measured = measure_rf(model, (input_size[0], side, side), layer=layer, n=1)
+        measured = measure_rf(model, (input_size[0], side, side), layer=layer, n=2)
         row.update(layer=layer or "forward_features", analytic=rf.size, gradient=measured.size,
                    agrees=measured.size == rf.size, revived=len(measured.revived), local=measured.local,
                    global_context=rf.global_context, side=side)
@@ -228,8 +254,13 @@ def summarise(rows: List[Dict[str, Any]], checks: List[Dict[str, Any]]) -> Dict[
     for r in cnn:
         if r["status"] == "refused":
             refusals.setdefault(r["family"], []).append(f"{r['model']}: {r['reason']}")
+    reasons: Dict[str, int] = {}
+    for r in rows:
+        if r["status"] == "out of scope":
+            kind = r["reason"].split(" (")[0]
+            reasons[kind] = reasons.get(kind, 0) + 1
     return dict(models=len(rows), cnns=len(cnn), analytic=sum(r["status"] == "ok" for r in cnn),
-                out_of_scope=sum(r["status"] == "out of scope" for r in rows),
+                out_of_scope=sum(r["status"] == "out of scope" for r in rows), out_of_scope_by_rule=reasons,
                 not_built=sum(r["status"] == "not built" for r in rows),
                 families_checked=len(checks), gradient_measured=len(measured),
                 gradient_agrees=sum(c["agrees"] for c in measured), whole_net_checks=len(whole),
@@ -239,9 +270,10 @@ def summarise(rows: List[Dict[str, Any]], checks: List[Dict[str, Any]]) -> Dict[
 def markdown(summary: Dict[str, Any], checks: List[Dict[str, Any]], meta: Dict[str, Any]) -> str:
     s = summary
     pct = 100 * s["analytic"] / max(s["cnns"], 1)
+    scope = ", ".join(f"{n} {why}" for why, n in sorted(s["out_of_scope_by_rule"].items(), key=lambda i: -i[1]))
     lines = [f"# RF coverage of timm's CNNs (timm {meta['timm']}, {meta['seconds']} s with {meta['jobs']} workers)", "",
-             f"- {s['models']} models listed; {s['out_of_scope']} out of scope (fewer than two spatial convolutions), "
-             f"{s['not_built']} not built without weights; **{s['cnns']} CNNs**.",
+             f"- {s['models']} models listed; {s['out_of_scope']} out of scope, not CNNs by the rule in the script's "
+             f"docstring ({scope}); {s['not_built']} not built without weights; **{s['cnns']} CNNs**.",
              f"- **rf-bench's analytic RF: {s['analytic']} of {s['cnns']} CNNs ({pct:.1f}%)**; the rest refused in one "
              "line each (below).",
              f"- Gradient check, smallest model of each family: {s['gradient_measured']} of {s['families_checked']} "

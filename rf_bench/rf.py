@@ -342,19 +342,25 @@ def _propagate(gm: fx.GraphModule) -> Dict[fx.Node, Any]:
             continue
         same_rank = len(_shape(node)) == len(_shape(first))
         axes[node] = axes[first] if same_rank else (_NCHW if len(_shape(node)) == 4 else None)
-        if len(local) < len(inputs):  # a gate: a global summary rescales (or shifts) the local map
-            rfs[node] = _gated_rf(node, local, rfs, axes)
-            if rfs[node] != _GLOBAL:
-                node.meta["rf_global_inputs"] = [n for n in inputs if n not in local]
-            continue
         known = None
         if node.op in ("call_module", "call_function") and axes[first] == _NCHW:
             if node.op == "call_module":
                 known = _module_rf(modules[node.target], rfs[first], node, first)
             else:
                 known = _function_rf(node.target, node, rfs[first], gm)
+        gated = len(local) < len(inputs)
+        if gated:  # a global summary rescales (or shifts) the local map, or picks a conv's weights (CondConv)
+            rfs[node] = _gated_rf(node, local, rfs, axes) if known is None or known == _GLOBAL else \
+                dataclasses.replace(known, global_context=True)
+            if rfs[node] != _GLOBAL:
+                node.meta["rf_global_inputs"] = [n for n in inputs if n not in local]
+            continue
         if known is not None:
             rfs[node] = known
+            continue
+        if _normalises_over_space(node, modules, axes[first]):  # GroupNorm and kin: statistics of the whole map
+            rfs[node] = dataclasses.replace(rfs[first], global_context=True)
+            node.meta["rf_spatial_statistics"] = True
             continue
         if node.op == "call_module":
             hidden = _spatial_submodules(modules[node.target])
@@ -363,6 +369,33 @@ def _propagate(gm: fx.GraphModule) -> Dict[fx.Node, Any]:
                                         f"({', '.join(hidden[:3])}); rf_bench cannot follow its RF")
         rfs[node] = _generic_rf(node, local, rfs, axes, gm)
     return rfs
+
+
+def _normalises_over_space(node: fx.Node, modules: Dict[str, nn.Module], axes: Axes) -> bool:
+    """A norm whose statistics span height and width (GroupNorm, InstanceNorm without running statistics, a
+    LayerNorm over C, H, W): every unit then depends on the whole map, as through a gate."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, nn.GroupNorm):
+            return True
+        if isinstance(m, nn.modules.instancenorm._InstanceNorm):
+            return not (m.track_running_stats and not m.training)
+        if isinstance(m, nn.LayerNorm):
+            return _spans_axes(len(m.normalized_shape), node, axes)
+        return False
+    if node.op == "call_function":
+        if node.target in (F.group_norm, F.instance_norm):
+            return True
+        if node.target is F.layer_norm:
+            shape = node.args[1] if len(node.args) > 1 else node.kwargs.get("normalized_shape")
+            return _spans_axes(len(shape) if isinstance(shape, (list, tuple)) else 1, node, axes)
+    return False
+
+
+def _spans_axes(normalised: int, node: fx.Node, axes: Axes) -> bool:
+    """Whether the last ``normalised`` axes of ``node``'s output hold height or width."""
+    ndim = len(_shape(node))
+    return axes is not None and any(a % ndim >= ndim - normalised for a in axes)
 
 
 def _gated_rf(node: fx.Node, local: List[fx.Node], rfs: Dict[fx.Node, Any], axes: Dict[fx.Node, Axes]) -> Any:
@@ -563,6 +596,10 @@ class _LocalPaths(nn.Module):
                 with graph.inserting_before(node):
                     detached = graph.call_method("detach", (source,))
                 node.replace_input_with(source, detached)
+            if node.meta.get("rf_spatial_statistics"):  # the norm's statistics, not its input, are detached
+                with graph.inserting_after(node):
+                    local = graph.call_function(_with_detached_statistics, (node.args[0], node))
+                node.replace_all_uses_with(local, delete_user_cb=lambda user: user is not local)
         output = next(n for n in graph.nodes if n.op == "output")
         output.args = (target,)
         graph.eliminate_dead_code()
@@ -573,14 +610,21 @@ class _LocalPaths(nn.Module):
         return self.gm(x)
 
 
+def _with_detached_statistics(x: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
+    """``normed``'s values, with the gradient of a norm whose statistics are constants: unit to unit (a straight
+    through; the norm's own per-channel scale is non-zero and would not change where the gradient is non-zero)."""
+    return normed.detach() + (x - x.detach())
+
+
 def _local_paths(model: nn.Module, input_size: Tuple[int, ...], layer: Optional[str]) -> Optional[nn.Module]:
-    """The model with its gates' global inputs detached, or None if it has no such gate (or cannot be traced)."""
+    """The model with its gates' global inputs and its norms' spatial statistics detached, or None if it has
+    neither (or cannot be traced)."""
     try:
         gm = _trace(model, input_size)
         _propagate(gm)
     except (NotImplementedError, ValueError, TypeError, RuntimeError):  # measured as it is, gates and all
         return None
-    if not any("rf_global_inputs" in node.meta for node in gm.graph.nodes):
+    if not any("rf_global_inputs" in node.meta or "rf_spatial_statistics" in node.meta for node in gm.graph.nodes):
         return None
     return _LocalPaths(gm, _node_for_layer(gm, layer) if layer else _output_node(gm))
 
