@@ -216,7 +216,7 @@ def _receptivefield_rf(model: nn.Module, input_size) -> Dict[str, Any]:
         from receptivefield.pytorch import PytorchReceptiveField
     except ImportError:
         return dict(status="not installed")
-    logging.getLogger("receptivefield").setLevel(logging.ERROR)
+    logging.disable(logging.INFO)  # receptivefield logs every step at INFO
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -308,6 +308,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--models", nargs="+", help="only these models (a quick look)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--max-side", type=int, default=MAX_SIDE, help="largest input side of a gradient check")
+    parser.add_argument("--check-timeout", type=int, default=240, help="seconds a gradient check may take")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="results folder")
     args = parser.parse_args(argv)
     import timm
@@ -317,8 +318,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.jobs, initializer=_worker_init, maxtasksperchild=25) as pool:
         rows = pool.map(analytic, names, chunksize=4)
-        smallest = _smallest_per_family(rows)
-        checks = pool.starmap(gradient_check, [(name, args.max_side) for name in smallest], chunksize=1)
+    smallest = _smallest_per_family(rows)
+    with ctx.Pool(args.jobs, initializer=_worker_init, maxtasksperchild=1) as pool:  # a fresh process per check
+        pending = [(name, pool.apply_async(gradient_check, (name, args.max_side))) for name in smallest]
+        checks = []
+        for name, result in pending:  # a check that hangs or thrashes is recorded, not waited for
+            try:
+                checks.append(result.get(timeout=args.check_timeout))
+            except mp.TimeoutError:
+                checks.append(dict(model=name, family=family_of(name), error=f"no answer in {args.check_timeout} s"))
+        pool.terminate()
     summary = summarise(rows, checks)
     meta = dict(timm=timm.__version__, max_side=args.max_side, seconds=round(time.perf_counter() - start),
                 limit=args.limit, jobs=args.jobs)

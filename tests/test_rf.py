@@ -114,6 +114,9 @@ MODERN = [
     ("regnety_008", None, True),  # SE gates, grouped convs, zero-initialised last BNs
     ("resnet18", None, False),  # zero-initialised last BNs
     ("convnext_tiny", "stages.1", False),  # channels-last LayerNorm and MLP (permutes), layer scales at 1e-6
+    ("poolformerv2_s12", None, True),  # GroupNorm(1): statistics over the whole map
+    ("efficientnet_cc_b0_4e", None, True),  # CondConv: a global summary picks each conv's weights
+    ("nf_resnet26", None, False),  # a block timm keeps opaque to fx, traced into
 ]
 
 
