@@ -176,14 +176,14 @@ class _Upsampling(nn.Module):
 
 
 class _Opaque(nn.Module):
-    """A block timm keeps opaque to tracing (its control flow depends on values), holding a spatial conv."""
+    """A block timm keeps opaque to tracing (control flow on a shape), holding a spatial conv."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(4, 4, 3, padding=1)
 
     def forward(self, x):
-        return self.conv(x) if x.sum() > 0 else self.conv(-x)
+        return self.conv(x) if x.shape[-1] > 1 else x
 
 
 def test_ops_it_cannot_follow_are_refused_naming_the_module(monkeypatch):
