@@ -151,7 +151,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def finished_line(run_dir: Path) -> str:
     """What a user wants once training ends: the final test accuracy and where the run is."""
-    from .results import Run
+    from rf_bench.results import Run
 
     metrics = Run(path=Path(run_dir), meta={}).final_metrics()
     acc = metrics.get("test_acc")
@@ -179,7 +179,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--debug", action="store_true", help="on an error, show the whole traceback")
     args = parser.parse_args(argv)
     if args.deterministic:
-        from .trainer import prepare_deterministic_process
+        from rf_bench.trainer import prepare_deterministic_process
 
         prepare_deterministic_process()
     try:
