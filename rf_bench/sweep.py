@@ -162,6 +162,8 @@ def _check_model_kwargs(models: Sequence[str], kwargs: Dict[str, Any], where: st
     import timm
     import torch
 
+    from .probes.base import nearest_hint
+
     for model in models:
         try:
             with torch.device("meta"):
@@ -171,15 +173,8 @@ def _check_model_kwargs(models: Sequence[str], kwargs: Dict[str, Any], where: st
             with torch.device("meta"):
                 built = timm.create_model(model)
             accepted = [p for p in inspect.signature(type(built).__init__).parameters if p not in ("self", "kwargs")]
-            hint = _nearest_name(bad, accepted) if bad else f"valid: {', '.join(accepted)}"
+            hint = nearest_hint(bad, accepted) if bad else f"valid: {', '.join(accepted)}"
             raise ValueError(f"{where}: [grid.model_kwargs] {model} takes no keyword {bad!r}; {hint}") from None
-
-
-def _nearest_name(name: str, choices: Sequence[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-    return f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(choices)}"
 
 
 # a scalar field's default type -> (accepted value types, how to say it)

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from rf_bench.results import ResultStore, Run, config_hash, group_runs
 
 __all__ = ["Probe", "ProbeOutput", "ProbeContext", "ReportSection", "available_probes", "resolve_suite",
-           "apply_overrides", "load_settings", "settings_from_table", "describe_settings", "run_suite", "evaluate"]
+           "apply_overrides", "nearest_hint", "load_settings", "settings_from_table", "describe_settings", "run_suite", "evaluate"]
 
 ENTRY_POINT_GROUP = "rf_bench.probes"
 _OWN_DISTRIBUTION = "rf-bench"
@@ -124,7 +124,7 @@ def resolve_suite(suite: str) -> List[Type[Probe]]:
     return chosen
 
 
-def _nearest(name: str, choices: Sequence[str]) -> str:
+def nearest_hint(name: str, choices: Sequence[str]) -> str:
     """``did you mean 'x'?`` for the closest choice, else the list of choices."""
     import difflib
 
@@ -148,7 +148,7 @@ def apply_overrides(probes: Sequence[Type[Probe]], settings: Sequence[str]) -> D
         hit = False
         for name in names:
             if name not in configs:
-                raise ValueError(f"--set {item}: no probe {name!r} in the suite; {_nearest(name, list(configs))}")
+                raise ValueError(f"--set {item}: no probe {name!r} in the suite; {nearest_hint(name, list(configs))}")
             if fld in {f.name for f in dataclasses.fields(configs[name])}:
                 if isinstance(value, list):
                     value = tuple(value)
@@ -157,7 +157,7 @@ def apply_overrides(probes: Sequence[Type[Probe]], settings: Sequence[str]) -> D
         if not hit:
             known = [f.name for name in names for f in dataclasses.fields(configs[name])]
             where = f"probe {target!r}" if target else "probe in the suite"
-            raise ValueError(f"--set {item}: no {where} has a setting {fld!r}; {_nearest(fld, known)} "
+            raise ValueError(f"--set {item}: no {where} has a setting {fld!r}; {nearest_hint(fld, known)} "
                              "(`rf-bench probe --list-settings` lists them)")
     return configs
 
