@@ -1,6 +1,6 @@
 """Verdicts on the paper's claims from stored probe results.
 
-A :class:`Claim` is data: the paper's statement, the direction it predicts as ``k`` (and the RF) grows,
+A `Claim` is data: the paper's statement, the direction it predicts as ``k`` (and the RF) grows,
 the probe whose results hold the evidence, and a ``measure`` that turns one stored result into values
 (one per seed, or per seed pair). Probes declare their claims in a ``claims`` attribute, so a
 third-party probe adds rows to ``rf-bench claims`` without touching this module.

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import timm
@@ -298,14 +299,20 @@ def _run_shipped_sweep(text: str, out: str, jobs: int, progress: bool, banner: s
     import time
 
     from .claims import evaluate_claims
-    from .sweep import load_sweep, run_sweep
+    from .studies import record_study_time
+    from .sweep import load_sweep, pending_runs, run_sweep
 
     sweep = load_sweep(text=text, output=out)
-    start = time.perf_counter()
+    start, wall_start = time.perf_counter(), time.time()
     console.print(banner.format(runs=len(sweep.runs), out=out))
+    done_before = len(sweep.runs) - len(pending_runs(sweep))
     outcome = run_sweep(sweep, "local", max_parallel=jobs, progress=progress, log=_plain)
     if outcome["failed"]:
         raise CliError(f"{len(outcome['failed'])} run(s) failed: {outcome['failed'][0]['error']}")
+    if outcome.get("report"):  # the study's cost, kept beside its report (study.json)
+        record_study_time(Path(sweep.report) / "study.json", name=sweep.name, runs=len(sweep.runs),
+                          done_before=done_before, jobs=jobs, started=wall_start,
+                          finished=wall_start + time.perf_counter() - start)
     _print_claims(evaluate_claims(sweep.results), str(sweep.results))
     console.print(f"[bold green]done[/] in {time.perf_counter() - start:.0f} s; the report is {outcome['report']}")
 
@@ -487,8 +494,9 @@ def _add_study_commands(sub) -> None:
                  "A rerun resumes.",
                  "rf-bench study fashion-cpu --out study_fashion")
     p.add_argument("name", help="digits: scikit-learn's digits, 48 runs, sized for a 2-core CPU; fashion-cpu: "
-                                "Fashion-MNIST photos, 32 runs, sized for a 2-core CPU; fashion: "
-                                "Fashion-MNIST at full width on the whole training split, for GPUs")
+                                "Fashion-MNIST photos, 32 runs, sized for a 2-core CPU; fashion-width: fashion-cpu at "
+                                "three widths, 60 runs; fashion: Fashion-MNIST at full width on the whole "
+                                "training split, for GPUs")
     p.add_argument("--out", help="folder for runs/, results/ and report/ (default: study_<name>)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at once (worker processes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")

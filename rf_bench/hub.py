@@ -4,7 +4,7 @@ A published run is one Hub model repo per pretrained tag (``ORG/resnet50_rfpool3
 layout: ``model.safetensors`` (the run's final weights, byte for byte), timm's ``config.json``, a model card
 ``README.md`` and the run's own ``run/config.json`` and ``run/metrics.jsonl``. The tag's manifest entry in
 ``registry/<model>.json`` pins the commit and the file's sha256; ``timm.create_model(tag, pretrained=True)``
-downloads through timm's Hub path and :func:`fetch_checkpoint` refuses a file whose sha256 differs.
+downloads through timm's Hub path and `fetch_checkpoint` refuses a file whose sha256 differs.
 
 All network traffic goes through ``huggingface_hub`` (``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HUB_OFFLINE`` apply).
 """

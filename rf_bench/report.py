@@ -1,7 +1,7 @@
 """``rf-bench report``: the paper's tables (markdown + CSV) and figures (PNG) from stored results.
 
 Every probe adds its part through one mechanism: an optional ``report(records, store, out_dir)``
-on the probe class returning :class:`~rf_bench.probes.base.ReportSection` objects; this module
+on the probe class returning `~rf_bench.probes.base.ReportSection` objects; this module
 collects them into ``REPORT.md`` and holds the shared table/figure helpers.
 """
 from __future__ import annotations

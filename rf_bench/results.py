@@ -88,7 +88,7 @@ def record_variant(record: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def variant_groups(records: List[Dict[str, Any]]) -> List[Tuple[str, List[Dict[str, Any]]]]:
-    """Results split by :func:`record_variant`, each labelled by what sets it apart (e.g. ``width_mult=0.25``).
+    """Results split by `record_variant`, each labelled by what sets it apart (e.g. ``width_mult=0.25``).
 
     Runs trained differently are never pooled, as if they were seeds; one variant gives one group, label "".
     """

@@ -642,7 +642,7 @@ def gradient_support(
     output of ``forward_features``) and back-propagated, in eval mode, to ``n`` random inputs; the
     support of ``|grad|`` is the union over them, so that no edge pixel is missed because a ReLU was
     off or a max-pool picked another pixel. Returns ``((row_lo, row_hi), (col_lo, col_hi), (i, j))``.
-    The model is measured as it is (see :func:`measure_rf` for nets with zero-initialised tensors).
+    The model is measured as it is (see `measure_rf` for nets with zero-initialised tensors).
     """
     input_size = tuple(input_size or _default_input_size(model))
     param = next(model.parameters(), None)
@@ -675,11 +675,11 @@ def measure_rf(
 ) -> MeasuredRF:
     """The gradient-measured RF of ``layer``'s centre unit, never of a silenced network.
 
-    Where :func:`silenced_parameters` finds zero tensors (timm's ``zero_init_last``, zero-initialised gates), the
+    Where `silenced_parameters` finds zero tensors (timm's ``zero_init_last``, zero-initialised gates), the
     measurement runs on a copy with them re-initialised, and ``revived`` names them. In a net with global-context
     gates (squeeze-excitation and kin) every input pixel reaches every unit through the gates' global pools; the
     gradient is then taken with the gates' global inputs detached (``local``), which measures the local RF that
-    :func:`receptive_field` reports beside its ``global_context`` flag. Raises ``ValueError`` if the support
+    `receptive_field` reports beside its ``global_context`` flag. Raises ``ValueError`` if the support
     reaches the border, i.e. the input is too small to measure.
     """
     input_size = tuple(input_size or _default_input_size(model))
@@ -710,7 +710,7 @@ def gradient_rf(
 
     This is how the paper measured RFs (see ``gradient_support``). A net with zero-initialised tensors (timm's
     ``zero_init_last``) is measured on a copy with them re-initialised, with a warning that names them
-    (:func:`measure_rf` returns them): a silenced branch would otherwise hide its part of the RF.
+    (`measure_rf` returns them): a silenced branch would otherwise hide its part of the RF.
     Raises ``ValueError`` if the support reaches the border, i.e. the input is too small to measure.
     """
     measured = measure_rf(model, input_size, layer, n, seed)

@@ -397,7 +397,7 @@ def _train(sweep: Sweep, cfg: TrainConfig, progress: bool) -> Path:
 class SweepJob:
     """One run of a sweep: train it, then its per-run probes. Picklable, so submitit can ship it to a cluster.
 
-    On preemption or timeout submitit calls :meth:`checkpoint`, which requeues the same job; it resumes from the
+    On preemption or timeout submitit calls `checkpoint`, which requeues the same job; it resumes from the
     run's own last checkpoint, because the run directory is a function of the config.
     """
 
@@ -487,7 +487,8 @@ def _executor(sweep: Sweep, launcher: str, folder: Path):
     return executor
 
 
-def _pending_indices(sweep: Sweep) -> List[int]:
+def pending_runs(sweep: Sweep) -> List[int]:
+    """Indices of the sweep's runs that have not finished (training and per-run probes)."""
     return [i for i, cfg in enumerate(sweep.runs)
             if not _JobState(sweep, sweep.run_dir(cfg).name).finished(sweep.run_dir(cfg))]
 
@@ -507,7 +508,7 @@ def run_sweep(sweep: Sweep, launcher: str = "local", *, max_parallel: int = 1, d
     per_gpu = _positive_int(runs_per_gpu if runs_per_gpu is not None else sweep.runs_per_gpu, "--runs-per-gpu")
     if launcher == "local" and max_parallel <= 1 and per_gpu > 1:
         max_parallel = per_gpu * max(1, _visible_gpus())
-    todo = _pending_indices(sweep)
+    todo = pending_runs(sweep)
     log(f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(todo)} done, {len(todo)} to run")
     if dry_run:
         for i in todo:

@@ -40,3 +40,20 @@ def test_fashion_width_spans_4x_in_width_with_the_fashion_cpu_training(tmp_path)
     assert {tuple(getattr(c, f) for f in same) for c in width.runs} == {tuple(getattr(c, f) for f in same) for c in cpu.runs}
     settings = dict(s.split("=", 1) for s in width.probe_settings)
     assert settings["prune.rates"] == "[0.5, 0.7, 0.8, 0.9, 0.95]" and settings["prune.finetune_rates"] == "[0.9]"
+
+
+def test_study_time_adds_up_over_resumed_invocations(tmp_path):
+    """study.json keeps one entry per invocation; its wall time is their sum, and the last one names the machine."""
+    import json
+
+    from rf_bench.studies import record_study_time
+
+    path = tmp_path / "report" / "study.json"
+    path.parent.mkdir()
+    record_study_time(path, name="s", runs=4, done_before=0, jobs=2, started=1000.0, finished=1100.5)
+    facts = record_study_time(path, name="s", runs=4, done_before=3, jobs=2, started=5000.0, finished=5020.0)
+    assert json.loads(path.read_text()) == facts
+    assert [i["wall_s"] for i in facts["invocations"]] == [100.5, 20.0]
+    assert facts["wall_s"] == 120.5 and facts["runs"] == 4
+    assert [i["runs_done_before"] for i in facts["invocations"]] == [0, 3]
+    assert "CPUs" in facts["machine"] and "torch" in facts["machine"]

@@ -2,7 +2,7 @@
 
 A probe is a class with a ``name``, a ``version``, a ``Config`` dataclass of settings, a ``scope``
 (``"run"``: one result per run; ``"group"``: one result per group of seeds) and a ``run`` method
-returning a :class:`ProbeOutput`. Built-in and third-party probes are found the same way: through
+returning a `ProbeOutput`. Built-in and third-party probes are found the same way: through
 the ``rf_bench.probes`` entry-point group, e.g. in a plugin's ``pyproject.toml``::
 
     [project.entry-points."rf_bench.probes"]
@@ -188,7 +188,7 @@ def _shipped_settings() -> Dict[str, Any]:
 def load_settings(source: str) -> Tuple[Optional[str], List[str]]:
     """The ``[probes]`` tables of a settings or sweep file, or of a shipped one by name (``demo``, a study).
 
-    Returns (the file's suite or None, ``probe.key=value`` settings for :func:`apply_overrides`).
+    Returns (the file's suite or None, ``probe.key=value`` settings for `apply_overrides`).
     """
     import tomllib
 

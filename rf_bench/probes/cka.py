@@ -13,7 +13,7 @@ into one reused buffer, and the products run in float32 (added up in float64 eve
 then an exact float64 double-centring): within 4e-8 of float64 products on full-width ResNet50
 activations. ``gram_dtype=torch.float64`` gives float64 products.
 
-For ``n`` far beyond what ``n x n`` Grams allow, :func:`minibatch_cka_matrix` is the unbiased
+For ``n`` far beyond what ``n x n`` Grams allow, `minibatch_cka_matrix` is the unbiased
 minibatch-HSIC estimator of Nguyen et al. (2021): it estimates the population CKA, not this sample's.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _centred_gram(blocks: Sequence[torch.Tensor], dtype: torch.dtype = torch.flo
 
     The blocks are centred into one ``n x p`` matrix in ``dtype`` (in ``scratch`` when it is big enough,
     so that a caller doing many layers touches fresh memory once), multiplied ``_CHUNK`` features at
-    a time (:func:`_gram_product`) and added up in float64. A last float64 double-centring removes
+    a time (`_gram_product`) and added up in float64. A last float64 double-centring removes
     what rounding left of the column means, so the centring before the product only has to keep
     the float32 products from cancelling.
     """
@@ -270,9 +270,9 @@ def minibatch_cka_matrix(model_a: nn.Module, model_b: nn.Module, images: torch.T
     ``CKA = sum_b HSIC_1(K_b, L_b) / sqrt(sum_b HSIC_1(K_b, K_b) sum_b HSIC_1(L_b, L_b))``: memory is one
     batch's features and ``m x m`` Grams whatever ``n`` is. It estimates the *population* CKA, and gives
     the same answer from small batches as from large ones (averaging each batch's CKA does not). It is
-    not the sample CKA of :func:`cka_matrix`, which is biased upwards on wide layers (more so the
+    not the sample CKA of `cka_matrix`, which is biased upwards on wide layers (more so the
     smaller ``n``): the two differ by that bias plus sampling noise. A last batch of fewer than 4 images
-    is left out. Same arguments and return value as :func:`cka_matrix`.
+    is left out. Same arguments and return value as `cka_matrix`.
     """
     names_a = _resolve_layers(model_a, layers)
     names_b = _resolve_layers(model_b, layers_b if layers_b is not None else layers)

@@ -4,13 +4,13 @@ Hessian-vector products (HVPs) are exact double-backward products of the mean lo
 batches (one HVP = one pass over all of them), for the model in whatever mode it is in (the probe
 sets its BatchNorm layers by ``hessian.bn``: recalibrated on its images by default, see
 ``prepare_batchnorm``). Eigenvalues come from a thick-restart Lanczos
-(:func:`thick_restart_lanczos`, float64 arithmetic) whose basis is stored in float64 for small models
+(`thick_restart_lanczos`, float64 arithmetic) whose basis is stored in float64 for small models
 and in float32 for large ones: the basis is the memory (``(ncv + 1) x n_params x bytes``), 12.8 GB
 instead of 34 GB for the top 90 of a full-width ResNet50. The basis lives on the model's device and
 every vector stays there inside the loop (on a GPU, no host round trip per HVP); when the basis does
 not fit the device's free memory, it is kept in pinned host memory instead, and a warning says so. ARPACK's implicitly restarted
 Lanczos (``scipy.sparse.linalg.eigsh``) is ``method="arpack"``. HVPs may be split across processes
-(:class:`HVP`). ``which="LA"`` (default) gives the largest by value; ``"LM"`` the
+(`HVP`). ``which="LA"`` (default) gives the largest by value; ``"LM"`` the
 largest by magnitude, which is what PyHessian's power iteration converges to on an indefinite
 Hessian. Trace (Hutchinson) and spectral density (stochastic Lanczos quadrature) share the HVP.
 """
@@ -125,11 +125,11 @@ def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, batches: Batches, k
 
     ``tol`` is the relative accuracy (ARPACK's criterion: residual <= tol * |eigenvalue|); ``max_hvps`` caps
     the work. ``method``: ``"arpack"`` (scipy's eigsh, float64 basis, ``ncv`` default ``max(2k + 1, 20)``),
-    ``"lanczos"`` (:func:`thick_restart_lanczos`, ``ncv`` default ``k + max(20, k // 2)``, basis in
+    ``"lanczos"`` (`thick_restart_lanczos`, ``ncv`` default ``k + max(20, k // 2)``, basis in
     ``basis_dtype``, float64 unless given), or ``"auto"``: the thick restart, with a float64 basis while
     it fits in 2 GiB, else float32 (it needed no more HVPs than ARPACK in every benchmark, and is faster:
     ``benchmarks/results/hessian_compare.md``). ``residuals=True`` spends ``k`` more HVPs to report each pair's
-    relative residual. ``distributed``: see :class:`HVP` (default: split when launched on several processes);
+    relative residual. ``distributed``: see `HVP` (default: split when launched on several processes);
     ``on_hvp(calls)`` is called after every product.
     """
     if which not in ("LA", "LM"):

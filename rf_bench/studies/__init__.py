@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 from typing import List
 
-__all__ = ["available_studies", "study_text"]
+__all__ = ["available_studies", "study_text", "record_study_time", "describe_machine"]
 
 
 def available_studies() -> List[str]:
@@ -16,3 +17,40 @@ def study_text(name: str) -> str:
     if name not in available_studies():
         raise ValueError(f"unknown study {name!r}; choose one of {', '.join(available_studies())}")
     return resources.files(__name__).joinpath(f"{name}.toml").read_text()
+
+
+def describe_machine() -> str:
+    """One line naming the machine a study ran on: processor, CPUs, GPUs, Python and torch."""
+    import os
+    import platform
+
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    accel = f", {gpus} x {torch.cuda.get_device_name(0)}" if gpus else ", no GPU"
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs{accel}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def record_study_time(path: "Path", *, name: str, runs: int, done_before: int, jobs: int, started: float,
+                      finished: float) -> dict:
+    """Add one invocation to ``path`` (``study.json``): its wall time, the runs it found done, the machine.
+
+    A study resumed over several invocations keeps one entry per invocation; ``wall_s`` is their sum, so it is
+    the study's cost from its first run to its report. The file is replaced atomically.
+    """
+    import json
+    import time
+
+    from ..results import write_json_atomic
+
+    path = Path(path)
+    facts = json.loads(path.read_text()) if path.exists() else {"name": name, "invocations": []}
+    facts["invocations"].append(dict(
+        started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        wall_s=round(finished - started, 1), runs_done_before=done_before, jobs=jobs, machine=describe_machine()))
+    facts.update(runs=runs, jobs=jobs, machine=describe_machine(),
+                 wall_s=round(sum(i["wall_s"] for i in facts["invocations"]), 1),
+                 finished=time.strftime("%Y-%m-%d %H:%M", time.localtime(finished)))
+    write_json_atomic(path, facts)
+    return facts

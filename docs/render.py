@@ -1,0 +1,199 @@
+"""Measured figures for the README and the docs, rendered from committed results files.
+
+Hand-written pages carry no measurement. Where one belongs they hold a marker, ``<!-- rendered: NAME -->``,
+which the docs build (``docs/hooks.py``) replaces with a table rendered from a results file: a benchmark's
+``benchmarks/results/*.md``, a study's ``REPORT.md`` (its claims table) or ``study.json`` (its wall time).
+The README, which GitHub shows as written, keeps the rendered text between the marker and
+``<!-- /rendered -->``; ``python docs/render.py README.md`` refreshes it and a test checks it is fresh.
+
+Names: ``benchmark:<file>``, ``file:<repo path>``, ``verdicts``, ``claims:<study folder>``,
+``study:<study folder>``, ``width:<study folder>``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+MARKER = re.compile(r"<!-- rendered: (?P<name>[\w:./-]+) -->(?:\n(?P<body>.*?)\n<!-- /rendered -->)?", re.S)
+
+FAMILY_LABELS = {"resnet50_rfpool": "ResNet50", "vgg19_rfpool": "VGG19"}
+CLAIM_LABELS = {
+    "dense_accuracy": "1. dense accuracy falls (Table 1)",
+    "prune_robustness": "2. accuracy lost to pruning shrinks (Tables 1-2)",
+    "hessian_width": "3. the Hessian at init gets wider (Figs 1-2)",
+    "cka_divergence": "4. the deeper half's cross-seed CKA falls (Fig 3)",
+    "rfmap_maxima": "5. RF-map maxima at init fall (Tables 3-4)",
+}
+# The studies the README's verdict table reads: (label, folder under docs/).
+VERDICT_STUDIES = (("digits", "study"), ("Fashion-MNIST", "study-fashion"))
+VERDICTS = ("supported", "contradicted", "inconclusive", "not measured")
+
+
+# ----------------------------------------------------------------------------------------------- sources
+def claims_rows(study: str) -> List[Dict[str, str]]:
+    """The claims table of ``docs/<study>/REPORT.md`` ("Does the paper hold?") as one dict per row."""
+    text = (DOCS / study / "REPORT.md").read_text()
+    section = text.split("## Does the paper hold?", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = []
+    for line in lines[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        row = dict(zip(header, cells))
+        row["verdict"] = row["verdict"].strip("*")
+        rows.append(row)
+    return rows
+
+
+def report_date(study: str) -> str:
+    """The date line REPORT.md opens with (``From `...`, DATE.``)."""
+    match = re.search(r"^From `[^`]*`, ([^.\n]+)\.", (DOCS / study / "REPORT.md").read_text(), re.M)
+    return match.group(1) if match else "date not recorded"
+
+
+def study_facts(study: str) -> Dict[str, object]:
+    """``docs/<study>/study.json``, written by ``rf-bench study`` (wall time, runs, machine); {} if absent."""
+    path = DOCS / study / "study.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+# --------------------------------------------------------------------------------------------- renderers
+def _verdict_cell(rows: List[Dict[str, str]]) -> str:
+    if not rows:
+        return "not measured"
+    if len(rows) == 1:
+        verdict, rho = rows[0]["verdict"], rows[0]["rho"]
+        shown = f"**{verdict}**" if verdict in ("supported", "contradicted") else verdict
+        return f"{shown} (rho {rho})" if rho not in ("", "-") else shown
+    counts = Counter(row["verdict"] for row in rows)
+    return ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v])
+
+
+def render_verdicts() -> str:
+    """The README's "does the paper hold?" table: one row per claim, one column per (study, family)."""
+    columns: List[Tuple[str, str, List[Dict[str, str]]]] = []
+    for label, study in VERDICT_STUDIES:
+        rows = claims_rows(study)
+        for family in sorted({row["family"] for row in rows}):
+            columns.append((f"{label}: {FAMILY_LABELS.get(family, family)}", family, rows))
+    lines = ["| claim (paper) | " + " | ".join(c[0] for c in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for claim, label in CLAIM_LABELS.items():
+        cells = [_verdict_cell([r for r in rows if r["claim"] == claim and r["family"] == family])
+                 for _, family, rows in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    sources = ", ".join(f"`docs/{study}/REPORT.md` ({report_date(study)})" for _, study in VERDICT_STUDIES)
+    return "\n".join(lines) + f"\n\nFrom the claims tables of {sources}."
+
+
+def render_claims(study: str) -> str:
+    """One study's verdict counts per (family, variant): how many rows of each verdict."""
+    rows = claims_rows(study)
+    groups: Dict[str, Counter] = defaultdict(Counter)
+    for row in rows:
+        groups[row["family"]][row["verdict"]] += 1
+    lines = ["| family | " + " | ".join(VERDICTS) + " |", "|---" * (len(VERDICTS) + 1) + "|"]
+    for family, counts in groups.items():
+        lines.append(f"| {family} | " + " | ".join(str(counts[v]) for v in VERDICTS) + " |")
+    total = Counter(row["verdict"] for row in rows)
+    lines.append("| all | " + " | ".join(f"**{total[v]}**" for v in VERDICTS) + " |")
+    return "\n".join(lines) + f"\n\nFrom the claims table of `docs/{study}/REPORT.md` ({report_date(study)})."
+
+
+def _duration(seconds: float) -> str:
+    minutes = seconds / 60
+    return f"{seconds:,.0f} s ({minutes:.1f} min)" if minutes < 120 else f"{seconds:,.0f} s ({minutes / 60:.2f} h)"
+
+
+def render_study(study: str) -> str:
+    """A study's measured facts from its ``study.json``: wall time, runs, jobs, machine and date."""
+    facts = study_facts(study)
+    rows = [("runs", facts.get("runs", "not recorded")), ("worker processes", facts.get("jobs", "not recorded")),
+            ("wall time, first run to report", _duration(facts["wall_s"]) if "wall_s" in facts else "not measured"),
+            ("machine", facts.get("machine", "not recorded")), ("finished", facts.get("finished", "not recorded"))]
+    return "| | |\n|---|---|\n" + "\n".join(f"| {key} | {value} |" for key, value in rows)
+
+
+def render_benchmark(name: str) -> str:
+    """``benchmarks/results/<name>.md`` with its title turned into a bold line (the page has its own)."""
+    text = (ROOT / "benchmarks" / "results" / f"{name}.md").read_text().strip()
+    return re.sub(r"^#+ (.*)$", r"**\1**", text, flags=re.M)
+
+
+def render_file(path: str) -> str:
+    """A repository file shown whole, as a code block named after it."""
+    language = {".toml": "toml", ".py": "python", ".json": "json"}.get(Path(path).suffix, "")
+    return f"`{path}`:\n\n```{language}\n{(ROOT / path).read_text().strip()}\n```"
+
+
+def render_width(study: str) -> str:
+    """Accuracy kept after one-shot pruning at 0.9 (and dense), per family, width and k, from ``width.csv``."""
+    path = DOCS / study / "width.csv"
+    if not path.exists():
+        return "not measured"
+    with path.open() as f:
+        rows = [row for row in csv.DictReader(f) if float(row["rate"]) in (0.0, 0.9)]
+    ks = sorted({int(row["k"]) for row in rows})
+    cells: Dict[Tuple[str, float, str], Dict[int, str]] = defaultdict(dict)
+    for row in rows:
+        label = "dense" if row["metric"] == "dense" else "pruned 0.9, one-shot"
+        cells[(row["family"], float(row["width_mult"]), label)][int(row["k"])] = \
+            f"{100 * float(row['mean']):.1f} ± {100 * float(row['std']):.1f}"
+    lines = ["| family | width | accuracy (%) | " + " | ".join(f"k={k}" for k in ks) + " | k=3-4 minus k=1 |",
+             "|---" * (len(ks) + 4) + "|"]
+    for (family, width, label), per_k in sorted(cells.items()):
+        means = {k: float(v.split(" ")[0]) for k, v in per_k.items()}
+        gain = (f"{(means[3] + means[4]) / 2 - means[1]:+.1f} points"
+                if all(k in means for k in (1, 3, 4)) else "-")
+        lines.append(f"| {FAMILY_LABELS.get(family, family)} | {width:g} | {label} | "
+                     + " | ".join(per_k.get(k, "-") for k in ks) + f" | {gain} |")
+    return "\n".join(lines) + f"\n\nMean ± std over seeds, from `docs/{study}/width.csv` ({report_date(study)})."
+
+
+RENDERERS: Dict[str, Callable[..., str]] = {
+    "verdicts": render_verdicts, "claims": render_claims, "study": render_study, "benchmark": render_benchmark,
+    "file": render_file, "width": render_width,
+}
+
+
+def render(name: str) -> str:
+    """The text for the marker ``<!-- rendered: NAME -->``."""
+    kind, _, argument = name.partition(":")
+    if kind not in RENDERERS:
+        raise ValueError(f"unknown rendered part {name!r}; known: {', '.join(sorted(RENDERERS))}")
+    return RENDERERS[kind](argument) if argument else RENDERERS[kind]()
+
+
+# ------------------------------------------------------------------------------------------------- pages
+def fill(markdown: str, keep_markers: bool = False) -> str:
+    """Every marker replaced by its rendering; ``keep_markers`` keeps them around it (the README's form)."""
+    def replace(match: re.Match) -> str:
+        body = render(match.group("name"))
+        return f"<!-- rendered: {match.group('name')} -->\n{body}\n<!-- /rendered -->" if keep_markers else body
+
+    return MARKER.sub(replace, markdown)
+
+
+def strip_rendered(markdown: str) -> str:
+    """The hand-written part of a page: the text with every rendered part removed."""
+    return MARKER.sub("", markdown)
+
+
+def main(argv: List[str]) -> int:
+    """``python docs/render.py FILE...`` refreshes the rendered parts of each file in place."""
+    for name in argv or ["README.md"]:
+        path = ROOT / name
+        path.write_text(fill(path.read_text(), keep_markers=True))
+        print(f"rendered {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,172 @@
+"""The README and the docs site: they build strictly, their examples run, their images exist, and every measured
+figure in them is rendered from a committed results file (docs/render.py), never typed by hand."""
+import ast
+import doctest
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+sys.path.insert(0, str(DOCS))
+
+import render  # noqa: E402
+
+# Pages the code writes (reports, the Hessian-modes page): they are results files themselves.
+GENERATED = {"demo/REPORT.md", "study/REPORT.md", "study-fashion/REPORT.md", "study-width/REPORT.md",
+             "study/hessian-modes.md"}
+# A number followed by a unit of time, size, rate, ratio or share: a measurement.
+MEASUREMENT = re.compile(
+    r"(?<![\w.])\d[\d,]*(?:\.\d+)?\s*(?:%|x(?![\w])|s\b|ms\b|sec\b|seconds\b|min\b|minutes\b|h\b|hours?\b|"
+    r"[KMGT]i?B\b|images/s\b|img/s\b|[GTP]FLOP(?:s|/s)?\b|GPU[- ]hours\b)")
+FENCE = re.compile(r"```(\w*)\n(.*?)```", re.S)
+
+
+def hand_written_pages():
+    pages = [ROOT / "README.md", ROOT / "CHANGELOG.md"]
+    pages += [p for p in sorted(DOCS.rglob("*.md")) if str(p.relative_to(DOCS)) not in GENERATED]
+    return [p for p in pages if "hessian-modes-results" not in p.parts]
+
+
+def _name(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def _without_code_spans(text: str) -> str:
+    """Inline code holds settings and definitions (`lr 1e-4`, `95%` intervals), not measurements."""
+    return re.sub(r"`[^`\n]+`", "", text)
+
+
+@pytest.mark.parametrize("page", hand_written_pages(), ids=_name)
+def test_no_measurement_is_typed_by_hand(page):
+    text = _without_code_spans(render.strip_rendered(page.read_text()))
+    found = [m.group(0) for m in MEASUREMENT.finditer(text)]
+    assert not found, f"{_name(page)}: measured figures outside the rendered parts: {found[:8]}"
+
+
+def test_the_measurement_check_catches_what_it_should():
+    """The check above would fail on the figures the old README carried, and passes rendered parts."""
+    for typed in ("took 7 min 18 s", "9.8x faster", "14.96 GB peak", "dense accuracy 85-98%", "112,873 images/s",
+                  "about 20 GPU hours", "27 min on 2 CPU cores"):
+        assert MEASUREMENT.search(typed), typed
+    for fine in ("32x32 inputs", "k = 1..4", "1/16 width", "6 seeds", "10 epochs", "lr 1e-4", "rate 0.9"):
+        assert not MEASUREMENT.search(fine), fine
+    page = "before\n<!-- rendered: benchmark:data_loader -->\n| 9.8x | 3 s |\n<!-- /rendered -->\nafter"
+    assert not MEASUREMENT.search(render.strip_rendered(page))
+
+
+def test_the_readme_rendered_parts_are_fresh():
+    """The README's rendered parts (its verdict table) equal what the committed results give now."""
+    text = (ROOT / "README.md").read_text()
+    assert "<!-- rendered: verdicts -->" in text
+    assert render.fill(text, keep_markers=True) == text, "run `python docs/render.py README.md`"
+
+
+def test_the_verdict_table_counts_the_report_rows():
+    """Each cell of the verdict table adds up to the rows of its study's claims table (an independent count)."""
+    table = render.render_verdicts()
+    for label, study in render.VERDICT_STUDIES:
+        rows = render.claims_rows(study)
+        report = (DOCS / study / "REPORT.md").read_text()
+        assert len(rows) == report.split("## Does the paper hold?")[1].split("\n## ")[0].count("\n| ") - 1
+        for family in {r["family"] for r in rows}:
+            n = sum(1 for r in rows if r["family"] == family and r["claim"] == "prune_robustness")
+            column = f"{label}: {render.FAMILY_LABELS[family]}"
+            header = table.splitlines()[0].split(" | ")
+            index = [h.strip(" |") for h in header].index(column)
+            cell = [line for line in table.splitlines() if line.startswith("| 2.")][0].split(" | ")[index]
+            assert sum(int(x) for x in re.findall(r"(\d+) \w+", cell)) == n
+
+
+def test_the_readme_is_a_landing_page():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 180
+    assert len(text.split()) <= 1500
+    first = re.findall(r"```bash\n(.*?)```", text, re.S)[0].splitlines()
+    assert first[0].startswith("make demo") and first[1].startswith("make test")
+
+
+def _image_links(page: Path):
+    for target in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", page.read_text()):
+        if not re.match(r"https?://", target):
+            yield target
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))], ids=_name)
+def test_every_image_link_points_to_a_file(page):
+    missing = [t for t in _image_links(page) if not (page.parent / t).is_file()]
+    assert not missing, f"{_name(page)}: images that do not exist: {missing}"
+
+
+def _python_blocks(page: Path):
+    return [body for lang, body in FENCE.findall(page.read_text()) if lang == "python"]
+
+
+def doctest_pages():
+    pages = [ROOT / "README.md", *hand_written_pages()]
+    return sorted({p for p in pages if any(">>>" in b for b in _python_blocks(p))}, key=_name)
+
+
+@pytest.mark.parametrize("page", doctest_pages(), ids=_name)
+def test_python_examples_run(page):
+    """The `>>>` examples of a page run as doctests, in one namespace per page."""
+    text = "\n".join(b for b in _python_blocks(page) if ">>>" in b)
+    parser, runner = doctest.DocTestParser(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    test = parser.get_doctest(text, {}, _name(page), str(page), 0)
+    result = runner.run(test, out=lambda s: print(s, end=""))
+    assert test.examples and result.failed == 0, f"{result.failed} of {result.attempted} examples failed"
+
+
+def _static_blocks():
+    for page in [ROOT / "README.md", *hand_written_pages()]:
+        for index, body in enumerate(_python_blocks(page)):
+            if ">>>" not in body:
+                yield pytest.param(body, id=f"{_name(page)}[{index}]")
+
+
+@pytest.mark.parametrize("body", list(_static_blocks()))
+def test_examples_that_need_data_or_the_hub_name_real_things(body):
+    """Examples that need a GPU, the Hub or a data set are parsed, and what they import and create exists."""
+    import importlib
+
+    import timm
+
+    import rf_bench  # noqa: F401
+
+    tree = ast.parse(body)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rf_bench"):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                assert hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}"), \
+                    f"{node.module} has no {alias.name}"
+        if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "create_model" and node.args
+                and isinstance(node.args[0], ast.Constant)):
+            name = node.args[0].value.split(".")[0]
+            assert name in timm.list_models(), f"no model {name}"
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "data"):
+            from rf_bench import data
+            assert hasattr(data, node.func.attr), f"rf_bench.data has no {node.func.attr}"
+
+
+def test_the_site_builds_strictly(tmp_path):
+    """`mkdocs build --strict`: no broken link, missing page or unresolved API reference; the API page of the
+    Hessian probe and a probe page with its figure are there."""
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", DISABLE_MKDOCS_2_WARNING="true")
+    site = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    hessian_api = (site / "reference/api/rf_bench.probes.hessian/index.html").read_text()
+    assert "hessian_eigenvalues" in hessian_api and "thick_restart_lanczos" in hessian_api
+    prune = (site / "concepts/prune/index.html").read_text()
+    assert "prune_vgg19_rfpool_digits.png" in prune and (site / "demo/prune_vgg19_rfpool_digits.png").is_file()
+    assert "<!-- rendered:" not in (site / "benchmarks/index.html").read_text()
+    cli = (site / "reference/cli/index.html").read_text()
+    for command in ("rf-bench train", "rf-bench probe", "rf-bench study", "rf-bench claims"):
+        assert command in cli
