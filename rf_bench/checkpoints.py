@@ -139,6 +139,7 @@ def fetch_checkpoint(entry: Dict[str, Any], *, cache_dir: Optional[str] = None) 
 # ---------------------------------------------------------------- weights
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

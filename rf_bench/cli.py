@@ -356,6 +356,7 @@ def _command(sub, name: str, summary: str, description: str, example: str) -> ar
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``rf-bench`` argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="rf-bench", description=DESCRIPTION, formatter_class=HelpFormatter,
                                      epilog="`rf-bench COMMAND --help` describes each command.")
     parser.add_argument("--version", action="version", version=f"rf-bench {__version__}")
@@ -503,6 +504,7 @@ def _add_study_commands(sub) -> None:
     p.set_defaults(func=_cmd_study)
 
 def add_publish_args(p: argparse.ArgumentParser) -> None:
+    """The options ``rf-bench publish`` and ``hub_upload.py`` share."""
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run directories, globs, or folders of runs")
     p.add_argument("--namespace", required=True, help="Hub user or organisation that will own the repos")
     p.add_argument("--registry", help="manifest folder to update (default: $RF_BENCH_REGISTRY or the repo's registry/)")
@@ -514,6 +516,7 @@ def add_publish_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``rf-bench``; a library error becomes one line on stderr and exit status 2."""
     from safetensors import SafetensorError
 
     args = build_parser().parse_args(argv)

@@ -32,6 +32,7 @@ HUB_DATASETS = {"cifar10": "uoft-cs/cifar10", "tiny-imagenet": "zh-plus/tiny-ima
 
 @dataclass(frozen=True)
 class PublishedTag:
+    """One published checkpoint: the run it came from and the timm tag it gets."""
     model: str
     tag: str
     repo_id: str
@@ -40,6 +41,7 @@ class PublishedTag:
 
     @property
     def name(self) -> str:
+        """The timm pretrained tag, ``<model>.<dataset>[_<recipe>]_s<seed>``."""
         return f"{self.model}.{self.tag}"
 
 
@@ -54,6 +56,7 @@ def tag_for_run(run: Run) -> str:
 
 
 def repo_id_for(namespace: str, model: str, tag: str) -> str:
+    """The Hub repository id of a tag under ``namespace``."""
     return f"{namespace}/{model}.{tag}"
 
 

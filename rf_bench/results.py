@@ -27,6 +27,7 @@ __all__ = [
 
 
 def config_hash(obj: Any) -> str:
+    """A short, stable hash of a JSON-able object (sorted keys): run and result ids."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -127,6 +128,7 @@ def _setting_value(value: Any) -> str:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to a temporary file beside ``path``, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
@@ -145,31 +147,38 @@ class Run:
 
     @property
     def run_id(self) -> str:
+        """The run directory's name: model, data set, seed and config hash."""
         return self.meta.get("run_id", self.path.name)
 
     @property
     def config(self) -> Dict[str, Any]:
+        """The run's resolved ``TrainConfig`` as a dict."""
         return self.meta["config"]
 
     @property
     def model_name(self) -> str:
+        """The timm model name the run trained."""
         return self.config["model"]
 
     @property
     def dataset(self) -> str:
+        """The data set the run trained on."""
         return self.config["dataset"]
 
     @property
     def seed(self) -> int:
+        """The run's seed."""
         return self.config["seed"]
 
     @property
     def k(self) -> Optional[int]:
+        """The rfpool kernel size of the model (None for other models)."""
         m = _RFPOOL.search(self.model_name)
         return int(m.group(1)) if m else None
 
     @property
     def family(self) -> str:
+        """The model name with its k replaced: ``resnet50_rfpool``."""
         return _RFPOOL.sub("rfpool", self.model_name)
 
     @property
@@ -179,6 +188,7 @@ class Run:
 
     @property
     def input_size(self) -> tuple:
+        """The input size ``(C, H, W)`` the run trained on."""
         return tuple(self.meta["data"]["input_size"])
 
     def final_metrics(self) -> Dict[str, Any]:
@@ -210,6 +220,7 @@ class Run:
 
 
 def load_run(path: str | os.PathLike) -> Run:
+    """The run directory at ``path``; a one-line error if it is not one."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a run directory (no config.json); point at <output>/<run id>")
@@ -277,6 +288,7 @@ class ResultStore:
         self.skipped: Dict[Path, str] = {}  # result files that could not be used, and why
 
     def path(self, key: str, probe: str, cfg_hash: str) -> Path:
+        """Where the result of ``probe`` with ``config`` on ``key`` is stored."""
         return self.root / key / f"{probe}-{cfg_hash}.json"
 
     def read(self, path: Path) -> Optional[Dict[str, Any]]:
@@ -295,6 +307,7 @@ class ResultStore:
         return None
 
     def write(self, path: Path, record: Dict[str, Any], tensors: Optional[Dict[str, torch.Tensor]] = None) -> None:
+        """Store a result (JSON values, tensors beside) atomically; returns its path."""
         if tensors:
             from safetensors.torch import save_file
 
@@ -307,6 +320,7 @@ class ResultStore:
         write_json_atomic(path, record)  # the JSON last: its presence means the tensors are there too
 
     def tensors(self, record_path: Path) -> Dict[str, torch.Tensor]:
+        """The tensors stored with a result (empty if it has none)."""
         from safetensors.torch import load_file
 
         return load_file(str(record_path.with_suffix(".safetensors")))
@@ -334,6 +348,7 @@ class ResultStore:
                        for path, reason in sorted(self.skipped.items()))
 
     def lock(self, path: Path):
+        """A lock file for one result, so concurrent ``rf-bench probe`` processes split the work."""
         from filelock import FileLock
 
         path.parent.mkdir(parents=True, exist_ok=True)

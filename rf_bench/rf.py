@@ -50,6 +50,7 @@ class RF:
     global_context: bool = False  # the unit is also rescaled by a summary of its whole input (an SE-like gate)
 
     def union(self, other: "RF") -> "RF":
+        """The RF covering both inputs of a merge (residual add, concatenation)."""
         if self.stride != other.stride:
             raise ValueError(f"cannot merge feature maps of different strides ({self.stride} vs {other.stride})")
         lo = min(self.offset - (self.size - 1) / 2, other.offset - (other.size - 1) / 2)
@@ -58,6 +59,7 @@ class RF:
                   global_context=self.global_context or other.global_context)
 
     def window(self, kernel: int, stride: int, padding: int, dilation: int = 1) -> "RF":
+        """The RF after a sliding window of ``kernel``, ``stride``, ``padding`` and ``dilation``."""
         span = dilation * (kernel - 1)
         return RF(
             size=self.size + span * self.stride,

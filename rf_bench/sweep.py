@@ -80,18 +80,22 @@ class Sweep:
 
     @property
     def state_dir(self) -> Path:
+        """Where the per-run job states (state, error, lock) live."""
         return self.output / ".sweep"
 
     def run_dir(self, cfg: TrainConfig) -> Path:
+        """The run directory a config trains into."""
         return run_dir_for(cfg, self.output)
 
     def to_dict(self) -> Dict[str, Any]:
+        """The sweep as plain JSON values (for worker processes and SLURM jobs)."""
         d = dataclasses.asdict(self)
         d["runs"] = [c.identity() for c in self.runs]
         return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Sweep":
+        """The sweep back from ``to_dict``."""
         d = dict(d, runs=[TrainConfig(**c) for c in d["runs"]])
         for key in ("output", "results", "report"):
             d[key] = Path(d[key])
@@ -407,6 +411,7 @@ class SweepJob:
 
     @property
     def sweep(self) -> Sweep:
+        """The sweep this job belongs to."""
         return Sweep.from_dict(self.sweep_dict)
 
     def __call__(self, index: int) -> str:
@@ -443,6 +448,7 @@ class SweepJob:
             _release_device_memory()
 
     def checkpoint(self, index: int):
+        """submitit's requeue hook: the same job again, which resumes its run."""
         import submitit
 
         return submitit.helpers.DelayedSubmission(SweepJob(self.sweep, self.progress), index)

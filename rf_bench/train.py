@@ -66,6 +66,7 @@ def _recipe_summary(name: str) -> str:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
+    """The training options of ``rf-bench train`` and ``rf_bench/train.py``."""
     p.add_argument("--model", help="timm model name, e.g. resnet50_rfpool3 (required unless --config)")
     p.add_argument("--dataset", help="cifar10, tiny-imagenet, fashion-mnist, mnist, digits or synthetic "
                                      "(required unless --config)")
@@ -130,6 +131,7 @@ def _config_from_file(path: Path) -> TrainConfig:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """A resolved ``TrainConfig`` from parsed options (recipe, then overrides)."""
     if getattr(args, "config", None):
         return _config_from_file(Path(args.config))
     if not args.model or not args.dataset:
@@ -161,6 +163,7 @@ def finished_line(run_dir: Path) -> str:
 
 
 def run_from_args(args: argparse.Namespace) -> Path:
+    """Train the run the options describe; returns its directory."""
     if args.log_with and args.log_with != "all":
         import importlib.util
         module = {"tensorboard": "tensorboard", "wandb": "wandb"}[args.log_with]
@@ -172,6 +175,7 @@ def run_from_args(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The ``accelerate launch rf_bench/train.py`` entry point."""
     from safetensors import SafetensorError
 
     parser = argparse.ArgumentParser(prog="rf_bench/train.py", description=__doc__, formatter_class=HelpFormatter)

@@ -400,11 +400,13 @@ class Trainer:
 
     @property
     def finished(self) -> bool:
+        """Whether the run directory holds a finished run whose weights check out."""
         return (self.run_dir / "done").is_file()
 
     # ------------------------------------------------------------------------------- the whole run
 
     def fit(self) -> Path:
+        """Train to the last epoch, resuming from the newest checkpoint; returns the run directory."""
         if self.finished and _weights_intact(self.run_dir):
             self.accelerator.print(f"{self.run_dir} is already finished; nothing to do")
             return self.run_dir
@@ -429,6 +431,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------- set-up
 
     def setup(self) -> None:
+        """Build the model, optimizer, schedule and loaders, and restore a checkpoint if there is one."""
         from accelerate.utils import set_seed
 
         acc, cfg = self.accelerator, self.cfg
@@ -648,6 +651,7 @@ class Trainer:
                     lr=self.optimizer.param_groups[0]["lr"], images_per_s=images / seconds, seconds=seconds)
 
     def log_epoch(self, record: Dict[str, float]) -> None:
+        """Evaluate if due, then append the epoch's line to ``metrics.jsonl``."""
         acc = self.accelerator
         if acc.is_main_process:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
@@ -691,6 +695,7 @@ class Trainer:
         acc.wait_for_everyone()
 
     def finish(self) -> None:
+        """Write ``model.safetensors`` and the ``done`` marker with its sha256."""
         import rf_bench
 
         acc = self.accelerator

@@ -170,3 +170,11 @@ def test_the_site_builds_strictly(tmp_path):
     cli = (site / "reference/cli/index.html").read_text()
     for command in ("rf-bench train", "rf-bench probe", "rf-bench study", "rf-bench claims"):
         assert command in cli
+
+
+def test_public_names_have_docstrings():
+    """interrogate's docstring coverage of rf_bench's public names meets pyproject's fail-under (90%)."""
+    proc = subprocess.run([sys.executable, "-m", "interrogate", "-c", "pyproject.toml", "rf_bench"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "PASSED" in proc.stdout

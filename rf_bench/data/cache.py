@@ -18,6 +18,7 @@ CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
 
 
 def default_cache_dir() -> Path:
+    """``$RF_BENCH_CACHE``, or ``~/.cache/rf_bench/data``."""
     return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "rf_bench" / "data")
 
 

@@ -34,13 +34,16 @@ class ImageSet:
 
     @property
     def num_classes(self) -> int:
+        """How many classes the split has."""
         return len(self.classes)
 
     @property
     def input_size(self) -> Tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
         return tuple(self.images.shape[1:])
 
     def subset(self, indices: Sequence[int] | torch.Tensor) -> "ImageSet":
+        """The images at ``indices``, with the same classes and statistics."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         return ImageSet(self.images[idx], self.labels[idx], self.classes, self.mean, self.std,
                         self.name, self.split, self.source)

@@ -116,6 +116,7 @@ class TensorLoader:
         self._scale, self._shift = _affine(self.data.mean, self.data.std, self.device, torch.float32)
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that seeds the order and the augmentation (as ``DistributedSampler``)."""
         self.epoch = epoch
 
     def _indices(self) -> torch.Tensor:

@@ -58,6 +58,7 @@ class RfPool(nn.MaxPool2d):
         self.name = name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Check the input is large enough for ``k``, then pool."""
         x = check_rfpool_input(x, self.kernel_size, self.min_size_after_pool, self.name)
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
@@ -72,6 +73,7 @@ class RfPoolCheck(nn.Identity):
         self.name = name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The input itself, once checked (the pool's check without the pool)."""
         return check_rfpool_input(x, 1, self.min_size_after_pool, self.name)
 
 

@@ -100,6 +100,7 @@ class RfPoolResNet(nn.Module):
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = False) -> None:
+        """Kaiming-normal (fan-out) conv weights; ``zero_init_last`` zeroes the last norm of each block."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -110,17 +111,21 @@ class RfPoolResNet(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """timm's parameter groups (stem, blocks) for layer-wise learning rates."""
         return dict(stem=r"^conv1|bn1|rfpool", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in the backward pass to save memory."""
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
+        """The classifier layer."""
         return "fc" if name_only else self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new classifier for ``num_classes`` (0: none, the model returns pooled features)."""
         self.num_classes = num_classes
         if global_pool is None:
             global_pool = self.global_pool.pool_type
@@ -161,6 +166,7 @@ class RfPoolResNet(nn.Module):
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> List[int]:
+        """Drop the layers after ``indices`` (timm's ``forward_intermediates`` contract)."""
         take_indices, max_index = feature_take_indices(5, indices)
         for name in _STAGE_NAMES[max_index:]:
             setattr(self, name, nn.Sequential())
@@ -171,6 +177,7 @@ class RfPoolResNet(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map before pooling."""
         x = self.rfpool(self._stem(x))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
@@ -180,12 +187,14 @@ class RfPoolResNet(nn.Module):
         return self.layer4(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool and classify the feature map (``pre_logits``: the pooled features)."""
         x = self.global_pool(x)
         if self.drop_rate:
             x = F.dropout(x, p=float(self.drop_rate), training=self.training)
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of images."""
         return self.forward_head(self.forward_features(x))
 
 

@@ -103,6 +103,7 @@ class RfPoolVGG(nn.Module):
 
     @torch.jit.ignore
     def init_weights(self) -> None:
+        """Kaiming-normal (fan-out) conv weights and zero conv biases."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -110,10 +111,12 @@ class RfPoolVGG(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """timm's parameter groups (stem, blocks) for layer-wise learning rates."""
         return dict(stem=r"^features\.0", blocks=r"^features\.(\d+)")
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in the backward pass to save memory."""
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
@@ -128,9 +131,11 @@ class RfPoolVGG(nn.Module):
 
     @torch.jit.ignore
     def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
+        """The classifier layer."""
         return "fc" if name_only else self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new classifier for ``num_classes`` (0: none, the model returns pooled features)."""
         self.num_classes = num_classes
         if global_pool is None:
             global_pool = self.global_pool.pool_type
@@ -165,6 +170,7 @@ class RfPoolVGG(nn.Module):
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> List[int]:
+        """Drop the layers after ``indices`` (timm's ``forward_intermediates`` contract)."""
         take_indices, max_index = feature_take_indices(len(self.feature_ends), indices)
         self.features = self.features[: self.feature_ends[max_index] + 1]
         self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
@@ -173,17 +179,20 @@ class RfPoolVGG(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map before pooling."""
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self._checkpoint_segments(), x)
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool and classify the feature map (``pre_logits``: the pooled features)."""
         x = self.global_pool(x)
         if self.drop_rate:
             x = F.dropout(x, p=float(self.drop_rate), training=self.training)
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of images."""
         return self.forward_head(self.forward_features(x))
 
 

@@ -82,6 +82,7 @@ class Probe:
         pass
 
     def run(self, target: Run | List[Run], config: Any, ctx: ProbeContext) -> ProbeOutput:
+        """Measure ``target`` (a run, or a group's runs) with ``config``; the harness stores the output."""
         raise NotImplementedError
 
 

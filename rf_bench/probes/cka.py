@@ -380,6 +380,7 @@ class CKAProbe:
     claims = CKA_CLAIMS
 
     def run(self, runs, config: CKAConfig, ctx):
+        """CKA matrices of each run with itself and of every seed pair of the group."""
         from rf_bench.data import normalize
         from rf_bench.probes.base import ProbeOutput
 
@@ -417,6 +418,7 @@ class CKAProbe:
 
     @staticmethod
     def report(records, store, out_dir):
+        """REPORT.md sections: CKA tables and figures per family and data set."""
         from rf_bench.report import cka_sections
 
         return cka_sections(records, store, out_dir)

@@ -95,6 +95,7 @@ class HVP:
         return self.matvec(torch.from_numpy(np.asarray(v, dtype=np.float64).ravel())).cpu().numpy()
 
     def loss(self) -> float:
+        """The mean loss over the batches (for checks and progress)."""
         with torch.no_grad():
             total = sum(self.loss_fn(self.model(x), y).double() * len(y) for x, y in self.batches)
             total = torch.as_tensor(total, dtype=torch.float64, device=self.device)
@@ -600,6 +601,7 @@ class HessianProbe:
     claims = HESSIAN_CLAIMS
 
     def run(self, run, config: HessianConfig, ctx):
+        """Top eigenvalues, trace and density of the run's Hessian at each stage."""
         from rf_bench.data import normalize
         from rf_bench.probes.base import ProbeOutput
 
@@ -644,6 +646,7 @@ class HessianProbe:
 
     @staticmethod
     def report(records, store, out_dir):
+        """REPORT.md sections: spectra, traces and densities per family and data set."""
         from rf_bench.report import hessian_sections
 
         return hessian_sections(records, out_dir, bn_mode)

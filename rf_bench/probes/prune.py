@@ -105,6 +105,7 @@ class PruneProbe:
     claims = PRUNE_CLAIMS
 
     def run(self, run, config: PruneConfig, ctx):
+        """Dense, one-shot pruned and fine-tuned test accuracy at each rate."""
         import copy
 
         from rf_bench.probes.base import ProbeOutput, evaluate
@@ -145,6 +146,7 @@ class PruneProbe:
 
     @staticmethod
     def report(records, store, out_dir):
+        """REPORT.md sections: pruning tables beside the paper's, CSV and figures."""
         from rf_bench.report import prune_sections
 
         return prune_sections(records, out_dir)

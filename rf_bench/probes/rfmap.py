@@ -29,10 +29,12 @@ class RFMap:
 
     @property
     def mean_max(self) -> float:
+        """The mean over inputs of each map's maximum."""
         return float(self.maxima.mean())
 
     @property
     def std_max(self) -> float:
+        """The standard deviation over inputs of each map's maximum."""
         return float(self.maxima.std()) if self.maxima.numel() > 1 else 0.0
 
 
@@ -155,6 +157,7 @@ class RFMapProbe:
     claims = RFMAP_CLAIMS
 
     def run(self, run, config: RFMapConfig, ctx):
+        """Gradient maps, analytic and measured RFs and effective-RF radii, at init and after training."""
         from rf_bench.probes.base import ProbeOutput
         from rf_bench.rf import gradient_rf, receptive_field
 
@@ -185,6 +188,7 @@ class RFMapProbe:
 
     @staticmethod
     def report(records, store, out_dir):
+        """REPORT.md sections: RF maps and their tables per family and data set."""
         from rf_bench.report import rfmap_sections
 
         return rfmap_sections(records, store, out_dir)

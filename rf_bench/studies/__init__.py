@@ -9,6 +9,7 @@ __all__ = ["available_studies", "study_text", "record_study_time", "describe_mac
 
 
 def available_studies() -> List[str]:
+    """The names of the shipped studies."""
     return sorted(p.name[:-5] for p in resources.files(__name__).iterdir() if p.name.endswith(".toml"))
 
 

@@ -13,6 +13,7 @@ __all__ = ["digits", "synthetic", "channel_stats"]
 
 
 def digits(split: str, **kwargs) -> ImageSet:
+    """scikit-learn's 8x8 digits at 32x32 RGB; a fixed stratified split, a quarter of the images for test."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

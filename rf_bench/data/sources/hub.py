@@ -18,6 +18,7 @@ __all__ = ["HubSpec", "hub_sources", "from_hf_dataset", "load_from_hub"]
 
 @dataclass(frozen=True)
 class HubSpec:
+    """A data set on the Hub: its repository, splits and column names."""
     repo: str
     config: Optional[str]
     image_col: str
