@@ -637,6 +637,7 @@ def gradient_support(
         layer: Optional[str] = None,
         n: int = 4,
         seed: int = 0,
+        dtype: torch.dtype = torch.float64,
 ) -> Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]:
     """Input rows and columns (inclusive) with non-zero gradient from the centre unit, and that unit.
 
@@ -645,15 +646,21 @@ def gradient_support(
     support of ``|grad|`` is the union over them, so that no edge pixel is missed because a ReLU was
     off or a max-pool picked another pixel. Returns ``((row_lo, row_hi), (col_lo, col_hi), (i, j))``.
     The model is measured as it is (see `measure_rf` for nets with zero-initialised tensors).
+
+    The gradient is taken in ``dtype``, float64 by default, on a copy of the model when its own dtype differs:
+    at the edge of a deep net's RF it is a product of many small weights, which in float32 underflows to
+    exactly zero (legacy_xception: about 1e-44 at its outermost rows) and would make the RF look smaller.
     """
     input_size = tuple(input_size or _default_input_size(model))
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
+    if param is not None and param.dtype != dtype:
+        model = copy.deepcopy(model).to(dtype)
     was_training = model.training
     model.eval()
     try:
         generator = torch.Generator().manual_seed(seed)
-        x = torch.randn(n, *input_size, generator=generator).to(device).requires_grad_(True)
+        x = torch.randn(n, *input_size, generator=generator).to(device, dtype).requires_grad_(True)
         with torch.enable_grad():
             out = _layer_output(model, x, layer)
             h, w = out.shape[-2:]

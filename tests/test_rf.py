@@ -161,8 +161,25 @@ def test_gradient_rf_never_measures_a_silenced_network():
     # layer scales at 1e-6 silence too: their product underflows float32 along the RF's edge
     convnext = timm.create_model("convnext_tiny", num_classes=0).eval()
     assert len(silenced_parameters(convnext)) == 18 and all("gamma" in n for n in silenced_parameters(convnext))
-    (top, bottom), _, _ = gradient_support(convnext, (3, 248, 248), layer="stages.1", n=2)
+    (top, bottom), _, _ = gradient_support(convnext, (3, 248, 248), layer="stages.1", n=2, dtype=torch.float32)
     assert bottom - top + 1 < 224 == measure_rf(convnext, (3, 248, 248), layer="stages.1", n=2).size
+
+
+def test_the_gradient_is_measured_in_float64_where_float32_underflows():
+    """At the edge of a deep RF the gradient is a product of many small weights: 20 convs whose edge taps are
+    1e-3 give the outermost rows 1e-60, zero in float32. The default float64 measurement sees the whole
+    analytic RF; float32 would not, and the model keeps its own dtype."""
+    convs = [nn.Conv2d(1, 1, 3, padding=1, bias=False) for _ in range(20)]
+    for conv in convs:
+        with torch.no_grad():
+            conv.weight.fill_(1e-3)
+            conv.weight[..., 1, 1] = 1.0
+    model = nn.Sequential(*convs)
+    analytic = receptive_field(model, (1, 64, 64), layer="19").size
+    assert analytic == 41 == gradient_rf(model, (1, 64, 64), layer="19", n=1)
+    (top, bottom), _, _ = gradient_support(model, (1, 64, 64), layer="19", n=1, dtype=torch.float32)
+    assert bottom - top + 1 < analytic
+    assert next(model.parameters()).dtype == torch.float32
 
 
 class _Upsampling(nn.Module):
