@@ -341,9 +341,11 @@ def _propagate(gm: fx.GraphModule) -> Dict[fx.Node, Any]:
         moved = _permuted_axes(node, axes[first]) if node.op in ("call_method", "call_function") else None
         if moved is not None:  # a permute keeps every unit's RF; only where height and width are changes
             rfs[node], axes[node] = rfs[first], moved
+            node.meta["rf_axes"] = moved
             continue
         same_rank = len(_shape(node)) == len(_shape(first))
         axes[node] = axes[first] if same_rank else (_NCHW if len(_shape(node)) == 4 else None)
+        node.meta["rf_axes"] = axes[node]
         known = None
         if node.op in ("call_module", "call_function") and axes[first] == _NCHW:
             if node.op == "call_module":
@@ -476,11 +478,28 @@ def receptive_field(model: nn.Module, input_size: Optional[Sequence[int]] = None
 
 def _block_name(qualname: str) -> str:
     """The block a module belongs to: its path up to the second numbered part (``layer2.1``,
-    ``stages.2.blocks.0``), or to the first (``blocks.3``), or its first part (``conv_stem``)."""
+    ``stages.2.blocks.0``, ``features.denseblock1.denselayer3``), or to the first (``blocks.3``), or its first part
+    (``conv_stem``). Past the first part, a name ending in a number counts as numbered (DenseNet's ``denseblock1``)."""
     parts = qualname.split(".")
-    numbered = [i for i, p in enumerate(parts) if p.isdigit()]
+    numbered = [i for i, p in enumerate(parts) if p.isdigit() or (i > 0 and p[-1:].isdigit())]
     end = numbered[1] + 1 if len(numbered) > 1 else (numbered[0] + 1 if numbered else 1)
     return ".".join(parts[:end])
+
+
+def _module_ending_at(gm: fx.GraphModule, node: fx.Node, block: str) -> str:
+    """A name for ``node`` that `receptive_field` (``layer=``) resolves back to it: ``block`` itself when the module's
+    output is ``node``, else the outermost module inside it that ends there. A stage that starts with a downsample
+    (``layers.1``: its downsample, then its blocks) otherwise names its downsample's output after the whole stage."""
+    if _node_for_layer(gm, block) is node:
+        return block
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [str(v[0] if isinstance(v, tuple) else k).removeprefix("model.") for k, v in stack.items()]
+    if node.op == "call_module":
+        paths.append(str(node.target).removeprefix("model."))
+    for path in paths:
+        if path.startswith(block + ".") and _node_for_layer(gm, path) is node:
+            return path
+    return block
 
 
 def block_receptive_fields(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> List[LayerRF]:
@@ -500,6 +519,7 @@ def block_receptive_fields(model: nn.Module, input_size: Optional[Sequence[int]]
             last[_block_name(paths[-1])] = node
     rows = []
     for name, node in sorted(last.items(), key=lambda item: list(rfs).index(item[1])):
+        name = _module_ending_at(gm, node, name)
         op = type(gm.get_submodule(node.target)).__name__ if node.op == "call_module" else _op_name(node, gm)
         rows.append(LayerRF(name=name, op=op, shape=tuple(node.meta["tensor_meta"].shape), rf=rfs[node]))
     return rows
@@ -638,11 +658,12 @@ def gradient_support(
         n: int = 4,
         seed: int = 0,
         dtype: torch.dtype = torch.float64,
+        spatial_axes: Tuple[int, int] = (-2, -1),
 ) -> Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]:
     """Input rows and columns (inclusive) with non-zero gradient from the centre unit, and that unit.
 
-    A gradient of 1 is put on the centre unit of every channel of ``layer``'s output (default: the
-    output of ``forward_features``) and back-propagated, in eval mode, to ``n`` random inputs; the
+    A gradient (of 1, times a seeded weight in [0.5, 1.5] per channel) is put on the centre unit of every channel of
+    ``layer``'s output (default: the output of ``forward_features``) and back-propagated, in eval mode, to ``n`` random inputs; the
     support of ``|grad|`` is the union over them, so that no edge pixel is missed because a ReLU was
     off or a max-pool picked another pixel. Returns ``((row_lo, row_hi), (col_lo, col_hi), (i, j))``.
     The model is measured as it is (see `measure_rf` for nets with zero-initialised tensors).
@@ -650,6 +671,8 @@ def gradient_support(
     The gradient is taken in ``dtype``, float64 by default, on a copy of the model when its own dtype differs:
     at the edge of a deep net's RF it is a product of many small weights, which in float32 underflows to
     exactly zero (legacy_xception: about 1e-44 at its outermost rows) and would make the RF look smaller.
+    ``spatial_axes`` are the output's height and width dimensions (a channels-last block's output is N, H, W, C;
+    `measure_rf` finds them by tracing).
     """
     input_size = tuple(input_size or _default_input_size(model))
     param = next(model.parameters(), None)
@@ -662,9 +685,13 @@ def gradient_support(
         generator = torch.Generator().manual_seed(seed)
         x = torch.randn(n, *input_size, generator=generator).to(device, dtype).requires_grad_(True)
         with torch.enable_grad():
-            out = _layer_output(model, x, layer)
+            out = _layer_output(model, x, layer).movedim(spatial_axes, (-2, -1))
             h, w = out.shape[-2:]
-            out[..., h // 2, w // 2].sum().backward()
+            centre = out[..., h // 2, w // 2]
+            # each channel's gradient weighted in [0.5, 1.5]: a plain sum over the channels of a LayerNorm's output
+            # is constant, and its gradient zero everywhere
+            weights = torch.rand(centre.shape[1:], generator=generator).to(centre) + 0.5
+            (centre * weights).sum().backward()
     finally:
         model.train(was_training)
     support = (x.grad.abs().sum(dim=(0, 1)) > 0).cpu()
@@ -673,6 +700,19 @@ def gradient_support(
     if rows.numel() == 0:
         raise ValueError("the centre unit has zero gradient for every input; cannot measure its RF")
     return (int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1])), (h // 2, w // 2)
+
+
+def _output_axes(model: nn.Module, input_size: Tuple[int, ...], layer: Optional[str]) -> Tuple[int, int]:
+    """The height and width dimensions of ``layer``'s output (of ``forward_features`` without one), as the trace
+    tracks them through permutes; the last two where the model does not trace."""
+    try:
+        gm = _trace(model, input_size)
+        _propagate(gm)
+        node = _node_for_layer(gm, layer) if layer else _output_node(gm)
+    except (NotImplementedError, ValueError, TypeError, RuntimeError):
+        return (-2, -1)
+    axes = node.meta.get("rf_axes")
+    return tuple(axes) if axes else (-2, -1)
 
 
 def measure_rf(
@@ -694,12 +734,14 @@ def measure_rf(
     input_size = tuple(input_size or _default_input_size(model))
     revived = tuple(silenced_parameters(model))
     measured = _revived_copy(model, revived) if revived else model
+    spatial_axes = _output_axes(measured, input_size, layer)
     local = _local_paths(measured, input_size, layer)
     if local is not None:
         measured, layer = local, None
-    (top, bottom), (left, right), unit = gradient_support(measured, input_size, layer, n, seed)
+    (top, bottom), (left, right), unit = gradient_support(measured, input_size, layer, n, seed,
+                                                          spatial_axes=spatial_axes)
     height, width = input_size[-2:]
-    if top == 0 or bottom == height - 1 or left == 0 or right == width - 1:
+    if top == 0 or bottom == height - 1:  # the size is the height's; a (1, 7) kernel may take the width further
         raise ValueError(
             f"the measured RF reaches the border of the {height}x{width} input (>= {bottom - top + 1} px); "
             "use an input larger than the analytic RF (receptive_field(...).size) plus a margin"

@@ -6,7 +6,7 @@ from torch import nn
 
 import rf_bench  # noqa: F401
 from rf_bench.models import RFPOOL_KS
-from rf_bench.rf import (RF, gradient_rf, gradient_support, layer_receptive_fields, measure_rf, receptive_field,
+from rf_bench.rf import (RF, block_receptive_fields, gradient_rf, gradient_support, layer_receptive_fields, measure_rf, receptive_field,
                          silenced_parameters)
 
 from conftest import TINY
@@ -215,3 +215,42 @@ def test_ops_it_cannot_follow_are_refused_naming_the_module(monkeypatch):
     with pytest.raises(NotImplementedError, match=r"module '1' \(_Opaque\) is traced as one opaque call but holds "
                                                   r"spatial layers \(conv\)"):
         receptive_field(model, (3, 16, 16))
+
+
+class _ChannelsLastStem(nn.Module):
+    """A stem that ends channels-last (N, H, W, C) behind a LayerNorm over channels, as MambaOut's does."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.norm = nn.LayerNorm(8)
+
+    def forward_features(self, x):
+        return self.norm(self.conv2(self.conv1(x)).permute(0, 2, 3, 1))
+
+
+def test_a_channels_last_output_is_measured_at_its_height_and_width():
+    """The centre unit of an N, H, W, C output is picked on H and W (found by tracing), and a LayerNorm's
+    channels, whose plain sum is constant, still carry a gradient."""
+    model = _ChannelsLastStem()
+    analytic = receptive_field(model, (3, 32, 32))
+    assert analytic.size == 7
+    assert measure_rf(model, (3, 32, 32), n=1).size == 7
+
+
+def test_an_asymmetric_kernel_measures_the_height_and_may_reach_the_width_border():
+    """A (1, 7) kernel: the height's RF is 1 and the width's 7; only the height, which the size reports, must fit."""
+    model = nn.Sequential(nn.Conv2d(1, 1, (1, 7), padding=(0, 3)), nn.Conv2d(1, 1, 3, padding=1))
+    assert receptive_field(model, (1, 9, 9), layer="1").size == 3
+    assert measure_rf(model, (1, 9, 9), layer="1", n=1).size == 3
+
+
+def test_block_names_resolve_back_to_their_rows():
+    """Every row of block_receptive_fields names a layer whose receptive_field is that row's: a stage that opens
+    with a downsample lists it as `<stage>.downsample`, not under the stage's own name."""
+    model = timm.create_model("test_convnext", num_classes=0).eval()
+    rows = block_receptive_fields(model, (3, 64, 64))
+    assert any(row.name.endswith(".downsample") for row in rows)
+    for row in rows:
+        assert receptive_field(model, (3, 64, 64), layer=row.name) == row.rf, row.name
