@@ -295,11 +295,37 @@ def markdown(summary: Dict[str, Any], checks: List[Dict[str, Any]], meta: Dict[s
         lines.append(f"| {c['family']} | {c['model']} | {c['layer']} | {c['analytic']} | {c['gradient']} | "
                      f"{'yes' if c['agrees'] else '**no**'} | {'yes' if c['global_context'] else '-'} | "
                      f"{c['revived']} | {lib('torchscan')} | {lib('receptivefield')} |")
+    if meta.get("rechecked"):
+        lines += ["", f"The full run is of {meta['full_run_date']}; these gradient checks were redone after it, each "
+                      f"on the date its row gives in the JSON: {', '.join(meta['rechecked'])}."]
     if s["refused_families"]:
         lines += ["", "## Refused", ""]
         for family, reasons in sorted(s["refused_families"].items()):
             lines.append(f"- **{family}** ({len(reasons)}): {reasons[0]}")
     return "\n".join(lines) + "\n"
+
+
+def recheck(models: List[str], max_side: int, out: Path) -> int:
+    """Redo the gradient checks of ``models`` in ``out/rf_coverage.json``, one fresh process each, and rewrite it."""
+    path = out / "rf_coverage.json"
+    result = json.loads(path.read_text())
+    checks = {c["model"]: c for c in result["checks"]}
+    unknown = [m for m in models if m not in checks]
+    if unknown:
+        raise SystemExit(f"not among the checked models: {', '.join(unknown)}; a recheck redoes rows that exist")
+    ctx = mp.get_context("spawn")
+    for name in models:
+        with ctx.Pool(1, initializer=_worker_init) as pool:
+            checks[name] = dict(pool.apply(gradient_check, (name, max_side)),
+                                rechecked=time.strftime("%Y-%m-%d %H:%M"))
+    result["meta"].setdefault("full_run_date", result["date"])
+    result["checks"] = [checks[c["model"]] for c in result["checks"]]
+    result["summary"] = summarise(result["models"], result["checks"])
+    result["meta"]["rechecked"] = sorted(set(result["meta"].get("rechecked", [])) | set(models))
+    text = markdown(result["summary"], result["checks"], result["meta"])
+    write_result("rf_coverage", {k: v for k, v in result.items() if k not in ("machine", "date")}, text, out)
+    print(text)
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -310,7 +336,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--max-side", type=int, default=MAX_SIDE, help="largest input side of a gradient check")
     parser.add_argument("--check-timeout", type=int, default=240, help="seconds a gradient check may take")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="results folder")
+    parser.add_argument("--recheck", nargs="+", metavar="MODEL",
+                        help="redo only these models' gradient checks in the committed results (after a fix), "
+                             "keeping every other row; the results say which rows were rechecked and when")
     args = parser.parse_args(argv)
+    if args.recheck:
+        return recheck(args.recheck, args.max_side, Path(args.out))
     import timm
 
     names = args.models or timm.list_models()[: args.limit]

@@ -99,3 +99,28 @@ def test_make_bench_covers_every_benchmark_and_says_what_it_leaves_out(capsys):
     for script in ("hessian_memory.py", "hessian_full_width.py"):
         assert f"skip {script}: full-width Hessian" in out
     assert "would run trainer_throughput.py" in out
+
+
+def test_rf_coverage_rechecks_rows_in_place(tmp_path, monkeypatch):
+    """`rf_coverage.py --recheck MODEL` redoes that model's gradient check in the committed results, keeps every
+    other row as it was, recomputes the summary and says which rows were redone, and refuses a model it never
+    checked."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import rf_coverage
+
+    rf_coverage.main(["--models", "test_resnet", "test_efficientnet", "--jobs", "1", "--out", str(tmp_path)])
+    quick = json.loads((tmp_path / "rf_coverage_quick.json").read_text())
+    assert {c["model"] for c in quick["checks"]} == {"test_resnet", "test_efficientnet"}
+    stale = dict(quick, checks=[dict(c, agrees=False, gradient=1) if c["model"] == "test_resnet" else c
+                                for c in quick["checks"]])
+    (tmp_path / "rf_coverage.json").write_text(json.dumps(stale))
+    rf_coverage.main(["--recheck", "test_resnet", "--out", str(tmp_path)])
+    redone = json.loads((tmp_path / "rf_coverage.json").read_text())
+    rows = {c["model"]: c for c in redone["checks"]}
+    assert rows["test_resnet"]["agrees"] and rows["test_resnet"]["gradient"] == rows["test_resnet"]["analytic"]
+    assert "rechecked" in rows["test_resnet"] and "rechecked" not in rows["test_efficientnet"]
+    assert rows["test_efficientnet"] == {c["model"]: c for c in quick["checks"]}["test_efficientnet"]
+    assert redone["summary"]["gradient_agrees"] == 2 and redone["meta"]["rechecked"] == ["test_resnet"]
+    assert "test_resnet" in (tmp_path / "rf_coverage.md").read_text().split("redone after it")[1]
+    with pytest.raises(SystemExit, match="not among the checked models: resnet18"):
+        rf_coverage.main(["--recheck", "resnet18", "--out", str(tmp_path)])
