@@ -21,7 +21,6 @@ from typing import Callable, Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-MARKER = re.compile(r"<!-- rendered: (?P<name>[\w:./-]+) -->(?:\n(?P<body>.*?)\n<!-- /rendered -->)?", re.S)
 
 FAMILY_LABELS = {"resnet50_rfpool": "ResNet50", "vgg19_rfpool": "VGG19"}
 CLAIM_LABELS = {
@@ -161,6 +160,11 @@ RENDERERS: Dict[str, Callable[..., str]] = {
     "verdicts": render_verdicts, "claims": render_claims, "study": render_study, "benchmark": render_benchmark,
     "file": render_file, "width": render_width,
 }
+
+
+# A marker names a known kind (a page may mention ``<!-- rendered: NAME -->`` itself without being filled).
+MARKER = re.compile(r"<!-- rendered: (?P<name>(?:" + "|".join(RENDERERS) + r")(?::[\w./-]+)?) -->"
+                    r"(?:\n(?P<body>.*?)\n<!-- /rendered -->)?", re.S)
 
 
 def render(name: str) -> str:
