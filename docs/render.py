@@ -153,7 +153,27 @@ def render_width(study: str) -> str:
                 if all(k in means for k in (1, 3, 4)) else "-")
         lines.append(f"| {FAMILY_LABELS.get(family, family)} | {width:g} | {label} | "
                      + " | ".join(per_k.get(k, "-") for k in ks) + f" | {gain} |")
-    return "\n".join(lines) + f"\n\nMean ± std over seeds, from `docs/{study}/width.csv` ({report_date(study)})."
+    return ("\n".join(lines) + "\n\n" + _width_gains(path)
+            + f"\n\nMean ± std over seeds, from `docs/{study}/width.csv` ({report_date(study)}).")
+
+
+def _width_gains(path: Path) -> str:
+    """Points of accuracy that k = 3-4 keep above k = 1 (their mean minus k = 1's), per family, width and rate."""
+    means: Dict[Tuple[str, float, float], Dict[int, float]] = defaultdict(dict)
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            means[(row["family"], float(row["width_mult"]), float(row["rate"]))][int(row["k"])] = float(row["mean"])
+    rates = sorted({rate for _, _, rate in means})
+    head = ["family", "width"] + ["dense" if r == 0 else f"pruned {r:g}" for r in rates]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for family, width in sorted({(f, w) for f, w, _ in means}):
+        cells = []
+        for rate in rates:
+            by_k = means.get((family, width, rate), {})
+            ok = all(k in by_k for k in (1, 3, 4))
+            cells.append(f"{100 * ((by_k[3] + by_k[4]) / 2 - by_k[1]):+.1f}" if ok else "-")
+        lines.append(f"| {FAMILY_LABELS.get(family, family)} | {width:g} | " + " | ".join(cells) + " |")
+    return "Points of test accuracy that k = 3-4 keep above k = 1, one-shot, per width and rate:\n\n" + "\n".join(lines)
 
 
 RENDERERS: Dict[str, Callable[..., str]] = {
