@@ -378,6 +378,9 @@ class Trainer:
         dynamo = None
         if cfg.compile or cfg.compile_mode:
             dynamo = TorchDynamoPlugin(backend="inductor", mode=cfg.compile_mode or "default")
+            # a sweep worker trains model after model in one process: past dynamo's recompile limit (8 graphs
+            # per frame) it would silently run the rest eager, so each run starts with dynamo's caches empty
+            torch._dynamo.reset()
         # accelerate turns TF32 matmuls on for the whole process when it compiles without mixed precision: a
         # precision nobody asked for, which would leak into the Hessian and CKA probes run after it
         tf32 = torch.backends.cuda.matmul.allow_tf32

@@ -204,3 +204,19 @@ def test_paper_schedule_is_torch_cosine_annealing_per_epoch():
     assert T.lr_factor(fast, 0, 10) == pytest.approx(0.1)  # warm-up
     assert T.lr_factor(fast, 10, 10) == pytest.approx(1.0)
     assert T.lr_factor(fast, 99, 10) < 0.01
+
+
+def test_each_compiled_run_starts_with_dynamo_caches_empty(monkeypatch):
+    """A sweep worker trains run after run in one process; past dynamo's recompile limit the later runs would run
+    eager without a word. Every compiled run resets dynamo first; an eager run leaves it alone."""
+    import torch._dynamo
+
+    from rf_bench.recipes import resolve_config
+    from rf_bench.trainer import Trainer
+
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    Trainer._make_accelerator(resolve_config("fast", model="vgg19_rfpool1", dataset="digits", compile=True), None, True)
+    assert resets == [1]
+    Trainer._make_accelerator(resolve_config("fast", model="vgg19_rfpool1", dataset="digits"), None, True)
+    assert resets == [1]
