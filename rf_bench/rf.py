@@ -141,7 +141,8 @@ def _trace(model: nn.Module, input_size: Sequence[int]) -> fx.GraphModule:
     gm = gm.eval()
     # shapes only: run on the meta device so a 900x900 input costs nothing
     meta = copy.deepcopy(gm).to("meta")
-    x = torch.empty(1, *input_size, device="meta")
+    param = next(model.parameters(), None)
+    x = torch.empty(1, *input_size, device="meta", dtype=param.dtype if param is not None else None)
     meta(x)  # the model's own input checks (e.g. a too-large rfpool k) raise here, untangled from ShapeProp
     ShapeProp(meta).propagate(x)
     for node, meta_node in zip(gm.graph.nodes, meta.graph.nodes):
@@ -577,10 +578,11 @@ def silenced_parameters(model: nn.Module) -> List[str]:
             and float(p.detach().abs().max()) < SILENT_MAX]
 
 
-def _revived_copy(model: nn.Module, names: Sequence[str]) -> nn.Module:
-    """A copy of ``model`` whose zero tensors ``names`` are re-initialised: norm weights and scales to 1, conv and
-    linear weights as PyTorch initialises them."""
-    copy_ = copy.deepcopy(model)
+def _revived_copy(model: nn.Module, names: Sequence[str], dtype: torch.dtype = torch.float64) -> nn.Module:
+    """A copy of ``model`` in ``dtype`` whose zero tensors ``names`` are re-initialised: norm weights and scales to
+    1, conv and linear weights as PyTorch initialises them. The copy is made in the measurement's dtype so that
+    `gradient_support` need not copy it again."""
+    copy_ = copy.deepcopy(model).to(dtype)
     params = dict(copy_.named_parameters())
     with torch.no_grad():
         for name in names:
@@ -638,17 +640,25 @@ def _with_detached_statistics(x: torch.Tensor, normed: torch.Tensor) -> torch.Te
     return normed.detach() + (x - x.detach())
 
 
-def _local_paths(model: nn.Module, input_size: Tuple[int, ...], layer: Optional[str]) -> Optional[nn.Module]:
-    """The model with its gates' global inputs and its norms' spatial statistics detached, or None if it has
-    neither (or cannot be traced)."""
+def _has_global_inputs(gm: fx.GraphModule) -> bool:
+    return any("rf_global_inputs" in node.meta or "rf_spatial_statistics" in node.meta for node in gm.graph.nodes)
+
+
+def _axes_and_local_paths(model: nn.Module, input_size: Tuple[int, ...],
+                          layer: Optional[str]) -> Tuple[Tuple[int, int], Optional[nn.Module]]:
+    """From one trace: the height and width dimensions of ``layer``'s output (of ``forward_features`` without one),
+    as the trace tracks them through permutes, and the model with its gates' global inputs and its norms' spatial
+    statistics detached (None if it has neither). A model that does not trace is measured as it is, its output's
+    last two dimensions taken for height and width."""
     try:
         gm = _trace(model, input_size)
         _propagate(gm)
-    except (NotImplementedError, ValueError, TypeError, RuntimeError):  # measured as it is, gates and all
-        return None
-    if not any("rf_global_inputs" in node.meta or "rf_spatial_statistics" in node.meta for node in gm.graph.nodes):
-        return None
-    return _LocalPaths(gm, _node_for_layer(gm, layer) if layer else _output_node(gm))
+        # a layer inside a block the trace kept opaque has no node; the forward hook still finds it
+        target = _node_for_layer(gm, layer) if layer else _output_node(gm)
+    except (NotImplementedError, ValueError, TypeError, RuntimeError):
+        return (-2, -1), None
+    axes = tuple(target.meta.get("rf_axes") or (-2, -1))
+    return axes, _LocalPaths(gm, target) if _has_global_inputs(gm) else None
 
 
 def gradient_support(
@@ -702,19 +712,6 @@ def gradient_support(
     return (int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1])), (h // 2, w // 2)
 
 
-def _output_axes(model: nn.Module, input_size: Tuple[int, ...], layer: Optional[str]) -> Tuple[int, int]:
-    """The height and width dimensions of ``layer``'s output (of ``forward_features`` without one), as the trace
-    tracks them through permutes; the last two where the model does not trace."""
-    try:
-        gm = _trace(model, input_size)
-        _propagate(gm)
-        node = _node_for_layer(gm, layer) if layer else _output_node(gm)
-    except (NotImplementedError, ValueError, TypeError, RuntimeError):
-        return (-2, -1)
-    axes = node.meta.get("rf_axes")
-    return tuple(axes) if axes else (-2, -1)
-
-
 def measure_rf(
         model: nn.Module,
         input_size: Optional[Sequence[int]] = None,
@@ -734,8 +731,7 @@ def measure_rf(
     input_size = tuple(input_size or _default_input_size(model))
     revived = tuple(silenced_parameters(model))
     measured = _revived_copy(model, revived) if revived else model
-    spatial_axes = _output_axes(measured, input_size, layer)
-    local = _local_paths(measured, input_size, layer)
+    spatial_axes, local = _axes_and_local_paths(measured, input_size, layer)
     if local is not None:
         measured, layer = local, None
     (top, bottom), (left, right), unit = gradient_support(measured, input_size, layer, n, seed,

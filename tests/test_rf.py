@@ -254,3 +254,28 @@ def test_block_names_resolve_back_to_their_rows():
     assert any(row.name.endswith(".downsample") for row in rows)
     for row in rows:
         assert receptive_field(model, (3, 64, 64), layer=row.name) == row.rf, row.name
+
+
+def test_a_gated_revived_net_is_traced_once_and_copied_once(monkeypatch):
+    """measure_rf finds the output's axes and the local paths from one trace, and revives the silenced tensors on a
+    copy already in float64, which the gradient then uses as it is; the RF it measures is the analytic one."""
+    import rf_bench.rf as rf_module
+    calls = {"trace": 0, "deepcopy": 0}
+    trace, deepcopy = rf_module._trace, rf_module.copy.deepcopy
+
+    def counting_trace(*args, **kwargs):
+        calls["trace"] += 1
+        return trace(*args, **kwargs)
+
+    def counting_deepcopy(obj, *args, **kwargs):
+        calls["deepcopy"] += isinstance(obj, nn.Module) and not isinstance(obj, torch.fx.GraphModule)
+        return deepcopy(obj, *args, **kwargs)
+
+    model = timm.create_model("seresnet18", num_classes=0).eval()  # zero_init_last and squeeze-excitation gates
+    analytic = receptive_field(model, (3, 160, 160), layer="layer2").size
+    monkeypatch.setattr(rf_module, "_trace", counting_trace)
+    monkeypatch.setattr(rf_module.copy, "deepcopy", counting_deepcopy)
+    measured = measure_rf(model, (3, 160, 160), layer="layer2", n=1)
+    assert measured.revived and measured.local and measured.size == analytic
+    assert calls["trace"] == 1
+    assert calls["deepcopy"] == 1  # the float64 revived copy; the trace's own meta copy is of its GraphModule
