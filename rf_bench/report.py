@@ -339,7 +339,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, log
 def _probe_sections(probe, name: str, records: List[Dict[str, Any]], store, out: Path) -> list:
     """A probe's sections. Runs trained differently (``width_mult``, recipe, ...) and results of different settings
     are never pooled: each gets its own sections, titled with what sets it apart, and its files in a sub-folder of
-    ``out`` named by its hash. A probe without a ``report()`` (or not installed) gets its scalar values."""
+    ``out`` named after that (``_section_folder``). A probe without a ``report()`` (or not installed) gets its scalar values."""
     from rf_bench.results import config_hash, settings_groups, variant_groups
 
     def sections_of(group, folder):
@@ -347,14 +347,17 @@ def _probe_sections(probe, name: str, records: List[Dict[str, Any]], store, out:
             return probe.report(group, store, folder)
         return scalar_sections(name, group, folder)
 
-    sections = []
+    sections, taken = [], set()
     for variant, members in variant_groups(records):
         for label, setting, group in settings_groups(members):
             tag = ", ".join(part for part in (variant, label) if part)
             if not tag:
                 sections += sections_of(group, out)
                 continue
-            sub = out / f"{name}-{config_hash(dict(setting, variant=variant) if variant else setting)}"
+            digest = config_hash(dict(setting, variant=variant) if variant else setting)
+            folder = _section_folder(name, tag, digest)
+            sub = out / (folder if folder not in taken else f"{name}-{digest}")  # two tags that read alike
+            taken.add(sub.name)
             sub.mkdir(parents=True, exist_ok=True)
             for section in sections_of(group, sub):
                 markdown = re.sub(r"\]\(([^)/]+)\)",  # links to the files written beside it
@@ -362,6 +365,19 @@ def _probe_sections(probe, name: str, records: List[Dict[str, Any]], store, out:
                                   section.markdown)
                 sections.append(dataclasses.replace(section, title=f"{section.title} [{tag}]", markdown=markdown))
     return sections
+
+
+_FOLDER_CHARS = re.compile(r"[^A-Za-z0-9_.=+-]+")
+_FOLDER_MAX = 60
+
+
+def _section_folder(probe: str, tag: str, digest: str) -> str:
+    """The sub-folder of a group's files, named after what sets the group apart (``prune-width_mult=0.25``); a tag
+    too long for a folder name is cut and the setting's hash added, which keeps the name unique."""
+    readable = _FOLDER_CHARS.sub("_", tag.replace(", ", "-")).strip("_")
+    if len(readable) > _FOLDER_MAX:
+        readable = f"{readable[:_FOLDER_MAX - 11].rstrip('_-')}-{digest}"
+    return f"{probe}-{readable}"
 
 
 def _scalars(values: Dict[str, Any]) -> Dict[str, float]:

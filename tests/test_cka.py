@@ -127,7 +127,7 @@ def test_cka_probe_and_report(tmp_path, tiny_runs):
     # two settings of one probe: each its own sections, named, with its files in its own folder
     minibatch_section = report.split("## CKA: vgg19_rfpool on digits (minibatch estimator) [")[1].split("\n## ")[0]
     assert minibatch_section.startswith("batch_size=25, estimator=minibatch]")
-    (figure,) = __import__("re").findall(r"!\[[^]]*\]\((cka-[0-9a-f]+/cka_vgg19_rfpool_digits_minibatch\.png)\)",
+    (figure,) = __import__("re").findall(r"!\[[^]]*\]\((cka-batch_size=25-estimator=minibatch/cka_vgg19_rfpool_digits_minibatch\.png)\)",
                                          minibatch_section)
     assert (tmp_path / "report" / figure).stat().st_size > 10_000
     with pytest.raises(ValueError, match="cka.estimator must be 'exact' or 'minibatch'"):

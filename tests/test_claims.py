@@ -301,7 +301,18 @@ def test_the_report_gives_each_setting_its_own_sections_and_files(tmp_path):
         assert [row[3] for row in rows] == ["2"] * 4  # each run once: two seeds per k, not four
         assert [row[6] for row in rows] == [f"{100 * by_k[k]:.2f} ± 0.00" for k in KS]  # fine-tuned at 0.9
         (link,) = re.findall(r"!\[[^]]*\]\(([^)]+)\)", section)
-        assert (tmp_path / "report" / link).is_file() and link.startswith("prune-")
+        assert (tmp_path / "report" / link).is_file() and link.startswith(f"prune-finetune_epochs={epochs}/")
+
+
+def test_report_folders_are_named_after_their_group():
+    from rf_bench.report import _section_folder
+
+    assert _section_folder("prune", "width_mult=0.25", "0123456789") == "prune-width_mult=0.25"
+    assert _section_folder("cka", "width_mult=0.125, estimator=minibatch", "0123456789") == \
+        "cka-width_mult=0.125-estimator=minibatch"
+    assert _section_folder("prune", "rates=[0.5, 0.9]", "0123456789") == "prune-rates=_0.5-0.9"
+    long = _section_folder("hessian", ", ".join(f"setting_{i}=value_{i}" for i in range(8)), "0123456789")
+    assert len(long) <= len("hessian-") + 60 and long.endswith("-0123456789")
 
 
 def test_claims_cli_without_results_is_one_line(tmp_path):
