@@ -111,11 +111,19 @@ def _duration(seconds: float) -> str:
     return f"{seconds:,.0f} s ({minutes:.1f} min)" if minutes < 120 else f"{seconds:,.0f} s ({minutes / 60:.2f} h)"
 
 
+def _cpu_time(facts: dict) -> str:
+    """CPU time and the cores it kept busy on average: fewer than its workers means the study shared the machine."""
+    if "cpu_s" not in facts or not facts.get("wall_s"):
+        return "not measured"
+    return f"{_duration(facts['cpu_s'])}, {facts['cpu_s'] / facts['wall_s']:.2f} cores busy on average"
+
+
 def render_study(study: str) -> str:
     """A study's measured facts from its ``study.json``: wall time, runs, jobs, machine and date."""
     facts = study_facts(study)
     rows = [("runs", facts.get("runs", "not recorded")), ("worker processes", facts.get("jobs", "not recorded")),
             ("wall time, first run to report", _duration(facts["wall_s"]) if "wall_s" in facts else "not measured"),
+            ("CPU time of its processes", _cpu_time(facts)),
             ("machine", facts.get("machine", "not recorded")), ("finished", facts.get("finished", "not recorded"))]
     return "| | |\n|---|---|\n" + "\n".join(f"| {key} | {value} |" for key, value in rows)
 

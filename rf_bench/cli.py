@@ -299,11 +299,11 @@ def _run_shipped_sweep(text: str, out: str, jobs: int, progress: bool, banner: s
     import time
 
     from .claims import evaluate_claims
-    from .studies import record_study_time
+    from .studies import cpu_seconds, record_study_time
     from .sweep import load_sweep, pending_runs, run_sweep
 
     sweep = load_sweep(text=text, output=out)
-    start, wall_start = time.perf_counter(), time.time()
+    start, wall_start, cpu_start = time.perf_counter(), time.time(), cpu_seconds()
     console.print(banner.format(runs=len(sweep.runs), out=out))
     done_before = len(sweep.runs) - len(pending_runs(sweep))
     outcome = run_sweep(sweep, "local", max_parallel=jobs, progress=progress, log=_plain)
@@ -312,7 +312,8 @@ def _run_shipped_sweep(text: str, out: str, jobs: int, progress: bool, banner: s
     if outcome.get("report"):  # the study's cost, kept beside its report (study.json)
         record_study_time(Path(sweep.report) / "study.json", name=sweep.name, runs=len(sweep.runs),
                           done_before=done_before, jobs=jobs, started=wall_start,
-                          finished=wall_start + time.perf_counter() - start)
+                          finished=wall_start + time.perf_counter() - start,
+                          cpu_s=None if cpu_start is None else cpu_seconds() - cpu_start)
     _print_claims(evaluate_claims(sweep.results), str(sweep.results))
     console.print(f"[bold green]done[/] in {time.perf_counter() - start:.0f} s; the report is {outcome['report']}")
 

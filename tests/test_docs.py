@@ -178,3 +178,11 @@ def test_public_names_have_docstrings():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "PASSED" in proc.stdout
+
+
+def test_a_study_table_shows_cpu_time_and_busy_cores_where_measured(monkeypatch):
+    facts = {"runs": 4, "jobs": 2, "wall_s": 3600.0, "cpu_s": 5400.0, "machine": "m", "finished": "2026-01-01 00:00"}
+    monkeypatch.setattr(render, "study_facts", lambda study: facts)
+    assert "| CPU time of its processes | 5,400 s (90.0 min), 1.50 cores busy on average |" in render.render_study("x")
+    monkeypatch.setattr(render, "study_facts", lambda study: {k: v for k, v in facts.items() if k != "cpu_s"})
+    assert "| CPU time of its processes | not measured |" in render.render_study("x")

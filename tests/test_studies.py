@@ -57,3 +57,31 @@ def test_study_time_adds_up_over_resumed_invocations(tmp_path):
     assert facts["wall_s"] == 120.5 and facts["runs"] == 4
     assert [i["runs_done_before"] for i in facts["invocations"]] == [0, 3]
     assert "CPUs" in facts["machine"] and "torch" in facts["machine"]
+    assert "cpu_s" not in facts  # neither invocation measured it
+
+
+def test_study_cpu_time_is_summed_only_where_every_invocation_measured_it(tmp_path):
+    from rf_bench.studies import record_study_time
+
+    path = tmp_path / "study.json"
+    facts = record_study_time(path, name="s", runs=4, done_before=0, jobs=2, started=0.0, finished=100.0, cpu_s=150.0)
+    assert facts["cpu_s"] == 150.0 and facts["invocations"][0]["cpu_s"] == 150.0
+    facts = record_study_time(path, name="s", runs=4, done_before=2, jobs=2, started=500.0, finished=550.0, cpu_s=99.96)
+    assert facts["cpu_s"] == 250.0
+    facts = record_study_time(path, name="s", runs=4, done_before=3, jobs=2, started=900.0, finished=910.0)
+    assert "cpu_s" not in facts and facts["wall_s"] == 160.0  # a partial sum would understate the cost
+
+
+def test_cpu_seconds_counts_finished_worker_processes():
+    """A sweep's workers are child processes: their CPU time counts once they have been waited for."""
+    import subprocess
+    import sys
+
+    from rf_bench.studies import cpu_seconds
+
+    before = cpu_seconds()
+    child = subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                            "while time.process_time() - t < 0.5: pass"], check=True)
+    assert child.returncode == 0
+    spent = cpu_seconds() - before
+    assert spent >= 0.5, spent  # the child's busy half second, and its start-up, counted

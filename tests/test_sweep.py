@@ -199,6 +199,10 @@ def test_demo_reports_every_table_and_figure_and_reproduces_the_committed_report
     report_path = tmp_path / "demo" / "report" / "REPORT.md"
     assert str(report_path) in out.replace("\n", "")
     report = report_path.read_text()
+    # its cost beside it: the wall time, and the CPU time of the workers that trained and probed (the main process
+    # alone, which mostly waits, would use a small part of one core)
+    facts = json.loads((report_path.parent / "study.json").read_text())
+    assert facts["runs"] == 16 and facts["wall_s"] > 0 and facts["cpu_s"] > 0.5 * facts["wall_s"], facts
     assert report.index("## Does the paper hold?") < report.index("## Pruning")  # the claims come first
     assert "dense_accuracy" in out and "Does the paper hold?" in out  # and are printed on the terminal
     for kind in ("Pruning", "Hessian", "CKA", "RF maps"):
