@@ -339,7 +339,8 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, log
 def _probe_sections(probe, name: str, records: List[Dict[str, Any]], store, out: Path) -> list:
     """A probe's sections. Runs trained differently (``width_mult``, recipe, ...) and results of different settings
     are never pooled: each gets its own sections, titled with what sets it apart, and its files in a sub-folder of
-    ``out`` named after that (``_section_folder``). A probe without a ``report()`` (or not installed) gets its scalar values."""
+    ``out`` named after that (``_section_folder``). A probe without a ``report()`` (or not installed) gets its
+    scalar values."""
     from rf_bench.results import config_hash, settings_groups, variant_groups
 
     def sections_of(group, folder):
