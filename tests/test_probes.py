@@ -367,8 +367,11 @@ def test_ctrl_c_in_the_hessian_step_is_one_line_and_the_rerun_resumes(tmp_path, 
         return _probe_cmd(str(tiny_runs[0]), "--suite", "prune,hessian", "--results", str(results), *prune,
                           *[arg for item in hessian for arg in ("--set", f"hessian.{item}")])
 
+    # Ctrl-C as a terminal delivers it: a suite run as a background job (`make test &`) starts its processes with
+    # SIGINT ignored, and the probe would never see it
     proc = subprocess.Popen(command("n_images=256", "k=30", "tol=1e-9", "density_steps=0"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + HANG_S
     while time.monotonic() < deadline and proc.poll() is None and not list(results.glob("*/.hessian-*.lock")):
         time.sleep(0.2)  # prune is stored; the Hessian has begun
