@@ -32,7 +32,6 @@ import logging
 import multiprocessing as mp
 import sys
 import time
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -290,7 +289,7 @@ def markdown(summary: Dict[str, Any], checks: List[Dict[str, Any]], meta: Dict[s
         if "gradient" not in c:
             lines.append(f"| {c['family']} | {c['model']} | - | - | - | error: {c['error']} | | | | |")
             continue
-        lib = lambda key: (str(c[key]["rf"]) if c.get(key, {}).get("status") == "ok"  # noqa: E731
+        lib = lambda key, c=c: (str(c[key]["rf"]) if c.get(key, {}).get("status") == "ok"  # noqa: E731
                            else c.get(key, {}).get("status", "-"))
         lines.append(f"| {c['family']} | {c['model']} | {c['layer']} | {c['analytic']} | {c['gradient']} | "
                      f"{'yes' if c['agrees'] else '**no**'} | {'yes' if c['global_context'] else '-'} | "

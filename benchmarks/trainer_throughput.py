@@ -41,7 +41,7 @@ def bare_loop(cfg: T.TrainConfig) -> float:
     loss_fn = nn.CrossEntropyLoss()
     steps = len(data) // cfg.batch_size
     rates = []
-    for epoch in range(cfg.epochs):
+    for _epoch in range(cfg.epochs):
         perm = torch.randperm(len(data))
         t0 = time.perf_counter()
         for s in range(steps):

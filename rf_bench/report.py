@@ -256,9 +256,9 @@ def width_sections(records: List[Dict[str, Any]], out_dir: Path):
         figure = out_dir / (f"width_{family}_{dataset}" + (f"_{index}" if several else "") + ".png")
         _plot_widths(curves, widths, rates, ks, PRUNE_09.get((family, "cifar10"), {}),
                      f"{family} on {dataset}: accuracy against k, per width", figure)
-        md = (f"Test accuracy (%) at each width (`width_mult`), mean ± std over seeds: dense, and after one-shot "
-              f"global magnitude pruning at each rate. The dashed grey line is the paper's CIFAR10 result at full "
-              f"width (another data set, for reference).\n\n" + "\n".join(lines) + f"\n\n![{family} widths]({figure.name})\n")
+        md = ("Test accuracy (%) at each width (`width_mult`), mean ± std over seeds: dense, and after one-shot "
+              "global magnitude pruning at each rate. The dashed grey line is the paper's CIFAR10 result at full "
+              "width (another data set, for reference).\n\n" + "\n".join(lines) + f"\n\n![{family} widths]({figure.name})\n")
         title = f"Width: {family} on {dataset}" + (f" [{other}]" if several else "")
         sections.append(ReportSection(title=title, markdown=md, order=9))
     _write_csv(out_dir / "width.csv", csv_rows)
@@ -362,7 +362,7 @@ def _probe_sections(probe, name: str, records: List[Dict[str, Any]], store, out:
             sub.mkdir(parents=True, exist_ok=True)
             for section in sections_of(group, sub):
                 markdown = re.sub(r"\]\(([^)/]+)\)",  # links to the files written beside it
-                                  lambda m: f"]({sub.name}/{m.group(1)})" if (sub / m.group(1)).is_file() else m.group(0),
+                                  lambda m, sub=sub: f"]({sub.name}/{m.group(1)})" if (sub / m.group(1)).is_file() else m.group(0),
                                   section.markdown)
                 sections.append(dataclasses.replace(section, title=f"{section.title} [{tag}]", markdown=markdown))
     return sections

@@ -623,7 +623,7 @@ class _LocalPaths(nn.Module):
             if node.meta.get("rf_spatial_statistics"):  # the norm's statistics, not its input, are detached
                 with graph.inserting_after(node):
                     local = graph.call_function(_with_detached_statistics, (node.args[0], node))
-                node.replace_all_uses_with(local, delete_user_cb=lambda user: user is not local)
+                node.replace_all_uses_with(local, delete_user_cb=lambda user, local=local: user is not local)
         output = next(n for n in graph.nodes if n.op == "output")
         output.args = (target,)
         graph.eliminate_dead_code()

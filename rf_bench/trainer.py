@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from torch.nn import functional as F
 from .pruning import apply_masks, global_magnitude_masks
 from .recipes import COMPILE_MODES, TrainConfig, lr_factor, run_dir_for
 from .results import sha256_file, write_json_atomic
+
+if TYPE_CHECKING:
+    from .models import RFPoolSizeError
 
 __all__ = ["Trainer", "NonFiniteLossError", "check_writable", "deterministic_mode", "validate_config",
            "validate_settings"]

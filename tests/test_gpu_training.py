@@ -79,7 +79,7 @@ def test_graph_safe_step_matches_the_eager_step(recipe, prune):
                                                                               _tiny_model().state_dict().values()))
     assert moved > 1e-3
     for (name, a), b in zip(eager_model.state_dict().items(), graph_model.state_dict().values()):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
     for p_eager, p_graph in zip(eager_model.parameters(), graph_model.parameters()):  # resumable: the same buffers
         torch.testing.assert_close(graph_opt.state[p_graph]["momentum_buffer"],
                                    eager_opt.state[p_eager]["momentum_buffer"], rtol=1e-5, atol=1e-6)

@@ -94,7 +94,7 @@ def test_too_large_k_is_refused_on_every_path(name):
         "create_feature_extractor": create_feature_extractor(model, ["global_pool"]),  # it drops dead code
         "timm fx features": _tiny(name, features_only=True, feature_cls="fx"),
     }
-    for path, run in paths.items():
+    for run in paths.values():
         with pytest.raises(ValueError, match=rf"^{name}: rfpool k=\d shrinks a \d+x\d+ input"):
             run(small)
     with pytest.raises(Exception, match=rf"{name}: rfpool k=\d shrinks"):  # TorchScript re-raises as its own Error

@@ -106,7 +106,7 @@ def available_probes() -> Dict[str, Type[Probe]]:
         try:
             obj = ep.load()
         except Exception as e:  # a broken plugin must not take the others down
-            warnings.warn(f"probe {ep.name!r} ({ep.value}) failed to load: {e}")
+            warnings.warn(f"probe {ep.name!r} ({ep.value}) failed to load: {e}", stacklevel=2)
             continue
         probes[ep.name] = obj if isinstance(obj, type) else type(obj)
     return dict(sorted(probes.items()))

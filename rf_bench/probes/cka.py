@@ -195,7 +195,7 @@ def layer_grams(model: nn.Module, images: torch.Tensor, layers: Sequence[str], b
     for group in groups:
         kept: Dict[str, List[torch.Tensor]] = {name: [] for name in group}
 
-        def keep(name):
+        def keep(name, kept=kept):
             copy = name in must_copy
 
             def hook(module, inputs, output) -> None:
