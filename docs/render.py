@@ -118,11 +118,19 @@ def _cpu_time(facts: dict) -> str:
     return f"{_duration(facts['cpu_s'])}, {facts['cpu_s'] / facts['wall_s']:.2f} cores busy on average"
 
 
+def _timed_runs(facts: dict) -> str:
+    """Which runs the times cover: all of them, or those left when the first timed invocation began."""
+    invocations, runs = facts.get("invocations", []), facts.get("runs")
+    untimed = invocations[0].get("runs_done_before", 0) if invocations else 0
+    return "" if not untimed or not runs else f", for {runs - untimed} of the {runs} runs ({untimed} ran untimed)"
+
+
 def render_study(study: str) -> str:
     """A study's measured facts from its ``study.json``: wall time, runs, jobs, machine and date."""
     facts = study_facts(study)
+    wall = _duration(facts["wall_s"]) + _timed_runs(facts) if "wall_s" in facts else "not measured"
     rows = [("runs", facts.get("runs", "not recorded")), ("worker processes", facts.get("jobs", "not recorded")),
-            ("wall time, first run to report", _duration(facts["wall_s"]) if "wall_s" in facts else "not measured"),
+            ("wall time, first run to report", wall),
             ("CPU time of its processes", _cpu_time(facts)),
             ("machine", facts.get("machine", "not recorded")), ("finished", facts.get("finished", "not recorded"))]
     return "| | |\n|---|---|\n" + "\n".join(f"| {key} | {value} |" for key, value in rows)

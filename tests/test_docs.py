@@ -186,3 +186,13 @@ def test_a_study_table_shows_cpu_time_and_busy_cores_where_measured(monkeypatch)
     assert "| CPU time of its processes | 5,400 s (90.0 min), 1.50 cores busy on average |" in render.render_study("x")
     monkeypatch.setattr(render, "study_facts", lambda study: {k: v for k, v in facts.items() if k != "cpu_s"})
     assert "| CPU time of its processes | not measured |" in render.render_study("x")
+
+
+def test_a_study_table_says_which_runs_its_times_cover(monkeypatch):
+    """A study whose first timed invocation found runs done says how many its wall and CPU times leave out."""
+    facts = {"runs": 32, "jobs": 2, "wall_s": 600.0, "invocations": [{"runs_done_before": 12, "wall_s": 600.0}]}
+    monkeypatch.setattr(render, "study_facts", lambda study: facts)
+    assert "| wall time, first run to report | 600 s (10.0 min), for 20 of the 32 runs (12 ran untimed) |" in \
+        render.render_study("x")
+    facts["invocations"] = [{"runs_done_before": 0, "wall_s": 500.0}, {"runs_done_before": 12, "wall_s": 100.0}]
+    assert "| wall time, first run to report | 600 s (10.0 min) |" in render.render_study("x")  # every run timed
