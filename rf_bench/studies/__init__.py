@@ -61,11 +61,12 @@ def record_study_time(path: "Path", *, name: str, runs: int, done_before: int, j
 
     path = Path(path)
     facts = json.loads(path.read_text()) if path.exists() else {"name": name, "invocations": []}
+    machine = describe_machine()
     facts["invocations"].append(dict(
         started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-        wall_s=round(finished - started, 1), runs_done_before=done_before, jobs=jobs, machine=describe_machine(),
+        wall_s=round(finished - started, 1), runs_done_before=done_before, jobs=jobs, machine=machine,
         **({} if cpu_s is None else {"cpu_s": round(cpu_s, 1)})))
-    facts.update(runs=runs, jobs=jobs, machine=describe_machine(),
+    facts.update(runs=runs, jobs=jobs, machine=machine,
                  wall_s=round(sum(i["wall_s"] for i in facts["invocations"]), 1),
                  finished=time.strftime("%Y-%m-%d %H:%M", time.localtime(finished)))
     if all("cpu_s" in i for i in facts["invocations"]):
