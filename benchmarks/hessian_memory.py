@@ -31,7 +31,7 @@ def main() -> None:
     import timm
 
     import rf_bench  # noqa: F401
-    from rf_bench.probes import hessian as H
+    from rf_bench import spectral as H
     from rf_bench.probes.hessian import hessian_eigenvalues
 
     hvps = [0]

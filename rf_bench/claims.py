@@ -25,6 +25,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from rf_bench.reporting import mean_std
+
 __all__ = ["Claim", "Verdict", "ALPHA", "collect_claims", "evaluate_claims", "evaluate_metric", "spearman_rho",
            "permutation_p_value", "welch_interval", "claims_markdown", "chance_level", "family_label"]
 
@@ -184,10 +186,6 @@ def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) 
 
 # ------------------------------------------------------------------------------------- verdicts
 
-def _mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
 def evaluate_metric(claim: Claim, metric: str, family: str, dataset: str, records: List[Dict[str, Any]]) -> Verdict:
     """The verdict on one metric of ``claim`` from the records of one (family, data set)."""
     from rf_bench.results import record_k
@@ -203,7 +201,7 @@ def evaluate_metric(claim: Claim, metric: str, family: str, dataset: str, record
     for k, v in sorted(points):
         by_k.setdefault(k, []).append(v)
     for k, vals in by_k.items():
-        verdict.means[k], verdict.stds[k] = _mean_std(vals)
+        verdict.means[k], verdict.stds[k] = mean_std(vals)
         verdict.counts[k] = len(vals)
     verdict.n = len(points)
     ks, values = [p[0] for p in points], [p[1] for p in points]
@@ -234,12 +232,9 @@ def evaluate_metric(claim: Claim, metric: str, family: str, dataset: str, record
     return verdict
 
 
-def collect_claims(probes: Optional[Dict[str, Any]] = None) -> List[Claim]:
-    """Every claim declared by the installed probes (their ``claims`` attribute), in the claims' ``order``."""
-    if probes is None:
-        from rf_bench.probes.base import available_probes
-
-        probes = available_probes()
+def collect_claims(probes: Dict[str, Any]) -> List[Claim]:
+    """Every claim declared by ``probes`` (name -> probe class, e.g. ``available_probes()``; their ``claims``
+    attribute), in the claims' ``order``."""
     claims: List[Claim] = []
     for probe in probes.values():
         claims += list(getattr(probe, "claims", ()) or ())
@@ -256,21 +251,26 @@ def _families(records: Iterable[Dict[str, Any]]) -> List[Tuple[str, str]]:
     return sorted(found)
 
 
-def evaluate_claims(results_dir: str | Path, claims: Optional[Sequence[Claim]] = None,
-                    log: Optional[Callable[[str], None]] = None) -> List[Verdict]:
-    """A verdict for every claim and metric, in every (family, data set, variant) that has any result at all.
+def evaluate_claims(results_dir: str | Path, claims: Sequence[Claim], log: Optional[Callable[[str], None]] = None,
+                    records: Optional[List[Dict[str, Any]]] = None) -> List[Verdict]:
+    """A verdict for every claim (``collect_claims(probes)``) and metric, in every (family, data set, variant) that
+    has any result at all.
 
     Runs trained differently (another ``width_mult``, recipe, ...) are never pooled: each variant gets its own
-    rows, named in ``Verdict.variant``. Result files that cannot be used are left out (``n`` counts only the
-    points read) and named in ``log``.
+    rows, named in ``Verdict.variant``. ``records`` are the results to judge (default: every usable one under
+    ``results_dir``); result files that cannot be used are left out (``n`` counts only the points read) and named
+    in ``log``.
     """
     from rf_bench.results import ResultStore, record_family, variant_groups
 
-    store = ResultStore(results_dir)
-    records = store.records()
-    if store.skipped and log:
-        log(store.skipped_note().rstrip("\n"))
-    claims = collect_claims() if claims is None else list(claims)
+    if claims is None:
+        raise TypeError("evaluate_claims needs the claims: collect_claims(available_probes()) gives the installed ones")
+    if records is None:
+        store = ResultStore(results_dir)
+        records = store.records()
+        if store.skipped and log:
+            log(store.skipped_note().rstrip("\n"))
+    claims = list(claims)
     verdicts: List[Verdict] = []
     for (family, dataset) in _families(records):
         rfpool = [r for r in records if r["dataset"] == dataset and record_family(r) == family]

@@ -173,9 +173,10 @@ def _print_settings(probes) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
+    from .probes.base import available_probes
     from .report import write_report
 
-    path = write_report(args.results, args.out, log=_warn)
+    path = write_report(args.results, args.out, available_probes(), log=_warn)
     console.print(f"report: {path}")
 
 
@@ -183,11 +184,12 @@ _VERDICT_STYLE = {"supported": "green", "contradicted": "red", "inconclusive": "
 
 
 def _cmd_claims(args: argparse.Namespace) -> None:
-    from .claims import evaluate_claims
+    from .claims import collect_claims, evaluate_claims
+    from .probes.base import available_probes
 
     if not os.path.isdir(args.results):
         raise CliError(f"no results folder {args.results}; run `rf-bench probe` (or a sweep) first, or name the folder")
-    verdicts = evaluate_claims(args.results, log=_warn)
+    verdicts = evaluate_claims(args.results, collect_claims(available_probes()), log=_warn)
     if args.json:
         print(json.dumps([v.as_dict() for v in verdicts], indent=2))
         return
@@ -298,7 +300,8 @@ def _run_shipped_sweep(text: str, out: str, jobs: int, progress: bool, banner: s
     """Run a sweep file shipped in the package (the demo, a study), then print the report and the claims."""
     import time
 
-    from .claims import evaluate_claims
+    from .claims import collect_claims, evaluate_claims
+    from .probes.base import available_probes
     from .studies import cpu_seconds, record_study_time
     from .sweep import load_sweep, pending_runs, run_sweep
 
@@ -314,7 +317,7 @@ def _run_shipped_sweep(text: str, out: str, jobs: int, progress: bool, banner: s
                           done_before=done_before, jobs=jobs, started=wall_start,
                           finished=wall_start + time.perf_counter() - start,
                           cpu_s=None if cpu_start is None else cpu_seconds() - cpu_start)
-    _print_claims(evaluate_claims(sweep.results), str(sweep.results))
+    _print_claims(evaluate_claims(sweep.results, collect_claims(available_probes())), str(sweep.results))
     console.print(f"[bold green]done[/] in {time.perf_counter() - start:.0f} s; the report is {outcome['report']}")
 
 

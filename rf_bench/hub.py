@@ -96,7 +96,7 @@ def model_card(run: Run, tag: str, repo_id: str, entry: Dict[str, Any],
     from huggingface_hub import EvalResult, ModelCardData
 
     from .paper import MEASURED_RF
-    from .report import analytic_rf
+    from .reporting import model_rf
 
     name = f"{run.model_name}.{tag}"
     acc = entry["metrics"].get("test_acc")
@@ -110,7 +110,7 @@ def model_card(run: Run, tag: str, repo_id: str, entry: Dict[str, Any],
                                  dataset_name=run.dataset, dataset_split="test", metric_type="accuracy",
                                  metric_value=float(acc))] if acc is not None else None,
     )
-    rf = analytic_rf(run.path)
+    rf = model_rf(run.model_name, run.config["model_kwargs"])
     measured = MEASURED_RF.get(run.family, {}).get(run.k)
     recipe = {k: run.config[k] for k in ("recipe", "epochs", "batch_size", "lr", "momentum", "nesterov",
                                          "weight_decay", "clip_grad", "schedule", "augment") if k in run.config}

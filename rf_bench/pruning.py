@@ -3,7 +3,9 @@
 Every conv and linear weight (not BN, not biases) is ranked in one global list by magnitude; the
 ``round(rate * n)`` smallest are removed, ties broken by position so the pruned fraction is exact.
 All rates come from one partial sort. The trainer (masked fine-tunes) and the prune probe both use
-this module, which depends on neither.
+this module, which depends on neither. Two measures of why a pruned net fails live here too: each layer's
+kept fraction (layer collapse: a layer with nothing kept) and each layer's output standard deviation
+(signal collapse: the signal dies out with depth, arXiv 2502.15790).
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["prunable_parameters", "global_magnitude_masks", "apply_masks", "sparsity"]
+__all__ = ["prunable_parameters", "global_magnitude_masks", "apply_masks", "sparsity", "kept_fractions",
+           "layer_output_stds"]
 
 
 def prunable_parameters(model: nn.Module) -> List[Tuple[str, nn.Parameter]]:
@@ -100,3 +103,38 @@ def sparsity(model: nn.Module, masks: Dict[str, torch.Tensor]) -> Dict[str, floa
     total = sum(params[n].numel() for n in masks)
     masked_nonzero = sum(int(((params[n] != 0) & ~m.to(params[n].device)).sum()) for n, m in masks.items())
     return dict(zero_fraction=zeros / total, masked_nonzero=masked_nonzero)
+
+
+def kept_fractions(masks: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    """The share of each layer's weights a mask keeps, by parameter name (0.0: the layer collapsed)."""
+    return {name: int(mask.sum()) / mask.numel() for name, mask in masks.items()}
+
+
+@torch.no_grad()
+def layer_output_stds(model: nn.Module, images: torch.Tensor) -> Dict[str, float]:
+    """The standard deviation of every prunable layer's output over ``images`` (all elements, eval mode as the
+    model is), by the layer's weight name: compared with the dense net's, it shows where a signal collapses."""
+    weight_of = {id(p): name for name, p in prunable_parameters(model)}
+    moments: Dict[str, List[float]] = {}  # name -> [count, sum, sum of squares], float64
+
+    def hook(name):
+        def record(_module, _inputs, output):
+            out = output.detach().double()
+            acc = moments.setdefault(name, [0.0, 0.0, 0.0])
+            acc[0] += out.numel()
+            acc[1] += float(out.sum())
+            acc[2] += float((out * out).sum())
+        return record
+
+    handles = [m.register_forward_hook(hook(weight_of[id(m.weight)])) for m in model.modules()
+               if isinstance(getattr(m, "weight", None), nn.Parameter) and id(m.weight) in weight_of]
+    try:
+        model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    stds = {}
+    for name, (n, total, squares) in moments.items():
+        mean = total / n
+        stds[name] = max(squares / n - mean * mean, 0.0) ** 0.5 * (n / max(n - 1, 1)) ** 0.5
+    return {name: stds[name] for name, _ in prunable_parameters(model) if name in stds}

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .checkpoints import load_weights, sha256_file
+from .runs import atomic_write, atomic_write_json
 
 __all__ = [
     "Run", "load_run", "find_runs", "group_runs", "load_weights", "sha256_file", "write_json_atomic",
@@ -128,11 +129,8 @@ def _setting_value(value: Any) -> str:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON atomically (`rf_bench.runs.atomic_write_json`)."""
+    atomic_write_json(path, obj)
 
 
 _RFPOOL = re.compile(r"rfpool(\d+)")
@@ -307,15 +305,13 @@ class ResultStore:
         return None
 
     def write(self, path: Path, record: Dict[str, Any], tensors: Optional[Dict[str, torch.Tensor]] = None) -> None:
-        """Store a result (JSON values, tensors beside) atomically; returns its path."""
+        """Store a result (JSON values, tensors beside) atomically."""
         if tensors:
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
             tensor_path = path.with_suffix(".safetensors")
-            tmp = tensor_path.with_name(f".{tensor_path.name}.tmp{os.getpid()}")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-            os.replace(tmp, tensor_path)
+            data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+            atomic_write(tensor_path, lambda f: f.write(data), binary=True)
             record = dict(record, tensors=tensor_path.name)
         write_json_atomic(path, record)  # the JSON last: its presence means the tensors are there too
 

@@ -459,7 +459,7 @@ class SweepJob:
 
 def finish_sweep(sweep: Sweep, progress: bool = True, log: Callable[..., None] = print) -> Optional[Path]:
     """Group probes over the finished runs, then the report (a no-op for results already stored)."""
-    from .probes.base import run_suite
+    from .probes.base import available_probes, run_suite
     from .report import write_report
 
     finished = [load_run(sweep.run_dir(c)) for c in sweep.runs if (sweep.run_dir(c) / "done").is_file()]
@@ -468,7 +468,7 @@ def finish_sweep(sweep: Sweep, progress: bool = True, log: Callable[..., None] =
     probes, configs = _probe_configs(sweep)
     run_suite(probes, finished, sweep.results, configs, data_dir=sweep.data_dir, progress=progress,
               log=lambda *a: None)
-    return write_report(sweep.results, sweep.report)
+    return write_report(sweep.results, sweep.report, available_probes())
 
 
 def _executor(sweep: Sweep, launcher: str, folder: Path):

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from .pruning import apply_masks, global_magnitude_masks
 from .recipes import COMPILE_MODES, TrainConfig, lr_factor, run_dir_for
 from .results import sha256_file, write_json_atomic
+from .runs import atomic_write, atomic_write_text, replace_folder
 
 if TYPE_CHECKING:
     from .models import RFPoolSizeError
@@ -66,12 +67,11 @@ def _git_sha() -> Optional[str]:
 
 
 def _save_weights(model: nn.Module, path: Path, metadata: Dict[str, str]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    data = save(state, metadata=metadata)
+    atomic_write(path, lambda f: f.write(data), binary=True)
 
 
 class _write_errors_explained:
@@ -159,9 +159,7 @@ def _truncate_metrics(path: Path, before_epoch: int) -> None:
     if not path.is_file():
         return
     keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] < before_epoch]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 class deterministic_mode:
@@ -575,7 +573,7 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             for ckpt in checkpoints:
-                os.replace(ckpt, ckpt.with_name(f"corrupt_{ckpt.name}"))
+                ckpt.rename(ckpt.with_name(f"corrupt_{ckpt.name}"))
         acc.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------ training
@@ -695,7 +693,7 @@ class Trainer:
                                                                global_step=global_step, partial_epoch=partial))
             if final.exists():
                 shutil.rmtree(final)
-            os.replace(tmp, final)  # a checkpoint is either complete or absent
+            replace_folder(tmp, final)  # a checkpoint is either complete or absent
             for old in sorted(folder.glob("step_*"))[:-self.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()

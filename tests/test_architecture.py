@@ -135,3 +135,56 @@ def test_old_import_paths_keep_working():
     assert prune.apply_masks is pruning.apply_masks
     for public in ("load", "TensorLoader", "ImageSet", "augment_batch", "normalize", "DATASETS"):
         assert hasattr(data, public)
+
+
+# Layers, bottom up (DESIGN.md): these modules sit below the probes and must never import one, at module level or
+# inside a function; a probe renders its own report through rf_bench.reporting, never through rf_bench.report.
+BELOW_THE_PROBES = ("rf_bench.report", "rf_bench.claims", "rf_bench.results", "rf_bench.reporting", "rf_bench.runs",
+                    "rf_bench.batchnorm", "rf_bench.pruning", "rf_bench.spectral", "rf_bench._numerics")
+
+
+def upward_imports(graph: Dict[str, Set[str]]) -> List[str]:
+    """Imports that run against the layers: a lower module importing a probe, or a probe importing the report."""
+    found = [f"{low} -> {target}" for low in BELOW_THE_PROBES for target in sorted(graph.get(low, ()))
+             if target.startswith("rf_bench.probes")]
+    found += [f"{module} -> rf_bench.report" for module in sorted(graph)
+              if module.startswith("rf_bench.probes") and "rf_bench.report" in graph[module]]
+    return found
+
+
+def folder_graph(graph: Dict[str, Set[str]]) -> Dict[str, Set[str]]:
+    """The import graph between folders and top-level modules (``rf_bench.probes.prune`` counts as
+    ``rf_bench.probes``); the root package, which only registers the models, is left out."""
+    def unit(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    out: Dict[str, Set[str]] = {}
+    for module, targets in graph.items():
+        if module == "rf_bench":
+            continue
+        out.setdefault(unit(module), set()).update(unit(t) for t in targets if t != "rf_bench" and unit(t) != unit(module))
+    return out
+
+
+def test_nothing_below_the_probes_imports_one_and_no_probe_imports_the_report():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_layer_check_fails_on_a_planted_upward_import():
+    graph = import_graph()
+    graph["rf_bench.claims"] = graph["rf_bench.claims"] | {"rf_bench.probes.base"}
+    graph["rf_bench.probes.cka"] = graph["rf_bench.probes.cka"] | {"rf_bench.report"}
+    assert upward_imports(graph) == ["rf_bench.claims -> rf_bench.probes.base", "rf_bench.probes.cka -> rf_bench.report"]
+
+
+def test_no_cycle_between_folders_and_it_is_seen_when_planted():
+    graph = import_graph()
+    assert find_cycles(folder_graph(graph)) == []
+    planted = dict(graph, **{"rf_bench.reporting": graph["rf_bench.reporting"] | {"rf_bench.probes.prune"}})
+    assert any({"rf_bench.probes", "rf_bench.reporting"} <= set(cycle) for cycle in find_cycles(folder_graph(planted)))
+
+
+def test_every_atomic_rename_is_the_one_helper():
+    """``os.replace`` appears in rf_bench/runs.py only: every writer goes through its atomic_write."""
+    users = sorted(name for name, path in _modules().items() if "os.replace(" in path.read_text())
+    assert users == ["rf_bench.runs"]

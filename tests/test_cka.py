@@ -9,6 +9,7 @@ from torch import nn
 
 import rf_bench  # noqa: F401
 from rf_bench.probes.cka import cka_matrix, default_layers, hsic1, layer_grams, linear_cka, minibatch_cka_matrix
+from rf_bench.probes.base import available_probes
 
 
 def numpy_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -111,7 +112,7 @@ def test_cka_probe_and_report(tmp_path, tiny_runs):
         cross = tensors["cross_s0_s1"]
         (pair,) = rec["values"]["pairs"]
         assert pair["deeper_half_diagonal"] == pytest.approx(float(cross.diagonal()[8:].double().mean()), abs=1e-6)
-    report = write_report(tmp_path / "results", tmp_path / "report").read_text()
+    report = write_report(tmp_path / "results", tmp_path / "report", available_probes()).read_text()
     assert "## CKA: vgg19_rfpool on digits" in report
     assert (tmp_path / "report" / "cka_vgg19_rfpool_digits.png").stat().st_size > 10_000
 
@@ -122,7 +123,7 @@ def test_cka_probe_and_report(tmp_path, tiny_runs):
     assert len(minibatch) == 2
     tensors = store.tensors(__import__("pathlib").Path(minibatch[0]["_path"]))
     np.testing.assert_allclose(tensors["within_s0"].diagonal().numpy(), 1.0, atol=1e-6)
-    report = write_report(tmp_path / "results", tmp_path / "report").read_text()
+    report = write_report(tmp_path / "results", tmp_path / "report", available_probes()).read_text()
     assert report.count("## CKA: vgg19_rfpool on digits") == 2  # exact, and the minibatch estimator's own
     # two settings of one probe: each its own sections, named, with its files in its own folder
     minibatch_section = report.split("## CKA: vgg19_rfpool on digits (minibatch estimator) [")[1].split("\n## ")[0]

@@ -13,10 +13,13 @@ from scipy import stats
 from rf_bench.claims import (Claim, claims_markdown, collect_claims, evaluate_claims, evaluate_metric,
                              permutation_p_value, spearman_rho, welch_interval)
 from rf_bench.results import ResultStore
+from rf_bench.probes.base import available_probes
 
 from conftest import HANG_S
 
 KS = (1, 2, 3, 4)
+
+BUILTIN_CLAIMS = collect_claims(available_probes())
 
 
 def _independent_p(x, y):
@@ -86,7 +89,7 @@ def _store(tmp_path, records):
 
 
 def _verdicts(results, claim_id, metric=None):
-    return [v for v in evaluate_claims(results) if v.claim == claim_id and (metric is None or v.metric == metric)]
+    return [v for v in evaluate_claims(results, BUILTIN_CLAIMS) if v.claim == claim_id and (metric is None or v.metric == metric)]
 
 
 def _dense_grid(family, accuracy, seeds=5):
@@ -130,8 +133,8 @@ def test_flat_results_and_too_few_seeds_are_inconclusive(tmp_path):
 
 def test_missing_metrics_are_reported_not_dropped(tmp_path):
     records = _dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k, seeds=2)  # no fine-tune, no other probe
-    verdicts = evaluate_claims(_store(tmp_path, records))
-    finetuned = [v for v in verdicts if v.metric == "accuracy lost at 0.9, fine-tuned"]
+    verdicts = evaluate_claims(_store(tmp_path, records), BUILTIN_CLAIMS)
+    finetuned = [v for v in verdicts if v.metric == "accuracy lost at 0.9, fine-tuned, BN stored"]
     assert len(finetuned) == 1 and finetuned[0].verdict == "not measured"
     assert "finetune_epochs" in finetuned[0].reason
     for claim in ("hessian_width", "cka_divergence", "rfmap_maxima"):
@@ -143,7 +146,7 @@ def test_accuracy_at_chance_for_every_k_cannot_decide(tmp_path):
     # pruned accuracy at chance (10 classes) for every k: the drop only tracks the dense accuracy
     records = [_prune_record("vgg19_rfpool", k, s, 0.95 - 0.05 * k, 0.10 + 0.001 * s) for k in KS for s in range(5)]
     results = _store(tmp_path, records)
-    (drop,) = _verdicts(results, "prune_robustness", "accuracy lost at 0.9, one-shot")
+    (drop,) = _verdicts(results, "prune_robustness", "accuracy lost at 0.9, one-shot, BN stored")
     assert drop.verdict == "inconclusive" and drop.reason.startswith("pruned accuracy at chance for every k")
     assert drop.p_value < 0.05  # the statistics alone would have "supported" it
     (dense,) = _verdicts(results, "dense_accuracy")
@@ -155,8 +158,8 @@ def test_the_share_of_accuracy_lost_separates_robustness_from_having_less_to_los
     dense = {k: 0.9 - 0.1 * k for k in KS}
     records = [_prune_record("vgg19_rfpool", k, s, dense[k], dense[k] / 2) for k in KS for s in range(4)]
     results = _store(tmp_path, records)
-    (points,) = _verdicts(results, "prune_robustness", "accuracy lost at 0.9, one-shot")
-    (share,) = _verdicts(results, "prune_robustness", "share of accuracy lost at 0.9, one-shot")
+    (points,) = _verdicts(results, "prune_robustness", "accuracy lost at 0.9, one-shot, BN stored")
+    (share,) = _verdicts(results, "prune_robustness", "share of accuracy lost at 0.9, one-shot, BN stored")
     assert points.verdict == "supported" and points.means[1] == pytest.approx(0.4)
     assert share.verdict == "inconclusive" and share.means == pytest.approx({k: 0.5 for k in KS})
     assert share.reason == "the metric is constant over every k"
@@ -174,14 +177,14 @@ def test_a_third_party_probe_declares_its_own_claim(tmp_path):
     claims = collect_claims({"sharpness": Sharpness})
     (verdict,) = evaluate_claims(results, claims)
     assert (verdict.claim, verdict.verdict, verdict.n) == ("sharpness_rises", "supported", 12)
-    builtin = {c.id for c in collect_claims()}
+    builtin = {c.id for c in collect_claims(available_probes())}
     assert builtin == {"dense_accuracy", "prune_robustness", "hessian_width", "cka_divergence", "rfmap_maxima"}
 
 
 def test_results_of_models_without_a_k_are_left_out(tmp_path):
     records = _dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k, seeds=2)
     records.append(_prune_record("resnet18", None, 0, 0.5, 0.4))  # a plain timm model has no rfpool k
-    verdicts = evaluate_claims(_store(tmp_path, records))
+    verdicts = evaluate_claims(_store(tmp_path, records), BUILTIN_CLAIMS)
     assert {v.family for v in verdicts} == {"vgg19_rfpool"}
     (dense,) = [v for v in verdicts if v.claim == "dense_accuracy"]
     assert dense.n == 8
@@ -215,7 +218,7 @@ def test_a_run_measured_twice_counts_once_with_its_newest_result(tmp_path):
     assert dense.setting == "" and dense.n == 12 and dense.counts == {k: 3 for k in KS}
     assert dense.means == pytest.approx({k: np.mean([truth[k, s] for s in range(3)]) for k in KS})
     # a metric only the older results have still comes from them, once per run
-    (lost,) = _verdicts(results, "prune_robustness", "accuracy lost at 0.7, one-shot")
+    (lost,) = _verdicts(results, "prune_robustness", "accuracy lost at 0.7, one-shot, BN stored")
     assert lost.n == 12 and lost.means == pytest.approx({k: 0.1 for k in KS})
 
 
@@ -228,7 +231,7 @@ def test_results_under_different_settings_get_their_own_rows(tmp_path):
     results = _store_by_run(tmp_path, long + short)
     (row,) = _verdicts(results, "dense_accuracy")  # the fine-tune does not touch the dense accuracy
     assert row.setting == "" and row.n == 12
-    finetuned = {v.setting: v for v in _verdicts(results, "prune_robustness", "accuracy lost at 0.9, fine-tuned")}
+    finetuned = {v.setting: v for v in _verdicts(results, "prune_robustness", "accuracy lost at 0.9, fine-tuned, BN stored")}
     assert set(finetuned) == {"finetune_epochs=10", "finetune_epochs=2"}
     assert all(v.n == 12 for v in finetuned.values())
     assert finetuned["finetune_epochs=10"].means == pytest.approx({k: 0.01 * k for k in KS})
@@ -253,7 +256,7 @@ def test_a_claim_needs_a_direction():
 
 
 def test_evaluate_metric_with_one_k_says_so():
-    claim = collect_claims()[0]
+    claim = collect_claims(available_probes())[0]
     records = [_prune_record("vgg19_rfpool", 2, s, 0.8, 0.6) for s in range(3)]
     verdict = evaluate_metric(claim, "dense test accuracy", "vgg19_rfpool", "digits", records)
     assert verdict.verdict == "inconclusive" and verdict.reason == "only k = 2 measured"
@@ -278,7 +281,7 @@ def test_claims_cli_json_and_report(tmp_path):
     assert dense["verdict"] == "supported" and dense["means"]["1"] == pytest.approx(0.851)
     table = _cli("claims", str(results))
     assert table.returncode == 0 and "dense_accuracy" in table.stdout and "supported" in table.stdout
-    section = claims_section(results)
+    section = claims_section(results, BUILTIN_CLAIMS)
     assert section.order == 0 and "| dense_accuracy | vgg19_rfpool | digits |" in section.markdown
 
 
@@ -292,9 +295,9 @@ def test_the_report_gives_each_setting_its_own_sections_and_files(tmp_path):
     records = [_configured(_prune_record("vgg19_rfpool", k, s, dense[k], 0.5, finetuned=tuned[epochs][k]),
                            "2026-01-01T00:00:00", finetune_epochs=epochs)
                for epochs in tuned for k in KS for s in range(2)]
-    report = write_report(_store_by_run(tmp_path, records), tmp_path / "report").read_text()
+    report = write_report(_store_by_run(tmp_path, records), tmp_path / "report", available_probes()).read_text()
     for epochs, by_k in tuned.items():
-        title = f"## Pruning: vgg19_rfpool on digits [finetune_epochs={epochs}]"
+        title = f"## Pruning: vgg19_rfpool on digits (BN stored) [finetune_epochs={epochs}]"
         assert report.count(title) == 1
         section = report.split(title)[1].split("\n## ")[0]
         rows = [line.split(" | ") for line in section.splitlines() if re.match(r"\| [1-4] \|", line)]
@@ -337,11 +340,11 @@ def test_widths_are_never_pooled_in_claims_or_the_report(tmp_path):
     assert set(rows) == {"width_mult=0.0625", "width_mult=0.25"}
     assert rows["width_mult=0.0625"].verdict == "supported" and rows["width_mult=0.0625"].n == 12
     assert rows["width_mult=0.25"].verdict == "contradicted" and rows["width_mult=0.25"].n == 12
-    report = write_report(results, tmp_path / "report").read_text()
+    report = write_report(results, tmp_path / "report", available_probes()).read_text()
     assert "| dense_accuracy | vgg19_rfpool [width_mult=0.0625] | digits |" in report
     assert "| dense_accuracy | vgg19_rfpool [width_mult=0.25] | digits |" in report
     for width, by_k in ((0.0625, lambda k: 0.9 - 0.05 * k + 0.002), (0.25, lambda k: 0.6 + 0.05 * k + 0.002)):
-        section = report.split(f"## Pruning: vgg19_rfpool on digits [width_mult={width}]\n", 1)[1].split("\n## ")[0]
+        section = report.split(f"## Pruning: vgg19_rfpool on digits (BN stored) [width_mult={width}]\n", 1)[1].split("\n## ")[0]
         dense = {int(line.split(" | ")[0][2:]): line.split(" | ")[4] for line in section.splitlines()
                  if line[:3] in ("| 1", "| 2", "| 3", "| 4")}
         assert dense == {k: f"{100 * by_k(k):.2f} ± 0.20" for k in KS}  # each width's own seeds, nothing else
@@ -351,7 +354,7 @@ def test_accuracies_are_percent_in_claims_as_in_every_table(tmp_path):
     from rf_bench.report import claims_section
 
     results = _store(tmp_path, _dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k + 0.001 * s, seeds=3))
-    row = next(line for line in claims_section(results).markdown.splitlines() if line.startswith("| dense_accuracy"))
+    row = next(line for line in claims_section(results, BUILTIN_CLAIMS).markdown.splitlines() if line.startswith("| dense_accuracy"))
     assert "| 85.10% ± 0.10% |" in row  # k = 1: mean 0.851, std 0.001
 
 
@@ -367,16 +370,18 @@ def test_the_claims_table_fits_100_columns_when_piped(tmp_path):
 
 
 def test_the_width_figure_has_one_line_per_width_and_the_papers_reference(tmp_path, monkeypatch):
-    from rf_bench import report
+    from matplotlib.figure import Figure
+
+    from rf_bench import report, reporting
 
     narrow = [_at_width(r, 0.0625) for r in _dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k + 0.002 * s, 3)]
     wide = [_at_width(r, 0.25) for r in _dense_grid("vgg19_rfpool", lambda k, s: 0.6 + 0.05 * k + 0.002 * s, 3)]
     figures = []
-    monkeypatch.setattr(report, "_savefig", lambda fig, path: figures.append(fig))
-    plt = report._pyplot()
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: figures.append(fig))
+    plt = reporting.pyplot()
     monkeypatch.setattr(plt, "close", lambda fig=None: None)
-    text = report.write_report(_store(tmp_path, narrow + wide), tmp_path / "report").read_text()
-    section = text.split("## Width: vgg19_rfpool on digits\n", 1)[1].split("\n## ", 1)[0]
+    text = report.write_report(_store(tmp_path, narrow + wide), tmp_path / "report", available_probes()).read_text()
+    section = text.split("## Width: vgg19_rfpool on digits (BN stored)\n", 1)[1].split("\n## ", 1)[0]
     assert "| 0.0625 | dense | 85.20 ± 0.20 | 80.20 ± 0.20 | 75.20 ± 0.20 | 70.20 ± 0.20 |" in section
     assert "| 0.25 | pruned 0.9, one-shot | 60.00 ± 0.00 |" in section
     (fig,) = [f for f in figures if f._suptitle and "per width" in f._suptitle.get_text()]

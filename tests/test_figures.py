@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from rf_bench import report
+from rf_bench import reporting
+from rf_bench.probes import cka, hessian
 
 
 def _relative_luminance(hex_colour: str) -> float:
@@ -13,7 +14,7 @@ def _relative_luminance(hex_colour: str) -> float:
 
 
 def test_every_line_colour_has_3_to_1_contrast_on_white_and_they_differ():
-    colours = report.line_colors(8)
+    colours = reporting.line_colors(8)
     assert len(set(colours)) == 8
     for colour in colours:
         assert 1.05 / (_relative_luminance(colour) + 0.05) >= 3.0, colour  # WCAG 2.1, non-text contrast
@@ -23,10 +24,12 @@ def test_every_line_colour_has_3_to_1_contrast_on_white_and_they_differ():
 
 @pytest.fixture
 def saved_figures(monkeypatch):
-    """The figures the report's plot functions save, kept open for inspection."""
+    """The figures the reports' plot functions save, kept open for inspection (nothing is written)."""
+    from matplotlib.figure import Figure
+
     figures = []
-    monkeypatch.setattr(report, "_savefig", lambda fig, path: figures.append(fig))
-    plt = report._pyplot()
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: figures.append(fig))
+    plt = reporting.pyplot()
     monkeypatch.setattr(plt, "close", lambda fig=None: None)
     yield figures
     for fig in figures:
@@ -39,9 +42,9 @@ def _ticks_are_whole(axis) -> bool:
     return len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
 
 
-def test_spectra_have_whole_ranks_and_labels_that_do_not_overlap(saved_figures):
+def test_spectra_have_whole_ranks_and_labels_that_do_not_overlap(saved_figures, tmp_path):
     curves = {stage: {(k, 100 * k): np.geomspace(1e3 * k, 1.0, 5) for k in (1, 2, 3)} for stage in ("init", "final")}
-    report._plot_spectra(curves, ("init", "final"), "spectra", "unused.png")
+    hessian._plot_spectra(curves, ("init", "final"), "spectra", tmp_path / "unused.png")
     (fig,) = saved_figures
     fig.canvas.draw()
     left, right = fig.axes[:2]
@@ -52,11 +55,11 @@ def test_spectra_have_whole_ranks_and_labels_that_do_not_overlap(saved_figures):
     assert label_box.x0 >= left_box.x1  # the right panel's y label clears the left panel
 
 
-def test_cka_layers_are_whole_numbers(saved_figures):
+def test_cka_layers_are_whole_numbers(saved_figures, tmp_path):
     import torch
 
     matrix = torch.rand(5, 5)
-    report._plot_cka([(1, 107, matrix, matrix), (2, 212, matrix, None)], "cka", "unused.png")
+    cka._plot_cka([(1, 107, matrix, matrix), (2, 212, matrix, None)], "cka", tmp_path / "unused.png")
     (fig,) = saved_figures
     fig.canvas.draw()
     image_axes = [ax for ax in fig.axes if ax.images]

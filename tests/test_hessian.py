@@ -13,8 +13,12 @@ import rf_bench  # noqa: F401
 from rf_bench.models import RfPoolVGG
 from rf_bench.probes.hessian import (HVP, hessian_eigenvalues, hessian_trace, prepare_batchnorm, slq_density,
                                      spectral_density, thick_restart_lanczos)
+from rf_bench.probes.base import available_probes
+from rf_bench.claims import collect_claims
 
 from conftest import HANG_S
+
+BUILTIN_CLAIMS = collect_claims(available_probes())
 
 
 class SmallCNN(nn.Module):
@@ -100,7 +104,7 @@ def test_float32_hvps_within_1e_3(case):
 
 
 def test_auto_stores_the_basis_in_float32_past_its_budget(case, monkeypatch):
-    from rf_bench.probes import hessian as H
+    from rf_bench import spectral as H
 
     model, batches, dense = case
     used = []
@@ -178,7 +182,7 @@ def test_hessian_probe_and_report(tmp_path, tiny_runs):
         v = record["values"][stage]
         assert np.asarray(v["slq_nodes"]).shape == (2, 30) and v["density_hvps"] == 60
         assert np.allclose(np.asarray(v["slq_weights"]).sum(1), 1.0)
-    report = write_report(tmp_path / "results", tmp_path / "report").read_text()
+    report = write_report(tmp_path / "results", tmp_path / "report", available_probes()).read_text()
     assert "## Hessian: vgg19_rfpool on digits (BN recalibrate)" in report and "CV " in report
     assert (tmp_path / "report" / "hessian_vgg19_rfpool_digits_recalibrate.png").stat().st_size > 10_000
     assert (tmp_path / "report" / "hessian_density_vgg19_rfpool_digits_recalibrate.png").stat().st_size > 10_000
@@ -210,7 +214,7 @@ def test_every_bn_mode_is_its_own_result_and_row_and_run_files_never_change(tmp_
     tops = {mode: sorted(r["values"]["init"]["top"] for r in records if r["values"]["bn"] == mode)
             for mode in ("recalibrate", "batch", "stored")}
     assert tops["recalibrate"] != tops["stored"]  # the protocol changes what is measured at init
-    rows = [v for v in evaluate_claims(tmp_path / "results") if v.claim == "hessian_width"]
+    rows = [v for v in evaluate_claims(tmp_path / "results", BUILTIN_CLAIMS) if v.claim == "hessian_width"]
     for mode in ("recalibrate", "batch", "stored"):
         mine = [v for v in rows if f"BN {mode})" in v.metric]
         assert len(mine) == 3 and all(sum(v.counts.values()) == len(tiny_runs) for v in mine)
@@ -352,7 +356,7 @@ def test_thick_restart_lanczos_on_a_known_spectrum():
 def test_float32_basis_across_many_column_blocks():
     """A 1.5M-dimensional operator (23 float32 product blocks per basis row, each added up in float64):
     the eigenvalues still come out to 1e-6 and the eigenvectors are those of the operator."""
-    from rf_bench.probes import hessian as H
+    from rf_bench import spectral as H
 
     rng = np.random.default_rng(0)
     n = 1_500_000
@@ -449,7 +453,7 @@ def test_hvps_split_across_two_processes_match_one(tmp_path):
 
 def test_basis_falls_back_to_the_host_when_the_device_is_full(monkeypatch):
     """A basis larger than the device's free memory stays on the host, says so, and gives the same answer."""
-    from rf_bench.probes import hessian as H
+    from rf_bench import spectral as H
 
     rng = np.random.default_rng(0)
     n = 3000
@@ -467,7 +471,7 @@ def test_basis_falls_back_to_the_host_when_the_device_is_full(monkeypatch):
 
 def test_basis_budget_counts_the_process_cache_and_a_packed_workers_share(monkeypatch):
     """mem_get_info counts this process's own cached blocks as used; a packed worker may take only its share."""
-    from rf_bench.probes import hessian as H
+    from rf_bench import spectral as H
 
     gib = 1 << 30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * gib, 80 * gib))
@@ -486,7 +490,7 @@ def test_basis_budget_counts_the_process_cache_and_a_packed_workers_share(monkey
 def test_a_host_basis_is_pinned_only_as_the_fallback_of_a_gpu_run(monkeypatch):
     """A CPU probe on a machine with CUDA gets pageable memory: pinning took a CUDA context per process and up to
     12.8 GB of locked host memory. (Here, without a driver, pinning would raise.)"""
-    from rf_bench.probes import hessian as H
+    from rf_bench import spectral as H
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     basis = H._new_basis(3, 100, torch.float64, "cpu")

@@ -1,7 +1,6 @@
 """The probe harness, the prune probe and the report."""
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import rf_bench  # noqa: F401
-from rf_bench.probes.base import apply_overrides, resolve_suite
+from rf_bench.probes.base import apply_overrides, available_probes, resolve_suite
 from rf_bench.probes.prune import global_magnitude_masks, prunable_parameters
 from rf_bench.results import ResultStore, find_runs, group_runs, load_run
 
@@ -256,41 +255,52 @@ def test_grouping_is_by_model_dataset_and_recipe(tiny_runs):
 
 
 @pytest.mark.slow
+def _table_rows(section: str):
+    """``{k: {column: cell}}`` of the first table in a report section."""
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    columns = [c.strip() for c in lines[0].strip("|").split("|")]
+    return {int(cells[0]): dict(zip(columns, cells)) for cells in
+            ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+
+
 def test_end_to_end_prune_report_numbers_equal_stored_results(tmp_path, tiny_runs):
+    from rf_bench.probes.prune import row_accuracy
+
     results, report = tmp_path / "results", tmp_path / "report"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run(_probe_cmd(str(Path(tiny_runs[0]).parent), "--suite", "prune", "--results", str(results),
-                                     "--set", "finetune_epochs=1"), capture_output=True, text=True, env=env,
-                          timeout=HANG_S)
+                                     "--set", "finetune_epochs=1", "--set", "prune.bn_images=256"),
+                          capture_output=True, text=True, env=env, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = subprocess.run([sys.executable, "-m", "rf_bench.cli", "report", str(results), "--out", str(report)],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (report / "REPORT.md").read_text()
-    assert (report / "prune_vgg19_rfpool_digits.png").stat().st_size > 10_000
-    header = next(line for line in text.splitlines() if line.startswith("| k |"))
-    columns = [c.strip() for c in header.strip("|").split("|")]
-    rows = {int(cells[0]): dict(zip(columns, cells)) for cells in
-            ([c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
-             if re.match(r"\| \d+ \|", line))}
+    for name in ("prune_vgg19_rfpool_digits", "prune_vgg19_rfpool_digits_recalibrate", "prune_collapse_vgg19_rfpool_digits"):
+        assert (report / f"{name}.png").stat().st_size > 10_000, name
     records = ResultStore(results).records("prune")
-    assert len(records) == 4 and set(rows) == {1, 2}
+    assert len(records) == 4
 
     def expected(values):
         v = 100 * np.asarray(values)
         return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
 
-    for k, row in rows.items():
-        recs = [r for r in records if r["values"]["k"] == k]
-        assert row["RF (analytic)"] == str(178 * k + 2) and row["seeds"] == "2"
-        assert row["dense"] == expected([r["values"]["dense_acc"] for r in recs])
-        for rate in RATES:
-            by_rate = [x for r in recs for x in r["values"]["rates"] if x["rate"] == rate]
-            assert row[f"pruned {rate:g}"] == expected([x["pruned_acc"] for x in by_rate])
-            assert row[f"fine-tuned {rate:g}"] == expected([x["finetuned_acc"] for x in by_rate])
-            assert all(x["finetuned_sparsity"] >= rate - 1e-5 for x in by_rate)  # round(rate * n) / n
+    for bn in ("stored", "recalibrate"):
+        section = text.split(f"## Pruning: vgg19_rfpool on digits (BN {bn})\n", 1)[1].split("\n## ", 1)[0]
+        rows = _table_rows(section)
+        assert set(rows) == {1, 2}
+        assert ("paper pruned 0.9" in rows[1]) == (bn == "stored")  # the paper's numbers beside its own protocol
+        for k, row in rows.items():
+            recs = [r for r in records if r["values"]["k"] == k]
+            assert row["RF (analytic)"] == str(178 * k + 2) and row["seeds"] == "2"
+            assert row["dense"] == expected([r["values"]["dense_acc"] for r in recs])
+            for rate in RATES:
+                by_rate = [x for r in recs for x in r["values"]["rates"] if x["rate"] == rate]
+                assert row[f"pruned {rate:g}"] == expected([row_accuracy(x, bn, "pruned_acc") for x in by_rate])
+                assert row[f"fine-tuned {rate:g}"] == expected([row_accuracy(x, bn, "finetuned_acc") for x in by_rate])
+                assert all(x["finetuned_sparsity"] >= rate - 1e-5 for x in by_rate)  # round(rate * n) / n
     csv = (report / "prune.csv").read_text().splitlines()
-    assert csv[0].startswith("family,dataset,k,rf_analytic") and len(csv) == 1 + 2 * (1 + 2 * len(RATES))
+    assert csv[0].startswith("family,dataset,bn,k,rf_analytic") and len(csv) == 1 + 2 * 2 * (1 + 2 * len(RATES))
 
 
 def test_a_failing_probe_report_is_named_and_the_rest_is_written(tmp_path, tiny_runs, monkeypatch):
@@ -315,7 +325,7 @@ def test_a_failing_probe_report_is_named_and_the_rest_is_written(tmp_path, tiny_
                    apply_overrides([probes["prune"]], ["rates=[0.5]", "finetune_epochs=0"]) | {"broken": Broken.Config()},
                    progress=False)
     logged = []
-    text = write_report(results, tmp_path / "report", log=logged.append).read_text()
+    text = write_report(results, tmp_path / "report", available_probes(), log=logged.append).read_text()
     assert "## broken: report failed" in text and "RuntimeError: the figure code has a bug" in text
     assert "## Pruning: vgg19_rfpool on digits" in text and "## Does the paper hold?" in text
     assert any("broken" in line for line in logged)
@@ -399,5 +409,6 @@ def test_finetune_rates_fine_tune_only_those_and_older_results_keep_their_hash(t
     config = PruneConfig(rates=(0.5, 0.9), finetune_epochs=1, finetune_rates=(0.9,))
     out = PruneProbe().run(load_run(tiny_runs[0]), config, ProbeContext(results_dir=tmp_path))
     by_rate = {row["rate"]: row for row in out.values["rates"]}
-    assert "finetuned_acc" not in by_rate[0.5] and 0 <= by_rate[0.9]["finetuned_acc"] <= 1
+    for bn in ("stored", "recalibrate"):
+        assert "finetuned_acc" not in by_rate[0.5]["bn"][bn] and 0 <= by_rate[0.9]["bn"][bn]["finetuned_acc"] <= 1
     assert by_rate[0.9]["finetuned_sparsity"] >= 0.9 - 1e-5

@@ -9,6 +9,7 @@ from torch import nn
 import rf_bench  # noqa: F401
 from rf_bench.probes.rfmap import effective_rf, gradient_map, last_conv_name
 from rf_bench.rf import gradient_rf, receptive_field
+from rf_bench.probes.base import available_probes
 
 
 def test_batched_map_equals_separate_passes():
@@ -93,6 +94,6 @@ def test_rfmap_probe_and_report(tmp_path, tiny_runs):
             assert v["analytic_rf"] == v["gradient_rf"] == 178 * k + 2
             assert len(v["maxima"]) == 4 and v["mean_max"] == pytest.approx(np.mean(v["maxima"]))
             assert 0 <= v["r50"] <= v["r90"] <= v["r99"]
-    report = write_report(tmp_path / "results", tmp_path / "report").read_text()
+    report = write_report(tmp_path / "results", tmp_path / "report", available_probes()).read_text()
     assert "## RF maps: vgg19_rfpool on digits" in report and "1.24e-05" in report
     assert (tmp_path / "report" / "rfmap_vgg19_rfpool_digits.png").stat().st_size > 10_000

@@ -66,16 +66,16 @@ def _read_cache(path: Path) -> Optional[ImageSet]:
 
 
 def _write_cache(path: Path, data: ImageSet) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from rf_bench.runs import atomic_write
+
     info = dict(classes=data.classes, mean=data.mean, std=data.std, name=data.name, split=data.split,
                 source=data.source)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"images": data.images.contiguous(), "labels": data.labels.contiguous()}, str(tmp),
-              metadata={"sha256": _digest(data.images, data.labels), "info": json.dumps(info),
-                        "version": str(CACHE_VERSION)})
-    os.replace(tmp, path)  # readers see the old file or the whole new one, never half of it
+    blob = save({"images": data.images.contiguous(), "labels": data.labels.contiguous()},
+                metadata={"sha256": _digest(data.images, data.labels), "info": json.dumps(info),
+                          "version": str(CACHE_VERSION)})
+    atomic_write(path, lambda f: f.write(blob), binary=True)  # readers see the old file or the whole new one
 
 
 def cached(cache_dir: Path, name: str, split: str, key: str, build: Callable[[], ImageSet]) -> ImageSet:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rf_bench.reporting import ReportSection  # re-exported: a plugin's report() returns these
 from rf_bench.results import ResultStore, Run, config_hash, group_runs
 
 __all__ = ["Probe", "ProbeOutput", "ProbeContext", "ReportSection", "available_probes", "resolve_suite",
@@ -58,15 +59,6 @@ class ProbeContext:
     progress: bool = True
     # a long probe says where it is (e.g. "init: HVP 12 of about 40, 9 s left"); shown beside the suite's bar
     status: Callable[[str], None] = lambda message: None
-
-
-@dataclass
-class ReportSection:
-    """A part of REPORT.md: markdown, plus files it refers to (written by the probe into ``out_dir``)."""
-
-    title: str
-    markdown: str
-    order: int = 50
 
 
 class Probe:

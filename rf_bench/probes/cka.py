@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import nn
 
+from rf_bench._numerics import exact_matmul
 from rf_bench.claims import Claim
+from rf_bench.reporting import ReportSection, group_by, integer_ticks, mean_std, pyplot, record_rf, savefig, write_csv
 
-from ._numerics import exact_matmul
-
-__all__ = ["linear_cka", "cka_matrix", "minibatch_cka_matrix", "hsic1", "layer_grams", "default_layers", "CKAConfig", "CKAProbe"]
+__all__ = ["linear_cka", "cka_matrix", "minibatch_cka_matrix", "hsic1", "layer_grams", "default_layers", "CKAConfig", "CKAProbe",
+           "cka_sections"]
 
 
 _CHUNK = 1 << 14  # features per low-precision product before it is added up in float64
@@ -419,6 +421,78 @@ class CKAProbe:
     @staticmethod
     def report(records, store, out_dir):
         """REPORT.md sections: CKA tables and figures per family and data set."""
-        from rf_bench.report import cka_sections
+        return cka_sections(records, store, Path(out_dir))
 
-        return cka_sections(records, store, out_dir)
+
+# -------------------------------------------------------------------------------------------- report
+
+def cka_sections(records: List[Dict[str, Any]], store, out_dir: Path):
+    """Figure 3 (within-model and cross-seed CKA heatmaps per RF, red line at the middle layer) and the
+    summary table (mean ± std over seed pairs of the deeper half's cross-seed diagonal)."""
+
+    sections, csv_rows = [], []
+    by_estimator = group_by(records, lambda r: (r["values"]["family"], r["dataset"], r["values"].get("estimator", "exact")))
+    for (family, dataset, estimator), recs in by_estimator.items():
+        recs = sorted(recs, key=lambda r: r["values"]["k"])
+        suffix = "" if estimator == "exact" else f"_{estimator}"
+        lines = ["| k | RF (analytic) | seeds | layers | deeper-half cross-seed CKA |", "|---|---|---|---|---|"]
+        panels = []
+        for rec in recs:
+            v = rec["values"]
+            rf = record_rf(rec)
+            diag = [p["deeper_half_diagonal"] for p in v["pairs"]]
+            if diag:
+                mean, std = mean_std(diag)
+                cell = f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+            else:
+                mean, std, cell = None, None, "- (one seed)"
+            lines.append(f"| {v['k']} | {rf} | {len(v['seeds'])} | {len(v['layers'])} | {cell} |")
+            csv_rows.append(dict(family=family, dataset=dataset, estimator=estimator, k=v["k"], rf_analytic=rf,
+                                 seeds=len(v["seeds"]),
+                                 deeper_half_cross_seed_cka_mean=mean, deeper_half_cross_seed_cka_std=std))
+            tensors = store.tensors(Path(rec["_path"]))
+            s0 = v["seeds"][0]
+            cross = next((t for name, t in sorted(tensors.items()) if name.startswith("cross_")), None)
+            panels.append((v["k"], rf, tensors[f"within_s{s0}"], cross))
+        figure = out_dir / f"cka_{family}_{dataset}{suffix}.png"
+        _plot_cka(panels, f"{family}{{k}} on {dataset}: linear CKA ({estimator})", figure)
+        how = ("Exact linear CKA on the first test images" if estimator == "exact" else
+               "Linear CKA estimated from unbiased HSIC summed over minibatches of the first test images "
+               "(Nguyen et al. 2021; it estimates the population CKA, which the exact sample CKA overstates "
+               "for wide layers)")
+        md = (how + " between every pair of layers (the activation each "
+              "weight layer hands on, then the logits): top row within one model, bottom row between two "
+              "seeds; the red lines mark the middle layer. The table averages the cross-seed diagonal over "
+              "the deeper half of the layers, mean ± std over seed pairs.\n\n" + "\n".join(lines)
+              + f"\n\n![{family} CKA]({figure.name})\n")
+        title = f"CKA: {family} on {dataset}" + ("" if estimator == "exact" else f" ({estimator} estimator)")
+        sections.append(ReportSection(title=title, markdown=md, order=30))
+    write_csv(out_dir / "cka.csv", csv_rows)
+    return sections
+
+
+def _plot_cka(panels, title: str, path: Path) -> None:
+    plt = pyplot()
+    rows = 2 if any(p[3] is not None for p in panels) else 1
+    fig, axes = plt.subplots(rows, len(panels), figsize=(3.0 * len(panels), 2.9 * rows), squeeze=False)
+    for j, (k, rf, within, cross) in enumerate(panels):
+        for i, (matrix, label) in enumerate(((within, "within"), (cross, "cross-seed"))[:rows]):
+            ax = axes[i][j]
+            if matrix is None:
+                ax.axis("off")
+                continue
+            im = ax.imshow(matrix.numpy(), cmap="magma", vmin=0, vmax=1, origin="lower")
+            mid = matrix.shape[0] / 2 - 0.5
+            ax.axhline(mid, color="red", lw=1)
+            ax.axvline(mid, color="red", lw=1)
+            ax.set_title(f"k={k}, RF {rf} ({label})", fontsize=8)
+            ax.set_xlabel("layer", fontsize=7)
+            ax.set_ylabel("layer", fontsize=7)
+            integer_ticks(ax.xaxis)
+            integer_ticks(ax.yaxis)
+            ax.tick_params(labelsize=6)
+    fig.subplots_adjust(hspace=0.45, wspace=0.3)
+    fig.colorbar(im, ax=axes, fraction=0.02, pad=0.02, label="CKA")
+    fig.suptitle(title, fontsize=10)
+    savefig(fig, path)
+    plt.close(fig)

@@ -1,17 +1,41 @@
 """The prune probe: one-shot global magnitude pruning (``rf_bench.pruning``), then a masked fine-tune.
 
+A pruned net's accuracy depends on the BatchNorm statistics it is evaluated with (``rf_bench.batchnorm``):
+``prune.bn`` names the protocols measured, both by default: ``stored`` (the dense net's statistics, what the paper
+reports) and ``recalibrate`` (statistics re-estimated on a fixed training subset after masking, no weight changed).
+Every pruned and fine-tuned accuracy is stored, tabulated and judged per protocol, never pooled. Each rate also
+records why a net may fail: each layer's kept fraction (layer collapse) and each layer's output standard deviation
+relative to the dense net's (signal collapse).
+
 The masks live in :mod:`rf_bench.pruning`, below both this probe and the trainer; their names are
 re-exported here so ``from rf_bench.probes.prune import global_magnitude_masks`` keeps working.
 """
 from __future__ import annotations
 
+import copy
+import math
+import statistics
 from dataclasses import dataclass
-from typing import ClassVar, Optional, Tuple
+from pathlib import Path
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
+from rf_bench.batchnorm import recalibrate_batchnorm, training_subset
 from rf_bench.claims import Claim, at_chance, chance_level
-from rf_bench.pruning import apply_masks, global_magnitude_masks, prunable_parameters, sparsity
+from rf_bench.paper import MEASURED_RF, PRUNE_09
+from rf_bench.pruning import (apply_masks, global_magnitude_masks, kept_fractions, layer_output_stds,
+                              prunable_parameters, sparsity)
+from rf_bench.reporting import (ReportSection, by_family, by_k, fmt_pct, line_colors, markdown_table, mean_std,
+                                paper_cell, pyplot, record_rf, savefig, write_csv)
 
-__all__ = ["prunable_parameters", "global_magnitude_masks", "apply_masks", "sparsity", "PruneConfig", "PruneProbe"]
+__all__ = ["prunable_parameters", "global_magnitude_masks", "apply_masks", "sparsity", "PruneConfig", "PruneProbe",
+           "PRUNE_BN", "SIGNAL_COLLAPSE", "record_protocols", "row_accuracy", "failure_cause"]
+
+PRUNE_BN = ("stored", "recalibrate")
+# a layer whose output std falls below this share of the dense net's has lost its signal (signal collapse)
+SIGNAL_COLLAPSE = 0.1
+HEADLINE_RATE = 0.9  # the paper's headline pruning rate
+_BN_WORDS = {"stored": "the dense net's stored BatchNorm statistics (the paper's protocol)",
+             "recalibrate": "BatchNorm statistics re-estimated after masking on a fixed training subset"}
 
 
 @dataclass
@@ -24,6 +48,11 @@ class PruneConfig:
         finetune_recipe: the recipe the fine-tune trains with ("finetune": lr 1e-4, as in the paper).
         eval_batch_size: test images per forward pass.
         finetune_rates: the rates that are fine-tuned (default: every rate); the others stay one-shot.
+        bn: BatchNorm protocols a pruned (and fine-tuned) net is evaluated with: "stored" (the dense net's
+            statistics, the paper's) and/or "recalibrate" (re-estimated on bn_images training images after masking).
+        bn_images: training images (a fixed, seeded, unaugmented subset, one batch) the statistics are re-estimated on.
+        bn_seed: seed of that subset.
+        signal_images: the first images of that subset on which each layer's output std is compared with the dense net's.
     """
 
     rates: Tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -31,122 +60,477 @@ class PruneConfig:
     finetune_recipe: str = "finetune"  # lr 1e-4, weight decay 5e-4, momentum 0.9, clip 0.1 (PAPER.md)
     eval_batch_size: int = 500
     finetune_rates: Optional[Tuple[float, ...]] = None
+    bn: Tuple[str, ...] = PRUNE_BN
+    bn_images: int = 2048
+    bn_seed: int = 0
+    signal_images: int = 256
     # added later: left out of the stored config (and its hash) at their default, so earlier results stay found
     LATER_FIELDS: ClassVar[Tuple[str, ...]] = ("finetune_rates",)
+
+    def __post_init__(self) -> None:
+        self.bn = (self.bn,) if isinstance(self.bn, str) else tuple(self.bn)
+        unknown = [mode for mode in self.bn if mode not in PRUNE_BN]
+        if unknown or not self.bn:
+            raise ValueError(f"prune.bn {list(self.bn)} must list one or more of {', '.join(PRUNE_BN)}, "
+                             'e.g. --set \'prune.bn=["stored", "recalibrate"]\'')
+        if self.bn_images < 1 or self.signal_images < 1:
+            raise ValueError(f"prune.bn_images {self.bn_images} / signal_images {self.signal_images}: give counts >= 1")
+
+
+# ------------------------------------------------------------------------------------ reading results
+
+def record_protocols(record: Dict[str, Any]) -> List[str]:
+    """The BatchNorm protocols a prune result holds; results from before ``prune.bn`` all used the stored ones."""
+    return list(record["values"].get("bn") or ["stored"])
+
+
+def row_accuracy(row: Dict[str, Any], bn: str, key: str) -> Optional[float]:
+    """``pruned_acc`` or ``finetuned_acc`` of one rate's row under protocol ``bn`` (None if not measured)."""
+    if "bn" in row:
+        return row["bn"].get(bn, {}).get(key)
+    return row.get(key) if bn == "stored" else None
+
+
+def failure_cause(row: Dict[str, Any], bn: str, chance: Optional[float]) -> str:
+    """Why a one-shot pruned net is at chance: "layer collapse" (a layer with nothing kept), "signal collapse" (a
+    layer's output std under `SIGNAL_COLLAPSE` of the dense net's), or "neither"; "" when it is above chance."""
+    acc = row_accuracy(row, bn, "pruned_acc")
+    if acc is None or chance is None or acc >= 1.5 * chance:
+        return ""
+    kept = row.get("kept") or []
+    if kept and min(kept) == 0.0:
+        return f"layer collapse ({sum(k == 0.0 for k in kept)} layer(s) with nothing kept)"
+    signal = (row.get("bn") or {}).get(bn, {}).get("signal") or []
+    if signal and min(signal) < SIGNAL_COLLAPSE:
+        depth = signal.index(min(signal))
+        return f"signal collapse (output std {min(signal):.2g} of the dense net's at layer {depth + 1})"
+    return "neither" if kept else "not recorded"
+
+
+# -------------------------------------------------------------------------------------------- claims
+
+_STAGES = (("one-shot", "pruned_acc"), ("fine-tuned", "finetuned_acc"))
+
+
+def _drop_metric(rate: float, stage: str, bn: str, share: bool = False) -> str:
+    return f"{'share of ' if share else ''}accuracy lost at {rate:g}, {stage}, BN {bn}"
 
 
 def _dense_accuracy(record):
     return {"dense test accuracy": [record["values"]["dense_acc"]]}
 
 
-_STAGES = (("one-shot", "pruned_acc"), ("fine-tuned", "finetuned_acc"))
-
-
-def _drop_metric(rate: float, stage: str, share: bool = False) -> str:
-    return f"{'share of ' if share else ''}accuracy lost at {rate:g}, {stage}"
-
-
 def _accuracy_lost(record):
-    """Dense minus pruned (and fine-tuned) accuracy at every rate, in points and as a share of the dense accuracy
-    (a net with less accuracy has less to lose: the share tells robustness from that); empty without a fine-tune."""
+    """Dense minus pruned (and fine-tuned) accuracy at every rate and BatchNorm protocol, in points and as a share of
+    the dense accuracy (a net with less accuracy has less to lose: the share tells robustness from that); empty
+    without a fine-tune."""
     values = record["values"]
     dense = values["dense_acc"]
     lost = {}
-    for row in values["rates"]:
-        for stage, key in _STAGES:
-            acc = row.get(key)
-            lost[_drop_metric(row["rate"], stage)] = [dense - acc] if acc is not None else []
-            lost[_drop_metric(row["rate"], stage, share=True)] = [(dense - acc) / dense] if acc is not None and dense else []
+    for bn in record_protocols(record):
+        for row in values["rates"]:
+            for stage, key in _STAGES:
+                acc = row_accuracy(row, bn, key)
+                lost[_drop_metric(row["rate"], stage, bn)] = [dense - acc] if acc is not None else []
+                lost[_drop_metric(row["rate"], stage, bn, share=True)] = (
+                    [(dense - acc) / dense] if acc is not None and dense else [])
     return lost
 
 
 def _accuracies_behind(metric: str, records):
-    """By k, the accuracies a metric is computed from: dense, or pruned / fine-tuned at its rate."""
-    by_k = {}
+    """By k, the accuracies a metric is computed from: dense, or pruned / fine-tuned at its rate and protocol."""
+    found: Dict[int, List[float]] = {}
     for rec in records:
         values = rec["values"]
-        accs = [values["dense_acc"]] if metric == "dense test accuracy" else [
-            row[key] for row in values["rates"] for stage, key in _STAGES
-            if key in row and metric in (_drop_metric(row["rate"], stage), _drop_metric(row["rate"], stage, True))]
-        by_k.setdefault(values["k"], []).extend(accs)
-    return by_k
+        if metric == "dense test accuracy":
+            accs = [values["dense_acc"]]
+        else:
+            accs = [row_accuracy(row, bn, key) for bn in record_protocols(rec) for row in values["rates"]
+                    for stage, key in _STAGES
+                    if metric in (_drop_metric(row["rate"], stage, bn), _drop_metric(row["rate"], stage, bn, True))]
+        found.setdefault(values["k"], []).extend(a for a in accs if a is not None)
+    return found
 
 
 def _at_chance(metric: str, records):
     """Accuracies at chance for every k cannot rank the k's (and make drops track dense accuracy)."""
     chance = chance_level(records[0])
-    dense = _accuracies_behind("dense test accuracy", records)
-    if at_chance(dense, chance):
+    if at_chance(_accuracies_behind("dense test accuracy", records), chance):
         return "dense accuracy at chance for every k"
     if metric != "dense test accuracy" and at_chance(_accuracies_behind(metric, records), chance):
         return f"{'fine-tuned' if 'fine-tuned' in metric else 'pruned'} accuracy at chance for every k"
     return None
 
 
+# settings that change no pruned accuracy's meaning, or that the metric names spell out (rate, stage, bn)
+_READ_TOGETHER = ("rates", "eval_batch_size", "finetune_rates", "bn", "signal_images")
+
 PRUNE_CLAIMS = (
     Claim("dense_accuracy", "dense test accuracy falls as the RF grows (Table 1)", "falls", "prune",
           _dense_accuracy, caveat=_at_chance, order=1, unit="%",
-          read_together=("rates", "eval_batch_size", "finetune_epochs", "finetune_recipe", "finetune_rates")),
+          read_together=_READ_TOGETHER + ("finetune_epochs", "finetune_recipe", "bn_images", "bn_seed")),
     Claim("prune_robustness", "the accuracy lost to one-shot pruning shrinks as the RF grows, before and after "
-          "the masked fine-tune, in points and as a share of the dense accuracy (Tables 1-2)", "falls", "prune", _accuracy_lost, caveat=_at_chance,
+          "the masked fine-tune, in points and as a share of the dense accuracy (Tables 1-2), per BatchNorm "
+          "protocol", "falls", "prune", _accuracy_lost, caveat=_at_chance,
           missing="no fine-tune in these results (prune.finetune_epochs = 0)", order=2, unit="%",
-          read_together=("rates", "eval_batch_size", "finetune_rates")),  # each rate and stage is its own metric
+          read_together=_READ_TOGETHER),
 )
 
 
+# --------------------------------------------------------------------------------------------- probe
+
+def _relative(stds: Dict[str, float], dense: Dict[str, float]) -> List[float]:
+    return [stds[name] / dense[name] if dense[name] else math.nan for name in dense]
+
+
 class PruneProbe:
-    """Dense, pruned and masked-fine-tuned test accuracy at each rate (Tables 1-2 of the paper)."""
+    """Dense, pruned and masked-fine-tuned test accuracy at each rate and BatchNorm protocol (Tables 1-2)."""
 
     name = "prune"
-    version = 1
+    # 2: BatchNorm protocols (``bn``), kept fractions and relative output stds per layer
+    version = 2
     scope = "run"
     min_runs = 1
     Config = PruneConfig
     claims = PRUNE_CLAIMS
 
     def run(self, run, config: PruneConfig, ctx):
-        """Dense, one-shot pruned and fine-tuned test accuracy at each rate."""
-        import copy
-
+        """Dense accuracy; at each rate, one-shot pruned and fine-tuned accuracy under each protocol."""
         from rf_bench.probes.base import ProbeOutput, evaluate
-        from rf_bench.results import load_weights
-        from rf_bench.train import resolve_config, train
 
         model = run.create_model("final")
         test = run.load_data("test", ctx.data_dir)
         _, dense = evaluate(model, test, ctx.device, config.eval_batch_size)
+        subset, _ = training_subset(run.load_data("train", ctx.data_dir), max(config.bn_images, config.signal_images),
+                                    config.bn_seed, ctx.device)
+        calibration, signal_batch = subset[:config.bn_images], subset[:config.signal_images]
+        dense_stds = layer_output_stds(model, signal_batch)
+
+        def accuracy_and_signal(net):
+            _, acc = evaluate(net, test, ctx.device, config.eval_batch_size)
+            return acc, _relative(layer_output_stds(net, signal_batch), dense_stds)
+
+        def under_protocols(net, key):
+            out = {}
+            for bn in config.bn:
+                ready = net if bn == "stored" else recalibrate_batchnorm(copy.deepcopy(net), calibration)
+                acc, signal = accuracy_and_signal(ready)
+                out[bn] = {key: acc, ("signal" if key == "pruned_acc" else "finetuned_signal"): signal}
+            return out
+
         masks = global_magnitude_masks(model, config.rates)
         rows = []
         for rate in config.rates:
             pruned_model = copy.deepcopy(model)
             apply_masks(pruned_model, masks[rate])
-            _, pruned = evaluate(pruned_model, test, ctx.device, config.eval_batch_size)
-            row = dict(rate=rate, pruned_acc=pruned, drop=dense - pruned,
-                       pruned_sparsity=sparsity(pruned_model, masks[rate])["zero_fraction"])
+            row = dict(rate=rate, pruned_sparsity=sparsity(pruned_model, masks[rate])["zero_fraction"],
+                       kept=list(kept_fractions(masks[rate]).values()), bn=under_protocols(pruned_model, "pruned_acc"))
             if config.finetune_epochs > 0 and (config.finetune_rates is None or rate in config.finetune_rates):
-                cfg = resolve_config(config.finetune_recipe, model=run.model_name, dataset=run.dataset,
-                                     seed=run.seed, epochs=config.finetune_epochs, augment=run.config["augment"],
-                                     model_kwargs=run.config["model_kwargs"], prune_rate=rate,
-                                     train_per_class=run.config.get("train_per_class"),
-                                     subset_seed=run.config.get("subset_seed"),
-                                     init_from=str((run.path / "model.safetensors").resolve()))
-                ft_dir = train(cfg, output=ctx.results_dir / run.run_id / "prune-finetune", data_dir=ctx.data_dir,
-                               progress=False, eval_every=0)  # tested below; per-epoch tests would be waste
-                tuned = copy.deepcopy(pruned_model)
-                load_weights(tuned, ft_dir / "model.safetensors")
-                check = sparsity(tuned, masks[rate])
-                if check["masked_nonzero"]:
-                    raise RuntimeError(f"fine-tune at rate {rate} revived {check['masked_nonzero']} pruned weights")
-                _, tuned_acc = evaluate(tuned, test, ctx.device, config.eval_batch_size)
-                row.update(finetuned_acc=tuned_acc, finetuned_sparsity=check["zero_fraction"],
-                           finetune_run=ft_dir.name)
+                tuned, ft_dir, check = self._finetune(run, config, ctx, pruned_model, masks[rate], rate)
+                for bn, measured in under_protocols(tuned, "finetuned_acc").items():
+                    row["bn"][bn].update(measured)
+                row.update(finetuned_sparsity=check["zero_fraction"], finetune_run=ft_dir.name)
             rows.append(row)
+        layers = [name for name, _ in prunable_parameters(model)]
         return ProbeOutput(values=dict(dense_acc=dense, k=run.k, family=run.family, rates=rows,
-                                       num_classes=len(test.classes)))
+                                       num_classes=len(test.classes), bn=list(config.bn), layers=layers,
+                                       layer_sizes=[p.numel() for _, p in prunable_parameters(model)],
+                                       dense_signal_std=list(dense_stds.values())))
+
+    @staticmethod
+    def _finetune(run, config: PruneConfig, ctx, pruned_model, masks, rate: float):
+        """The masked fine-tune at one rate (a training run of its own under the results): the tuned model, its
+        run directory and its sparsity check."""
+        from rf_bench.results import load_weights
+        from rf_bench.train import resolve_config, train
+
+        cfg = resolve_config(config.finetune_recipe, model=run.model_name, dataset=run.dataset,
+                             seed=run.seed, epochs=config.finetune_epochs, augment=run.config["augment"],
+                             model_kwargs=run.config["model_kwargs"], prune_rate=rate,
+                             train_per_class=run.config.get("train_per_class"),
+                             subset_seed=run.config.get("subset_seed"),
+                             init_from=str((run.path / "model.safetensors").resolve()))
+        ft_dir = train(cfg, output=ctx.results_dir / run.run_id / "prune-finetune", data_dir=ctx.data_dir,
+                       progress=False, eval_every=0)  # tested below; per-epoch tests would be waste
+        tuned = copy.deepcopy(pruned_model)
+        load_weights(tuned, ft_dir / "model.safetensors")
+        check = sparsity(tuned, masks)
+        if check["masked_nonzero"]:
+            raise RuntimeError(f"fine-tune at rate {rate} revived {check['masked_nonzero']} pruned weights")
+        return tuned, ft_dir, check
 
     @staticmethod
     def report(records, store, out_dir):
-        """REPORT.md sections: pruning tables beside the paper's, CSV and figures."""
-        from rf_bench.report import prune_sections
+        """REPORT.md sections of one group of runs trained alike: per protocol, pruning tables beside the paper's,
+        CSV and figures; and the collapse figures."""
+        return prune_sections(records, Path(out_dir))
 
-        return prune_sections(records, out_dir)
+    @staticmethod
+    def report_across_variants(records, store, out_dir):
+        """The width view: where runs differ in ``width_mult``, accuracy against k with a line per width."""
+        return width_sections(records, Path(out_dir))
+
+
+# -------------------------------------------------------------------------------------------- report
+
+def _protocols(records) -> List[str]:
+    found = {bn for rec in records for bn in record_protocols(rec)}
+    return [bn for bn in PRUNE_BN if bn in found]
+
+
+def _headline_rate(rates: List[float]) -> Optional[float]:
+    """The paper's headline rate if measured, else the highest rate up to it (else the lowest)."""
+    below = [r for r in rates if r <= HEADLINE_RATE]
+    return max(below) if below else (min(rates) if rates else None)
+
+
+def _accuracies(records, bn: str, rate: float, key: str) -> List[float]:
+    values = [row_accuracy(row, bn, key) for r in records for row in r["values"]["rates"] if row["rate"] == rate]
+    return [v for v in values if v is not None]
+
+
+def _causes(records, bn: str, rate: float) -> str:
+    """The failure causes of the seeds at chance at ``rate``, counted (``2 signal collapse, 1 neither``)."""
+    causes = [failure_cause(row, bn, chance_level(r)) for r in records for row in r["values"]["rates"]
+              if row["rate"] == rate]
+    named = [c.split(" (")[0] for c in causes if c]
+    return ", ".join(f"{named.count(c)} {c}" for c in dict.fromkeys(named)) or "-"
+
+
+def prune_sections(records: List[Dict[str, Any]], out_dir: Path) -> List[ReportSection]:
+    """Tables 1-2 of the paper per (architecture, data set) and BatchNorm protocol, accuracy-vs-rate plots, and the
+    layer and signal collapse at the headline rate."""
+    sections, csv_rows = [], []
+    for (family, dataset), recs in by_family(records).items():
+        rates = sorted({row["rate"] for rec in recs for row in rec["values"]["rates"]})
+        for bn in _protocols(recs):
+            lines, curves = _prune_table(family, dataset, recs, rates, bn, csv_rows)
+            stem = f"prune_{family}_{dataset}" + ("" if bn == "stored" else f"_{bn}")
+            figure = out_dir / f"{stem}.png"
+            _plot_prune(curves, f"{family}{{k}} on {dataset}, BN {bn}", figure)
+            headline = _headline_rate(rates)
+            md = (f"Test accuracy (%) of the dense net, after one-shot global magnitude pruning, and after a masked "
+                  f"fine-tune, with {_BN_WORDS[bn]}; mean ± std over seeds. The last column names, for seeds at chance "
+                  f"after one-shot pruning at {headline:g}, why: a layer with nothing kept (layer collapse), a layer "
+                  f"whose output std fell under {SIGNAL_COLLAPSE:g} of the dense net's (signal collapse), or "
+                  f"neither.\n\n" + "\n".join(lines) + f"\n\n![{family} {dataset} BN {bn}]({figure.name})\n")
+            sections.append(ReportSection(title=f"Pruning: {family} on {dataset} (BN {bn})", markdown=md,
+                                          order=10 + PRUNE_BN.index(bn)))  # the paper's protocol first
+        collapse = _collapse_section(family, dataset, recs, rates, out_dir)
+        if collapse:
+            sections.append(collapse)
+    write_csv(out_dir / "prune.csv", csv_rows)
+    return sections
+
+
+def _prune_table(family, dataset, recs, rates, bn, csv_rows):
+    """One protocol's table lines and curves; its rows appended to ``csv_rows``."""
+    paper_beside = bn == "stored"  # the paper evaluated with the dense net's statistics
+    header = ["k", "RF (analytic)", "RF (paper)", "seeds", "dense"]
+    for rate in rates:
+        header += [f"pruned {rate:g}", f"fine-tuned {rate:g}"]
+    header += ["paper dense", "paper pruned 0.9"] if paper_beside else []
+    headline = _headline_rate(rates)
+    header.append(f"at chance at {headline:g}: why")
+    rows, curves = [], {}
+    for k, krecs in by_k(recs).items():
+        rf = record_rf(krecs[0])
+        paper_rf = MEASURED_RF.get(family, {}).get(k)
+        dense = [r["values"]["dense_acc"] for r in krecs]
+        cells = [str(k), str(rf or "-"), str(paper_rf or "-"), str(len(krecs)), fmt_pct(dense)]
+        base = dict(family=family, dataset=dataset, bn=bn, k=k, rf_analytic=rf, rf_paper=paper_rf)
+        pruned_curve, tuned_curve = [], []
+        for rate in rates:
+            pruned, tuned = _accuracies(krecs, bn, rate, "pruned_acc"), _accuracies(krecs, bn, rate, "finetuned_acc")
+            cells += [fmt_pct(pruned), fmt_pct(tuned)]
+            pruned_curve.append(statistics.fmean(pruned) if pruned else math.nan)
+            tuned_curve.append(statistics.fmean(tuned) if tuned else math.nan)
+            for metric, vals in (("pruned", pruned), ("finetuned", tuned)):
+                if vals:
+                    m, s = mean_std(vals)
+                    csv_rows.append(dict(base, rate=rate, metric=metric, mean=m, std=s, n=len(vals)))
+        m, s = mean_std(dense)
+        csv_rows.append(dict(base, rate=0.0, metric="dense", mean=m, std=s, n=len(dense)))
+        if paper_beside:
+            paper = PRUNE_09.get((family, dataset), {}).get(k)
+            cells += [paper_cell(paper[0] if paper else None), paper_cell(paper[1] if paper else None)]
+        cells.append(_causes(krecs, bn, headline))
+        rows.append(cells)
+        curves[(k, rf)] = ([0.0] + rates, [statistics.fmean(dense)] + pruned_curve,
+                           [statistics.fmean(dense)] + tuned_curve)
+    return markdown_table(header, rows), curves
+
+
+def _plot_prune(curves, title: str, path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for color, ((k, rf), (rates, pruned, tuned)) in zip(line_colors(len(curves)), sorted(curves.items())):
+        ax.plot(rates, [100 * v for v in pruned], "o-", color=color, label=f"k={k}, RF {rf} (pruned)")
+        if not all(math.isnan(v) for v in tuned[1:]):  # a legend entry only for curves that were measured
+            ax.plot(rates, [100 * v for v in tuned], "s--", color=color, label=f"k={k} (fine-tuned)")
+    ax.set_xlabel("pruning rate")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    savefig(fig, path)
+    plt.close(fig)
+
+
+def _collapse_section(family, dataset, recs, rates, out_dir: Path) -> Optional[ReportSection]:
+    """Kept fraction and relative output std against depth at the headline rate, one line per k (mean over seeds);
+    None for results stored before they were recorded."""
+    rate = _headline_rate(rates)
+    with_layers = [r for r in recs if r["values"].get("layers")]
+    if rate is None or not with_layers:
+        return None
+    protocols = _protocols(with_layers)
+    panels = [("kept", None)] + [("signal", bn) for bn in protocols]
+    curves: Dict[Tuple[str, Optional[str]], Dict[int, List[float]]] = {}
+    for k, krecs in by_k(with_layers).items():
+        rows = [row for r in krecs for row in r["values"]["rates"] if row["rate"] == rate]
+        curves.setdefault(("kept", None), {})[k] = _mean_curve([row["kept"] for row in rows])
+        for bn in protocols:
+            signals = [row["bn"][bn]["signal"] for row in rows if bn in row.get("bn", {})]
+            curves.setdefault(("signal", bn), {})[k] = _mean_curve(signals)
+    figure = out_dir / f"prune_collapse_{family}_{dataset}.png"
+    _plot_collapse(curves, panels, f"{family}{{k}} on {dataset}, one-shot at {rate:g}", figure)
+    smallest = {k: min(v) for k, v in curves[("kept", None)].items()}
+    md = (f"Why pruned nets fail, at rate {rate:g}: each prunable layer's kept share of weights (a layer at 0 has "
+          f"collapsed) and its output standard deviation relative to the dense net's on {with_layers[0]['config'].get('signal_images', '-')} "
+          f"training images, per BatchNorm protocol (below {SIGNAL_COLLAPSE:g}: signal collapse), against depth; "
+          "mean over seeds. Smallest kept share per k: "
+          + ", ".join(f"k={k}: {100 * v:.2f}%" for k, v in smallest.items()) + f".\n\n![{family} collapse]({figure.name})\n")
+    return ReportSection(title=f"Pruning: layer and signal collapse, {family} on {dataset}", markdown=md, order=12)
+
+
+def _mean_curve(curves: List[List[float]]) -> List[float]:
+    return [statistics.fmean(values) for values in zip(*curves)] if curves else []
+
+
+def _plot_collapse(curves, panels, title: str, path: Path) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False, layout="constrained")
+    for ax, panel in zip(axes[0], panels):
+        by_k_curve = curves.get(panel, {})
+        for color, (k, curve) in zip(line_colors(len(by_k_curve)), sorted(by_k_curve.items())):
+            ax.plot(range(1, len(curve) + 1), curve, "o-", ms=2.5, color=color, label=f"k={k}")
+        kind, bn = panel
+        if kind == "signal":
+            ax.axhline(SIGNAL_COLLAPSE, color="#7F7F7F", ls="--", lw=1)
+        ax.set_yscale("log")
+        ax.set_title("kept share of weights" if kind == "kept" else f"output std / dense, BN {bn}", fontsize=9)
+        ax.set_xlabel("prunable layer (input to output)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    savefig(fig, path)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------- width
+
+def _width(record: Dict[str, Any]) -> Optional[float]:
+    from rf_bench.results import record_variant
+
+    width = record_variant(record).get("width_mult")
+    return None if width is None else float(width)
+
+
+def width_sections(records: List[Dict[str, Any]], out_dir: Path) -> List[ReportSection]:
+    """Does the RF effect need wide nets? Per (family, data set) with runs at several widths and per BatchNorm
+    protocol: accuracy kept after one-shot pruning at each rate against k, one line per width, beside the paper's
+    CIFAR10 full-width values; and dense accuracy against k. Each width's runs are its own (never pooled)."""
+    import json
+
+    from rf_bench.reporting import group_by
+    from rf_bench.results import record_family, record_k, record_variant
+
+    def rest(record):  # everything else that sets runs apart stays apart: one figure per such group
+        return json.dumps({k: v for k, v in record_variant(record).items() if k != "width_mult"}, sort_keys=True,
+                          default=str)
+
+    sections, csv_rows = [], []
+    groups = group_by((r for r in records if _width(r) is not None and record_k(r) is not None),
+                      lambda r: (record_family(r), r["dataset"], rest(r)))
+    several = len({key[:2] for key in groups}) < len(groups)
+    for index, ((family, dataset, other), recs) in enumerate(groups.items()):
+        widths = sorted({_width(r) for r in recs})
+        if len(widths) < 2:
+            continue
+        for bn in _protocols(recs):
+            stem = f"width_{family}_{dataset}" + (f"_{index}" if several else "") + ("" if bn == "stored" else f"_{bn}")
+            md = _width_view(family, dataset, recs, widths, bn, out_dir / f"{stem}.png", csv_rows)
+            title = f"Width: {family} on {dataset} (BN {bn})" + (f" [{other}]" if several else "")
+            sections.append(ReportSection(title=title, markdown=md, order=9))
+    write_csv(out_dir / "width.csv", csv_rows)
+    return sections
+
+
+def _width_view(family, dataset, recs, widths, bn, figure: Path, csv_rows) -> str:
+    from rf_bench.results import record_k
+
+    rates = sorted({row["rate"] for r in recs for row in r["values"]["rates"]})
+    curves: Dict[Tuple[float, Any], Dict[int, List[float]]] = {}  # (width, rate or "dense") -> {k: [accuracies]}
+    for r in recs:
+        k, width = record_k(r), _width(r)
+        curves.setdefault((width, "dense"), {}).setdefault(k, []).append(r["values"]["dense_acc"])
+        for row in r["values"]["rates"]:
+            acc = row_accuracy(row, bn, "pruned_acc")
+            if acc is not None:
+                curves.setdefault((width, row["rate"]), {}).setdefault(k, []).append(acc)
+    ks = sorted({record_k(r) for r in recs})
+    rows = []
+    for width in widths:
+        for rate in ["dense"] + rates:
+            per_k = curves.get((width, rate), {})
+            label = "dense" if rate == "dense" else f"pruned {rate:g}, one-shot"
+            rows.append([f"{width:g}", label] + [fmt_pct(per_k.get(k, [])) for k in ks])
+            for k, values in sorted(per_k.items()):
+                m, s = mean_std(values)
+                csv_rows.append(dict(family=family, dataset=dataset, bn=bn, width_mult=width, k=k,
+                                     rate=0.0 if rate == "dense" else rate,
+                                     metric="dense" if rate == "dense" else "pruned", mean=m, std=s, n=len(values)))
+    _plot_widths(curves, widths, rates, ks, PRUNE_09.get((family, "cifar10"), {}) if bn == "stored" else {},
+                 f"{family} on {dataset}, BN {bn}: accuracy against k, per width", figure)
+    reference = (" The dashed grey line is the paper's CIFAR10 result at full width (another data set, for "
+                 "reference; the paper used the stored statistics).") if bn == "stored" else ""
+    lines = markdown_table(["width", "accuracy"] + [f"k={k}" for k in ks], rows)
+    return (f"Test accuracy (%) at each width (`width_mult`), mean ± std over seeds: dense, and after one-shot global "
+            f"magnitude pruning at each rate, with {_BN_WORDS[bn]}.{reference}\n\n" + "\n".join(lines)
+            + f"\n\n![{family} widths, BN {bn}]({figure.name})\n")
+
+
+def _plot_widths(curves, widths, rates, ks, paper, title: str, path: Path) -> None:
+    """One panel per rate (dense first), three to a row: accuracy against k, a line per width, the paper's CIFAR10
+    beside it."""
+    from rf_bench.reporting import integer_ticks
+
+    plt = pyplot()
+    panels = ["dense"] + rates
+    cols = min(3, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 3.0 * nrows), squeeze=False, sharey=True,
+                             layout="constrained")
+    flat = [ax for row in axes for ax in row]
+    for ax, rate in zip(flat, panels):
+        for color, width in zip(line_colors(len(widths)), widths):
+            per_k = curves.get((width, rate), {})
+            xs = [k for k in ks if k in per_k]
+            ax.plot(xs, [100 * statistics.fmean(per_k[k]) for k in xs], "o-", color=color, label=f"width {width:g}")
+        reference = {k: entry[0 if rate == "dense" else 1][0] for k, entry in paper.items()}
+        if reference and rate in ("dense", HEADLINE_RATE):
+            ax.plot(sorted(reference), [reference[k] for k in sorted(reference)], "s--", color="#7F7F7F",
+                    label="paper, CIFAR10, full width")
+        ax.set_title("dense" if rate == "dense" else f"pruned {rate:g}, one-shot", fontsize=9)
+        ax.set_xlabel("k")
+        integer_ticks(ax.xaxis)
+        ax.grid(alpha=0.3)
+    for ax in flat[len(panels):]:
+        ax.axis("off")
+    for row in axes:
+        row[0].set_ylabel("test accuracy (%)")
+    flat[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    savefig(fig, path)
+    plt.close(fig)

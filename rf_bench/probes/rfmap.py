@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from rf_bench.claims import Claim
+from rf_bench.paper import MEASURED_RF, RFMAP_MAXIMA
+from rf_bench.reporting import ReportSection, by_family, by_k, mean_std, pyplot, savefig, write_csv
 
-__all__ = ["RFMap", "gradient_map", "last_conv_name", "effective_rf", "RFMapConfig", "RFMapProbe", "plot_map"]
+__all__ = ["RFMap", "gradient_map", "last_conv_name", "effective_rf", "RFMapConfig", "RFMapProbe", "plot_map",
+           "rfmap_sections"]
 
 
 @dataclass
@@ -102,16 +106,14 @@ def effective_rf(mean_map: torch.Tensor, centre: Tuple[float, float], fractions=
 
 def plot_map(rfmap: RFMap, path, title: str = "") -> None:
     """One map as a PNG with its colour bar."""
-    from rf_bench.report import _pyplot, _savefig
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
     im = ax.imshow(rfmap.mean_map.numpy(), cmap="viridis")
     fig.colorbar(im, ax=ax, label="mean |grad|")
     ax.set_title(title or f"gradient map ({rfmap.layer})", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-    _savefig(fig, path)
+    savefig(fig, path)
     plt.close(fig)
 
 
@@ -189,9 +191,7 @@ class RFMapProbe:
     @staticmethod
     def report(records, store, out_dir):
         """REPORT.md sections: RF maps and their tables per family and data set."""
-        from rf_bench.report import rfmap_sections
-
-        return rfmap_sections(records, store, out_dir)
+        return rfmap_sections(records, store, Path(out_dir))
 
 
 def _layer_hw(model: nn.Module, input_size: Sequence[int], layer: str) -> Tuple[int, int]:
@@ -204,3 +204,64 @@ def _layer_hw(model: nn.Module, input_size: Sequence[int], layer: str) -> Tuple[
     finally:
         handle.remove()
     return shapes[-1]
+
+
+# -------------------------------------------------------------------------------------------- report
+
+def rfmap_sections(records: List[Dict[str, Any]], store, out_dir: Path):
+    """Figures 4-5 (maps per RF, per architecture) and Tables 3-4 (map maxima beside the paper's)."""
+    sections, csv_rows = [], []
+    for (family, dataset), recs in by_family(records).items():
+        stages = [s for s in ("init", "final") if all(s in r["values"] for r in recs)]
+        per_k = by_k(recs)
+        header = ["k", "RF (analytic)", "RF (gradient)", "RF (paper)"]
+        for stage in stages:
+            header += [f"max ({stage})", f"ERF r50/r90/r99 ({stage})"]
+        header += ["paper max"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        panels = {}
+        for k, krecs in per_k.items():
+            first = krecs[0]["values"][stages[0]] if stages else {}
+            cells = [str(k), str(first.get("analytic_rf", "-")), str(first.get("gradient_rf", "-")),
+                     str(MEASURED_RF.get(family, {}).get(k, "-"))]
+            for stage in stages:
+                maxima = [m for r in krecs for m in r["values"][stage]["maxima"]]
+                mean, std = mean_std(maxima)
+                cells.append(f"{mean:.3g} ± {std:.2g}" if std is not None else f"{mean:.3g}")
+                erf = krecs[0]["values"][stage]
+                cells.append(f"{erf['r50']}/{erf['r90']}/{erf['r99']}")
+                csv_rows.append(dict(family=family, dataset=dataset, k=k, stage=stage,
+                                     rf_analytic=first.get("analytic_rf"), rf_gradient=first.get("gradient_rf"),
+                                     max_mean=mean, max_std=std, n=len(maxima), r50=erf["r50"], r90=erf["r90"],
+                                     r99=erf["r99"], paper_max=RFMAP_MAXIMA.get(family, {}).get(k)))
+                tensors = store.tensors(Path(krecs[0]["_path"]))
+                panels[(stage, k)] = (tensors[f"{stage}_map"], first.get("analytic_rf"))
+            paper = RFMAP_MAXIMA.get(family, {}).get(k)
+            cells.append(f"{paper:.3g}" if paper is not None else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+        figure = out_dir / f"rfmap_{family}_{dataset}.png"
+        _plot_maps(panels, stages, sorted(per_k), f"{family}{{k}} ({dataset} runs)", figure)
+        md = ("Gradient maps (the paper's method: |d centre units of the last conv / d input|, mean over "
+              f"{recs[0]['config']['n']} random inputs, eval mode); maxima are mean ± std over all inputs and "
+              "seeds; ERF radii hold 50/90/99% of the gradient mass (half-side of a square, px).\n\n"
+              + "\n".join(lines) + f"\n\n![{family} maps]({figure.name})\n")
+        sections.append(ReportSection(title=f"RF maps: {family} on {dataset}", markdown=md, order=40))
+    write_csv(out_dir / "rfmap.csv", csv_rows)
+    return sections
+
+
+def _plot_maps(panels, stages, ks, title: str, path: Path) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(len(stages), len(ks), figsize=(3.0 * len(ks), 2.8 * len(stages)), squeeze=False)
+    for i, stage in enumerate(stages):
+        for j, k in enumerate(ks):
+            ax = axes[i][j]
+            image, rf = panels[(stage, k)]
+            im = ax.imshow(image.numpy(), cmap="viridis")  # per-panel scale: maxima differ by orders of magnitude
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, format="%.1e").ax.tick_params(labelsize=6)
+            ax.set_title(f"k={k}, RF {rf} ({stage})", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    savefig(fig, path)
+    plt.close(fig)
