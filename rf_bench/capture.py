@@ -29,7 +29,7 @@ class GraphSafeStep:
             raise ValueError("the captured step takes one SGD parameter group")
         self.params: List[nn.Parameter] = list(group["params"])
         self.momentum, self.nesterov, self.weight_decay = group["momentum"], group["nesterov"], group["weight_decay"]
-        self.clip_grad = cfg.clip_grad
+        self.clip_grad, self.clip_mode = cfg.clip_grad, cfg.clip_mode
         device = self.params[0].device
         self.lr = torch.tensor(float(cfg.lr), dtype=torch.float32, device=device)
         self.global_step = torch.zeros((), dtype=torch.int64, device=device)
@@ -60,7 +60,9 @@ class GraphSafeStep:
         loss.backward()
         grads = [p.grad for p in self.params]
         grad_norm = None
-        if self.clip_grad:
+        if self.clip_grad and self.clip_mode == "value":
+            torch.nn.utils.clip_grad_value_(self.params, self.clip_grad, foreach=True)
+        elif self.clip_grad:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad, foreach=True)
         self.stats.record(loss, logits, y, grad_norm, self.global_step)
         self._sgd(grads)

@@ -27,7 +27,7 @@ import numpy as np
 
 from rf_bench.reporting import mean_std
 
-__all__ = ["Claim", "Verdict", "ALPHA", "collect_claims", "evaluate_claims", "evaluate_metric", "spearman_rho",
+__all__ = ["Claim", "Verdict", "NotMeasured", "untrained", "ALPHA", "collect_claims", "evaluate_claims", "evaluate_metric", "spearman_rho",
            "permutation_p_value", "welch_interval", "claims_markdown", "chance_level", "family_label"]
 
 ALPHA = 0.05
@@ -37,6 +37,21 @@ MONTE_CARLO_RESAMPLES = 20_000
 
 Measure = Callable[[Dict[str, Any]], Dict[str, Sequence[float]]]
 Caveat = Callable[[str, List[Dict[str, Any]]], Optional[str]]
+
+
+class NotMeasured(str):
+    """A caveat that means the results cannot speak to the claim at all (nets that never trained): the verdict is
+    "not measured", not "inconclusive"."""
+
+
+def untrained(records: List[Dict[str, Any]]) -> Optional[str]:
+    """Why these records cannot test a claim because their runs never trained, or None: the trainer flagged every
+    run as not learning (``warnings.jsonl``)."""
+    flagged = [r for r in records if r.get("not_learning")]
+    if records and len(flagged) == len(records):
+        return (f"the runs never trained (the trainer flagged all {len(records)} as not learning: accuracy near "
+                "chance); train them with a recipe that learns")
+    return None
 
 
 @dataclass(frozen=True)
@@ -209,11 +224,18 @@ def evaluate_metric(claim: Claim, metric: str, family: str, dataset: str, record
     lo, hi = min(by_k), max(by_k)
     verdict.effect = verdict.means[hi] - verdict.means[lo]
     verdict.effect_ci = welch_interval(by_k[lo], by_k[hi])
+    never_trained = untrained(records)
+    if never_trained:
+        verdict.reason = never_trained
+        return verdict  # "not measured"
     verdict.verdict = "inconclusive"
     if len(by_k) < 2:
         verdict.reason = f"only k = {lo} measured"
         return verdict
     caveat = claim.caveat(metric, records) if claim.caveat else None
+    if isinstance(caveat, NotMeasured):
+        verdict.verdict, verdict.reason = "not measured", str(caveat)
+        return verdict
     if math.isnan(verdict.rho):
         verdict.reason = caveat or "the metric is constant over every k"
         return verdict

@@ -189,6 +189,16 @@ class Run:
         """The input size ``(C, H, W)`` the run trained on."""
         return tuple(self.meta["data"]["input_size"])
 
+    def warnings(self) -> List[Dict[str, Any]]:
+        """What the trainer warned about while training this run (``warnings.jsonl``: e.g. not learning)."""
+        path = self.path / "warnings.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+    @property
+    def not_learning(self) -> bool:
+        """Whether the trainer found this run not learning (training accuracy near chance, loss flat)."""
+        return any(w.get("kind") == "not_learning" for w in self.warnings())
+
     def final_metrics(self) -> Dict[str, Any]:
         """The last epoch's line of ``metrics.jsonl`` (epoch, losses and accuracies; ``{}`` if there is none)."""
         path = self.path / "metrics.jsonl"

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from rf_bench.recipes import COMPILE_MODES, RECIPES, TrainConfig, config_hash, lr_factor, resolve_config, run_dir_for
+from rf_bench.recipes import (CLIP_MODES, COMPILE_MODES, DEFAULT_RECIPE, RECIPES, TrainConfig, config_hash, lr_factor,
+                              resolve_config, run_dir_for)
 from rf_bench.trainer import NonFiniteLossError, Trainer, check_writable
 
 __all__ = ["TrainConfig", "RECIPES", "resolve_config", "run_dir_for", "train", "main", "NonFiniteLossError",
@@ -72,8 +73,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                                      "(required unless --config)")
     p.add_argument("--config", metavar="JSON", help="a whole resolved TrainConfig as JSON (how sweeps launch runs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data order")
-    p.add_argument("--recipe", default="paper",
-                   help=f"named preset: {', '.join(f'{name} ({_recipe_summary(name)})' for name in RECIPES)}")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE,
+                   help=f"named preset (default {DEFAULT_RECIPE}): "
+                        f"{', '.join(f'{name} ({_recipe_summary(name)})' for name in RECIPES)}")
     p.add_argument("--output", default="runs", help="root folder of run directories")
     p.add_argument("--data-dir", help="local copy of the data set (see rf_bench.data)")
     p.add_argument("--train-per-class", type=int, metavar="N",
@@ -83,6 +85,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                       ("weight-decay", float), ("clip-grad", float), ("warmup-epochs", float),
                       ("label-smoothing", float), ("schedule", str)):
         p.add_argument(f"--{name}", type=typ, default=None, help="overrides the recipe")
+    p.add_argument("--clip-mode", choices=CLIP_MODES,
+                   help="what --clip-grad bounds: the global gradient norm (default) or each gradient entry")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--width-mult", type=float, help="model width multiplier (tiny models)")
@@ -147,7 +151,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         mixed_precision=args.mixed_precision, channels_last=args.channels_last, compile=args.compile,
         sync_bn=args.sync_bn, init_from=args.init_from, prune_rate=args.prune_rate, compile_mode=args.compile_mode,
         cuda_graphs=args.cuda_graphs, deterministic=args.deterministic, train_per_class=args.train_per_class,
-        subset_seed=args.subset_seed,
+        subset_seed=args.subset_seed, clip_mode=getattr(args, "clip_mode", None),
     )
 
 

@@ -23,19 +23,50 @@ from torch import nn
 from torch.nn import functional as F
 
 from .pruning import apply_masks, global_magnitude_masks
-from .recipes import COMPILE_MODES, TrainConfig, lr_factor, run_dir_for
+from .recipes import CLIP_MODES, COMPILE_MODES, TrainConfig, lr_factor, run_dir_for
 from .results import sha256_file, write_json_atomic
-from .runs import atomic_write, atomic_write_text, replace_folder
+from .runs import WARNINGS, atomic_write, atomic_write_text, replace_folder
 
 if TYPE_CHECKING:
     from .models import RFPoolSizeError
 
 __all__ = ["Trainer", "NonFiniteLossError", "check_writable", "deterministic_mode", "validate_config",
-           "validate_settings"]
+           "validate_settings", "not_learning", "read_metrics", "read_warnings"]
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss or gradient; the last good checkpoint is kept."""
+
+
+# A run "is not learning" when, after this many epochs, its training accuracy is under this multiple of chance
+# and its training loss has fallen by less than this share of the first epoch's.
+NOT_LEARNING_EPOCHS = 3
+NOT_LEARNING_ACCURACY = 1.5
+NOT_LEARNING_LOSS_DROP = 0.05
+
+
+def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
+    """The run's ``metrics.jsonl``, one dict per finished epoch (empty if there is none yet)."""
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def read_warnings(run_dir: Path) -> List[Dict[str, Any]]:
+    """What the trainer warned about while training the run (``warnings.jsonl``; empty if nothing)."""
+    path = run_dir / WARNINGS
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def not_learning(metrics: List[Dict[str, Any]], num_classes: int) -> Optional[Dict[str, Any]]:
+    """The evidence that a run is not learning (see `NOT_LEARNING_EPOCHS`), or None if it is learning or too young."""
+    if len(metrics) < NOT_LEARNING_EPOCHS or num_classes < 2:
+        return None
+    first, last = metrics[0]["train_loss"], metrics[-1]
+    chance = 1.0 / num_classes
+    if last["train_acc"] < NOT_LEARNING_ACCURACY * chance and last["train_loss"] > (1 - NOT_LEARNING_LOSS_DROP) * first:
+        return dict(epochs=len(metrics), train_acc=last["train_acc"], chance=chance, first_loss=first,
+                    train_loss=last["train_loss"])
+    return None
 
 
 # -------------------------------------------------------------------------------------- helpers
@@ -271,6 +302,8 @@ def _validate_numbers(cfg: TrainConfig) -> None:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)} is invalid; it must be below 1")
     if cfg.clip_grad is not None and not cfg.clip_grad >= 0:
         raise ValueError(f"--clip-grad {cfg.clip_grad} is invalid; give a positive norm, or 0 to disable clipping")
+    if cfg.clip_mode not in CLIP_MODES:
+        raise ValueError(f"--clip-mode {cfg.clip_mode!r} is invalid; use one of {', '.join(CLIP_MODES)}")
     if cfg.train_per_class is not None and not cfg.train_per_class >= 1:
         raise ValueError(f"--train-per-class {cfg.train_per_class} is invalid; give the number of images per class, >= 1")
     if cfg.prune_rate is not None and not 0 <= cfg.prune_rate < 1:
@@ -428,6 +461,7 @@ class Trainer:
                 seconds, images = self.train_epoch(epoch, first_step, resumed if epoch == start_epoch else {})
                 record = self.evaluate(epoch, seconds, images)
                 self.log_epoch(record)
+                self.warn_if_not_learning(record)
                 self.save_checkpoint(epoch + 1, 0, self.stats.reset())
             self.finish()
         return self.run_dir
@@ -611,7 +645,11 @@ class Trainer:
             logits = self.model(x)
             loss = self.criterion(logits, y)
         acc.backward(loss)
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad) if cfg.clip_grad else None
+        grad_norm = None
+        if cfg.clip_grad and cfg.clip_mode == "value":
+            acc.clip_grad_value_(self.model.parameters(), cfg.clip_grad)
+        elif cfg.clip_grad:
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
         self.stats.update(loss, logits, y, grad_norm, global_step)
         self._optimizer_step()
         if self.masks is not None:  # pruned weights stay exactly zero
@@ -654,8 +692,28 @@ class Trainer:
                     train_acc=correct / seen, test_loss=test_loss, test_acc=test_acc,
                     lr=self.optimizer.param_groups[0]["lr"], images_per_s=images / seconds, seconds=seconds)
 
+    def warn_if_not_learning(self, record: Dict[str, float]) -> None:
+        """Once per run, after `NOT_LEARNING_EPOCHS` epochs: one line, and a line in ``warnings.jsonl``, when the
+        training accuracy is still near chance and the loss has barely fallen (a recipe that moves the weights too
+        little, such as the paper's lr 1e-4 with a 0.1 gradient clip on a short schedule)."""
+        if record["epoch"] + 1 < NOT_LEARNING_EPOCHS or not self.accelerator.is_main_process:
+            return
+        if any(w.get("kind") == "not_learning" for w in read_warnings(self.run_dir)):
+            return
+        verdict = not_learning(read_metrics(self.run_dir), self.train_set.num_classes)
+        if verdict is None:
+            return
+        cfg = self.cfg
+        verdict.update(kind="not_learning", recipe=cfg.recipe, lr=cfg.lr, clip_grad=cfg.clip_grad)
+        with open(self.run_dir / WARNINGS, "a") as f:
+            f.write(json.dumps(verdict) + "\n")
+        print(f"warning: {self.run_dir.name} is not learning after {verdict['epochs']} epochs (train accuracy "
+              f"{100 * verdict['train_acc']:.1f}%, chance {100 * verdict['chance']:.1f}%; train loss "
+              f"{verdict['first_loss']:.4f} -> {verdict['train_loss']:.4f}) with recipe {cfg.recipe!r} at lr {cfg.lr:g}; "
+              "see the recipes page (docs/concepts/recipes.md) or train with --recipe fast", file=sys.stderr)
+
     def log_epoch(self, record: Dict[str, float]) -> None:
-        """Evaluate if due, then append the epoch's line to ``metrics.jsonl``."""
+        """Append the epoch's line to ``metrics.jsonl``, print it, and hand it to the trackers."""
         acc = self.accelerator
         if acc.is_main_process:
             with open(self.run_dir / "metrics.jsonl", "a") as f:

@@ -392,3 +392,20 @@ def test_the_width_figure_has_one_line_per_width_and_the_papers_reference(tmp_pa
     assert list(dense.get_lines()[0].get_ydata()) == pytest.approx([85.2, 80.2, 75.2, 70.2])
     for fig in figures:
         plt.close(fig)
+
+
+def test_claims_over_nets_that_never_trained_are_not_measured(tmp_path):
+    # the trainer flagged every run: whatever the numbers say, they are not evidence about the RF
+    flagged = [dict(r, not_learning=[f"run{i}"]) for i, r in
+               enumerate(_dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k + 0.002 * s))]
+    (dense,) = _verdicts(_store(tmp_path / "flagged", flagged), "dense_accuracy")
+    assert dense.verdict == "not measured" and "never trained" in dense.reason and dense.means
+    # results from before the flag: dense accuracy at chance for every k says the same
+    at_chance = _dense_grid("vgg19_rfpool", lambda k, s: 0.1 + 0.001 * k)
+    (dense,) = _verdicts(_store(tmp_path / "chance", at_chance), "dense_accuracy")
+    assert dense.verdict == "not measured" and dense.reason.startswith("dense accuracy at chance for every k")
+    # one flagged run among trained ones does not silence the rest
+    mixed = [dict(r, not_learning=["run0"]) if i == 0 else r for i, r in
+             enumerate(_dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k + 0.002 * s))]
+    (dense,) = _verdicts(_store(tmp_path / "mixed", mixed), "dense_accuracy")
+    assert dense.verdict == "supported"

@@ -1,4 +1,5 @@
 """Training: accuracy, run directory, exact resume after SIGKILL, 2 processes, bf16, failures."""
+import argparse
 import json
 import os
 import signal
@@ -220,3 +221,56 @@ def test_each_compiled_run_starts_with_dynamo_caches_empty(monkeypatch):
     assert resets == [1]
     Trainer._make_accelerator(resolve_config("fast", model="vgg19_rfpool1", dataset="digits"), None, True)
     assert resets == [1]
+
+
+# ------------------------------------------------------------------------------ recipes that learn, or say so
+
+@pytest.mark.slow
+def test_the_default_recipe_learns_and_the_papers_as_written_warns_that_it_does_not(tmp_path):
+    base = [sys.executable, "-m", "rf_bench.cli", "train", "--model", "vgg19_rfpool1", "--dataset", "digits",
+            "--width-mult", "0.0625", "--epochs", "8", "--no-progress", "--output", str(tmp_path)]
+    default = _run(base)
+    assert default.returncode == 0, default.stderr[-2000:]
+    assert "not learning" not in default.stderr
+    run = Path(_run_dir(default))
+    assert json.loads((run / "config.json").read_text())["config"]["recipe"] == T.DEFAULT_RECIPE
+    assert _metrics(run)[-1]["test_acc"] > 0.5 and not (run / "warnings.jsonl").exists()
+    paper = _run(base + ["--recipe", "paper"])
+    assert paper.returncode == 0, paper.stderr[-2000:]
+    (line,) = [line for line in paper.stderr.splitlines() if "not learning" in line]
+    assert "recipe 'paper' at lr 0.0001" in line and "--recipe fast" in line
+    (warning,) = [json.loads(w) for w in (Path(_run_dir(paper)) / "warnings.jsonl").read_text().splitlines()]
+    assert warning["kind"] == "not_learning" and warning["epochs"] == 3 and warning["train_acc"] < 0.15
+
+
+def test_not_learning_needs_three_epochs_near_chance_with_a_flat_loss():
+    from rf_bench.trainer import not_learning
+
+    flat = [dict(train_loss=2.30 - 0.001 * e, train_acc=0.11) for e in range(3)]
+    assert not_learning(flat[:2], 10) is None  # too young to judge
+    assert not_learning(flat, 10)["chance"] == 0.1
+    falling = [dict(flat[0]), dict(flat[1]), dict(train_loss=2.0, train_acc=0.11)]  # loss down 13%: learning
+    assert not_learning(falling, 10) is None
+    above = [dict(flat[0]), dict(flat[1]), dict(train_loss=2.29, train_acc=0.2)]  # twice chance: learning
+    assert not_learning(above, 10) is None
+
+
+def test_clip_by_value_bounds_every_entry_of_each_step_not_the_norm(tmp_path):
+    clip, lr = 1e-4, 1.0
+    args = ["--model", "vgg19_rfpool1", "--dataset", "digits", "--width-mult", "0.0625", "--recipe", "paper",
+            "--epochs", "1", "--batch-size", "256", "--lr", str(lr), "--momentum", "0", "--weight-decay", "0",
+            "--schedule", "constant", "--clip-grad", str(clip)]
+    moved = {}
+    for mode in ("value", "norm"):
+        parser = argparse.ArgumentParser()
+        T.add_train_args(parser)
+        run = T.train(T.config_from_args(parser.parse_args(args + ["--clip-mode", mode])), output=tmp_path,
+                      progress=False)
+        init, final = load_file(str(run / "init.safetensors")), load_file(str(run / "model.safetensors"))
+        steps = _metrics(run)[-1]["step"]
+        delta = torch.cat([(final[n] - init[n]).flatten() for n in init if "running" not in n and "num_batches" not in n])
+        moved[mode] = (float(delta.abs().max()), float(delta.norm()), steps)
+    (v_max, v_norm, steps), (_, n_norm, _) = moved["value"], moved["norm"]
+    assert v_max <= steps * lr * clip * (1 + 1e-3)  # each entry moves at most lr * clip a step
+    assert v_norm > steps * lr * clip  # more than a norm clip lets the whole vector move
+    assert n_norm <= steps * lr * clip * (1 + 1e-3)

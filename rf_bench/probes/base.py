@@ -310,6 +310,7 @@ def run_suite(probes: Sequence[Type[Probe]], runs: Sequence[Run], results_dir: s
                           family=members[0].family, k=members[0].k,
                           train={k: v for k, v in members[0].config.items() if k != "seed"},
                           seeds=[r.seed for r in members], seconds=time.perf_counter() - t0,
+                          not_learning=[r.run_id for r in members if r.not_learning],
                           created=time.strftime("%Y-%m-%dT%H:%M:%S"), values=out.values)
             store.write(path, record, out.tensors)
             written.append(path)

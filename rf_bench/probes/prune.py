@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 from rf_bench.batchnorm import recalibrate_batchnorm, training_subset
-from rf_bench.claims import Claim, at_chance, chance_level
+from rf_bench.claims import Claim, NotMeasured, at_chance, chance_level
 from rf_bench.paper import MEASURED_RF, PRUNE_09
 from rf_bench.pruning import (apply_masks, global_magnitude_masks, kept_fractions, layer_output_stds,
                               prunable_parameters, sparsity)
@@ -156,7 +156,7 @@ def _at_chance(metric: str, records):
     """Accuracies at chance for every k cannot rank the k's (and make drops track dense accuracy)."""
     chance = chance_level(records[0])
     if at_chance(_accuracies_behind("dense test accuracy", records), chance):
-        return "dense accuracy at chance for every k"
+        return NotMeasured("dense accuracy at chance for every k: the nets never trained")
     if metric != "dense test accuracy" and at_chance(_accuracies_behind(metric, records), chance):
         return f"{'fine-tuned' if 'fine-tuned' in metric else 'pruned'} accuracy at chance for every k"
     return None
@@ -308,12 +308,13 @@ def prune_sections(records: List[Dict[str, Any]], out_dir: Path) -> List[ReportS
             stem = f"prune_{family}_{dataset}" + ("" if bn == "stored" else f"_{bn}")
             figure = out_dir / f"{stem}.png"
             _plot_prune(curves, f"{family}{{k}} on {dataset}, BN {bn}", figure)
-            headline = _headline_rate(rates)
+            why = (f" The last column names, for seeds at chance after one-shot pruning at {_headline_rate(rates):g}, "
+                   f"why: a layer with nothing kept (layer collapse), a layer whose output std fell under "
+                   f"{SIGNAL_COLLAPSE:g} of the dense net's (signal collapse), or neither."
+                   if "why" in lines[0] else "")
             md = (f"Test accuracy (%) of the dense net, after one-shot global magnitude pruning, and after a masked "
-                  f"fine-tune, with {_BN_WORDS[bn]}; mean ± std over seeds. The last column names, for seeds at chance "
-                  f"after one-shot pruning at {headline:g}, why: a layer with nothing kept (layer collapse), a layer "
-                  f"whose output std fell under {SIGNAL_COLLAPSE:g} of the dense net's (signal collapse), or "
-                  f"neither.\n\n" + "\n".join(lines) + f"\n\n![{family} {dataset} BN {bn}]({figure.name})\n")
+                  f"fine-tune, with {_BN_WORDS[bn]}; mean ± std over seeds.{why}\n\n" + "\n".join(lines)
+                  + f"\n\n![{family} {dataset} BN {bn}]({figure.name})\n")
             sections.append(ReportSection(title=f"Pruning: {family} on {dataset} (BN {bn})", markdown=md,
                                           order=10 + PRUNE_BN.index(bn)))  # the paper's protocol first
         collapse = _collapse_section(family, dataset, recs, rates, out_dir)
@@ -331,7 +332,8 @@ def _prune_table(family, dataset, recs, rates, bn, csv_rows):
         header += [f"pruned {rate:g}", f"fine-tuned {rate:g}"]
     header += ["paper dense", "paper pruned 0.9"] if paper_beside else []
     headline = _headline_rate(rates)
-    header.append(f"at chance at {headline:g}: why")
+    diagnosed = any(row.get("kept") for r in recs for row in r["values"]["rates"])  # not in results before prune.bn
+    header += [f"at chance at {headline:g}: why"] if diagnosed else []
     rows, curves = [], {}
     for k, krecs in by_k(recs).items():
         rf = record_rf(krecs[0])
@@ -354,7 +356,7 @@ def _prune_table(family, dataset, recs, rates, bn, csv_rows):
         if paper_beside:
             paper = PRUNE_09.get((family, dataset), {}).get(k)
             cells += [paper_cell(paper[0] if paper else None), paper_cell(paper[1] if paper else None)]
-        cells.append(_causes(krecs, bn, headline))
+        cells += [_causes(krecs, bn, headline)] if diagnosed else []
         rows.append(cells)
         curves[(k, rf)] = ([0.0] + rates, [statistics.fmean(dense)] + pruned_curve,
                            [statistics.fmean(dense)] + tuned_curve)
