@@ -46,11 +46,10 @@ def write_result(name: str, result: Dict[str, Any], markdown: str, folder: Optio
     folder.mkdir(parents=True, exist_ok=True)
     result = dict(result, machine=machine(), date=time.strftime("%Y-%m-%d %H:%M:%S"))
     markdown = markdown.rstrip("\n") + f"\n\nMeasured on {describe(result['machine'])}, {result['date']}.\n"
+    from rf_bench.runs import atomic_write_text
+
     for suffix, text in ((".json", json.dumps(result, indent=2) + "\n"), (".md", markdown)):
-        path = folder / f"{name}{suffix}"
-        tmp = path.with_suffix(suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(folder / f"{name}{suffix}", text)
     return folder / f"{name}.json"
 
 

@@ -158,9 +158,12 @@ def render_width(study: str) -> str:
     ks = sorted({int(row["k"]) for row in rows})
     cells: Dict[Tuple[str, float, str], Dict[int, str]] = defaultdict(dict)
     for row in rows:
-        label = "dense" if row["metric"] == "dense" else "pruned 0.9, one-shot"
+        bn = row.get("bn") or "stored"  # width.csv from before the BatchNorm protocols: the stored statistics
+        if row["metric"] == "dense" and bn != "stored":
+            continue  # dense accuracy does not depend on the protocol: one row
+        label = "dense" if row["metric"] == "dense" else f"pruned 0.9, one-shot, BN {bn}"
         cells[(row["family"], float(row["width_mult"]), label)][int(row["k"])] = \
-            f"{100 * float(row['mean']):.1f} ± {100 * float(row['std']):.1f}"
+            f"{100 * float(row['mean']):.1f} ± {100 * float(row['std'] or 0):.1f}"
     lines = ["| family | width | accuracy (%) | " + " | ".join(f"k={k}" for k in ks) + " | k=3-4 minus k=1 |",
              "|---" * (len(ks) + 4) + "|"]
     for (family, width, label), per_k in sorted(cells.items()):
@@ -175,26 +178,59 @@ def render_width(study: str) -> str:
 
 def _width_gains(path: Path) -> str:
     """Points of accuracy that k = 3-4 keep above k = 1 (their mean minus k = 1's), per family, width and rate."""
-    means: Dict[Tuple[str, float, float], Dict[int, float]] = defaultdict(dict)
+    means: Dict[Tuple[str, float, str, float], Dict[int, float]] = defaultdict(dict)
     with path.open() as f:
         for row in csv.DictReader(f):
-            means[(row["family"], float(row["width_mult"]), float(row["rate"]))][int(row["k"])] = float(row["mean"])
-    rates = sorted({rate for _, _, rate in means})
-    head = ["family", "width"] + ["dense" if r == 0 else f"pruned {r:g}" for r in rates]
+            key = (row["family"], float(row["width_mult"]), row.get("bn") or "stored", float(row["rate"]))
+            means[key][int(row["k"])] = float(row["mean"])
+    rates = sorted({rate for *_, rate in means})
+    head = ["family", "width", "BN"] + ["dense" if r == 0 else f"pruned {r:g}" for r in rates]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for family, width in sorted({(f, w) for f, w, _ in means}):
+    for family, width, bn in sorted({(f, w, b) for f, w, b, _ in means}):
         cells = []
         for rate in rates:
-            by_k = means.get((family, width, rate), {})
+            by_k = means.get((family, width, bn, rate), {})
             ok = all(k in by_k for k in (1, 3, 4))
             cells.append(f"{100 * ((by_k[3] + by_k[4]) / 2 - by_k[1]):+.1f}" if ok else "-")
-        lines.append(f"| {FAMILY_LABELS.get(family, family)} | {width:g} | " + " | ".join(cells) + " |")
-    return "Points of test accuracy that k = 3-4 keep above k = 1, one-shot, per width and rate:\n\n" + "\n".join(lines)
+        lines.append(f"| {FAMILY_LABELS.get(family, family)} | {width:g} | {bn} | " + " | ".join(cells) + " |")
+    return ("Points of test accuracy that k = 3-4 keep above k = 1, one-shot, per width, BatchNorm protocol and "
+            "rate:\n\n" + "\n".join(lines))
+
+
+def render_headline(study: str) -> str:
+    """The headline, at the highest rate up to 0.9, per family and BatchNorm protocol: one-shot and fine-tuned
+    accuracy per k, and how many points k = 3-4 keep above k = 1, from ``prune.csv``."""
+    path = DOCS / study / "prune.csv"
+    if not path.exists():
+        return "not measured"
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    rate = max(float(r["rate"]) for r in rows if 0 < float(r["rate"]) <= 0.9)
+    cells: Dict[Tuple[str, str, str], Dict[int, Tuple[float, float]]] = defaultdict(dict)
+    for row in rows:
+        if float(row["rate"]) == rate or row["metric"] == "dense":
+            stage = {"dense": "dense", "pruned": "one-shot", "finetuned": "fine-tuned"}[row["metric"]]
+            cells[(row["family"], row.get("bn") or "stored", stage)][int(row["k"])] = (
+                100 * float(row["mean"]), 100 * float(row["std"] or 0))
+    ks = sorted({k for per_k in cells.values() for k in per_k})
+    lines = ["| family | BN | accuracy (%) | " + " | ".join(f"k={k}" for k in ks) + " | k=3-4 minus k=1 |",
+             "|---" * (len(ks) + 4) + "|"]
+    order = {"dense": 0, "one-shot": 1, "fine-tuned": 2}
+    for (family, bn, stage), per_k in sorted(cells.items(), key=lambda item: (item[0][0], item[0][1], order[item[0][2]])):
+        if stage == "dense" and bn != "stored":
+            continue
+        gain = (f"{(per_k[3][0] + per_k[4][0]) / 2 - per_k[1][0]:+.1f} points"
+                if all(k in per_k for k in (1, 3, 4)) else "-")
+        label = "dense" if stage == "dense" else f"{stage} {rate:g}"
+        lines.append(f"| {FAMILY_LABELS.get(family, family)} | {'-' if stage == 'dense' else bn} | {label} | "
+                     + " | ".join(f"{per_k[k][0]:.1f} ± {per_k[k][1]:.1f}" if k in per_k else "-" for k in ks)
+                     + f" | {gain} |")
+    return ("\n".join(lines) + f"\n\nMean ± std over seeds, from `docs/{study}/prune.csv` ({report_date(study)}).")
 
 
 RENDERERS: Dict[str, Callable[..., str]] = {
     "verdicts": render_verdicts, "claims": render_claims, "study": render_study, "benchmark": render_benchmark,
-    "file": render_file, "width": render_width,
+    "file": render_file, "width": render_width, "headline": render_headline,
 }
 
 

@@ -309,16 +309,23 @@ def _claim_verdicts(claim: Claim, family: str, dataset: str, variant: str,
     from rf_bench.results import record_k, settings_groups
 
     mine = sorted((r for r in records if r["probe"] == claim.probe), key=lambda r: record_k(r) or 0)
-    if not mine:
+
+    def not_measured(reason: str) -> List[Verdict]:
         return [Verdict(claim=claim.id, statement=claim.statement, family=family, dataset=dataset, variant=variant,
-                        metric="-", direction=claim.direction, verdict="not measured",
-                        reason=f"no {claim.probe} results", unit=claim.unit)]
+                        metric="-", direction=claim.direction, verdict="not measured", reason=reason, unit=claim.unit)]
+
+    if not mine:
+        return not_measured(f"no {claim.probe} results")
     verdicts = []
-    for setting, _, group in settings_groups(mine, claim.read_together):
-        for metric in dict.fromkeys(m for r in group for m in claim.measure(r)):
-            verdict = evaluate_metric(claim, metric, family, dataset, _newest_per_run(claim, metric, group))
-            verdict.setting, verdict.variant = setting, variant
-            verdicts.append(verdict)
+    try:  # a third-party metric (or caveat) that raises costs this claim one row, never the others or the report
+        for setting, _, group in settings_groups(mine, claim.read_together):
+            for metric in dict.fromkeys(m for r in group for m in claim.measure(r)):
+                verdict = evaluate_metric(claim, metric, family, dataset, _newest_per_run(claim, metric, group))
+                verdict.setting, verdict.variant = setting, variant
+                verdicts.append(verdict)
+    except Exception as e:
+        why = f"{type(e).__name__}: {e}".splitlines()[0]
+        return not_measured(f"its metric raised {why}")
     return verdicts
 
 

@@ -175,7 +175,9 @@ def _print_settings(probes) -> None:
 def _cmd_report(args: argparse.Namespace) -> None:
     from .probes.base import available_probes
     from .report import write_report
+    from .results import ResultStore
 
+    ResultStore(args.results).check_folder()
     path = write_report(args.results, args.out, available_probes(), log=_warn)
     console.print(f"report: {path}")
 
@@ -187,8 +189,9 @@ def _cmd_claims(args: argparse.Namespace) -> None:
     from .claims import collect_claims, evaluate_claims
     from .probes.base import available_probes
 
-    if not os.path.isdir(args.results):
-        raise CliError(f"no results folder {args.results}; run `rf-bench probe` (or a sweep) first, or name the folder")
+    from .results import ResultStore
+
+    ResultStore(args.results).check_folder()
     verdicts = evaluate_claims(args.results, collect_claims(available_probes()), log=_warn)
     if args.json:
         print(json.dumps([v.as_dict() for v in verdicts], indent=2))

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .checkpoints import load_weights, sha256_file
-from .runs import atomic_write, atomic_write_json
+from .runs import atomic_write, atomic_write_json, recorded_sha256
 
 __all__ = [
     "Run", "load_run", "find_runs", "group_runs", "load_weights", "sha256_file", "write_json_atomic",
@@ -189,6 +189,21 @@ class Run:
         """The input size ``(C, H, W)`` the run trained on."""
         return tuple(self.meta["data"]["input_size"])
 
+    @property
+    def weights_sha256(self) -> Optional[str]:
+        """The sha256 of ``model.safetensors`` recorded when training finished (None for runs from before it was)."""
+        return recorded_sha256(self.path)
+
+    def verify_weights(self) -> None:
+        """Refuse final weights that are not the ones training finished with (damaged, replaced, half-copied)."""
+        recorded, path = self.weights_sha256, self.path / "model.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"run {self.path} has no model.safetensors; rerun its training command to rebuild "
+                                    "it from the last checkpoint")
+        if recorded and sha256_file(path) != recorded:
+            raise ValueError(f"run {self.path}: model.safetensors does not match the sha256 recorded when training "
+                             "finished (damaged?); rerun its training command to rebuild it, or restore the file")
+
     def warnings(self) -> List[Dict[str, Any]]:
         """What the trainer warned about while training this run (``warnings.jsonl``: e.g. not learning)."""
         path = self.path / "warnings.jsonl"
@@ -230,6 +245,9 @@ class Run:
 def load_run(path: str | os.PathLike) -> Run:
     """The run directory at ``path``; a one-line error if it is not one."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such run directory: {path} does not exist; check the path, or point at a folder "
+                                "of runs (`rf-bench probe runs/`)")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a run directory (no config.json); point at <output>/<run id>")
     if not (path / "done").is_file():
@@ -339,6 +357,17 @@ class ResultStore:
             if rec and (probe is None or rec["probe"] == probe):
                 out.append(dict(rec, _path=str(path)))
         return out
+
+    def check_folder(self) -> None:
+        """One line, worded alike by ``report`` and ``claims``, when the folder is missing or holds runs instead of
+        probe results."""
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"no results folder {self.root}; make it with `rf-bench probe RUNS --results "
+                                    f"{self.root}` (or a sweep), or name the folder that holds the results")
+        if any((child / "config.json").is_file() and (child / "done").exists() for child in self.root.iterdir()
+               if child.is_dir()):
+            raise ValueError(f"{self.root} holds run directories, not probe results; make results with `rf-bench probe "
+                             f"{self.root} --results results`, then name that folder")
 
     def nothing_usable(self) -> Exception:
         """The error for a store with no usable result: the unusable files named, each with why, or "run probe"."""

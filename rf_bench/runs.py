@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Dict
 
 __all__ = ["CONFIG", "INIT_WEIGHTS", "FINAL_WEIGHTS", "CHECKPOINTS", "METRICS", "DONE", "WARNINGS",
-           "atomic_write", "atomic_write_text", "atomic_write_json", "temporary_path", "replace_folder"]
+           "atomic_write", "atomic_write_text", "atomic_write_json", "temporary_path", "replace_folder",
+           "canonical_safetensors", "save_weights", "recorded_sha256"]
 
 CONFIG = "config.json"  # resolved config, versions, git sha, data description
 INIT_WEIGHTS = "init.safetensors"  # weights at step 0
@@ -52,6 +53,34 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], *, binary:
 def replace_folder(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     """Rename a folder written in full under ``tmp`` to ``final`` (absent): it appears complete or not at all."""
     os.replace(tmp, final)
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its ``__metadata__`` keys sorted: safetensors writes them in hash-map order,
+    which differs from process to process, so identical tensors would get another sha256 on every write."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size].decode("utf-8"))
+    if len(header.get("__metadata__") or {}) < 2:
+        return data
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return data[:8] + text.ljust(size, b" ") + data[8 + size:]  # same keys reordered: same length
+
+
+def save_weights(state: Dict[str, Any], path: str | os.PathLike, metadata: Dict[str, str]) -> Path:
+    """Weights as safetensors, atomically and byte for byte the same for the same tensors and metadata."""
+    from safetensors.torch import save
+
+    data = canonical_safetensors(save({k: v.detach().cpu().contiguous() for k, v in state.items()}, metadata=metadata))
+    return atomic_write(path, lambda f: f.write(data), binary=True)
+
+
+def recorded_sha256(run_dir: str | os.PathLike) -> str | None:
+    """The sha256 of ``model.safetensors`` recorded in ``done`` when training finished (None for older runs)."""
+    path = Path(run_dir) / DONE
+    lines = path.read_text().splitlines() if path.is_file() else []
+    found = [line.split()[-1] for line in lines if line.startswith("sha256")]
+    return found[0] if found else None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

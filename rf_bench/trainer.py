@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from .pruning import apply_masks, global_magnitude_masks
 from .recipes import CLIP_MODES, COMPILE_MODES, TrainConfig, lr_factor, run_dir_for
 from .results import sha256_file, write_json_atomic
-from .runs import WARNINGS, atomic_write, atomic_write_text, replace_folder
+from .runs import WARNINGS, atomic_write_text, recorded_sha256, replace_folder, save_weights
 
 if TYPE_CHECKING:
     from .models import RFPoolSizeError
@@ -98,11 +98,7 @@ def _git_sha() -> Optional[str]:
 
 
 def _save_weights(model: nn.Module, path: Path, metadata: Dict[str, str]) -> None:
-    from safetensors.torch import save
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    data = save(state, metadata=metadata)
-    atomic_write(path, lambda f: f.write(data), binary=True)
+    save_weights(model.state_dict(), path, metadata)
 
 
 class _write_errors_explained:
@@ -173,9 +169,9 @@ def _weights_intact(run_dir: Path) -> bool:
     path = run_dir / "model.safetensors"
     if not path.is_file():
         return False
-    recorded = [line.split()[-1] for line in (run_dir / "done").read_text().splitlines() if line.startswith("sha256")]
+    recorded = recorded_sha256(run_dir)
     if recorded:
-        return sha256_file(path) == recorded[0]
+        return sha256_file(path) == recorded
     from safetensors.torch import load_file
 
     try:
@@ -767,7 +763,7 @@ class Trainer:
             with _write_errors_explained(f"the final weights {weights}", self.run_dir):
                 _save_weights(self.bare_model(), weights, meta)
             # the sha256 lets a rerun tell intact final weights from damaged ones
-            (self.run_dir / "done").write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\nsha256 {sha256_file(weights)}\n")
+            atomic_write_text(self.run_dir / "done", f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\nsha256 {sha256_file(weights)}\n")
         if self.log_with:
             acc.end_training()
         acc.wait_for_everyone()

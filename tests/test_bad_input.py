@@ -3,6 +3,7 @@ the fix, with no traceback, and no finished work lost."""
 import json
 import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -283,3 +284,31 @@ def test_malformed_cifar_is_one_line_and_never_cached(tmp_path, mutate, needle):
             rf_data.load("cifar10", "test", data_dir=data_dir, cache_dir=cache)
         assert "\n" not in str(info.value) and ("re-download" in str(info.value) or "rebuild" in str(info.value))
     assert not list(cache.rglob("*.safetensors"))  # the bad split was not cached
+
+
+@pytest.mark.parametrize("setting, needles", [
+    ("hessian.k=abc", ["hessian.k takes a whole number", "--set 'hessian.k=90'", "got 'abc'"]),
+    ("prune.rates=0.5,0.9", ["prune.rates takes a list of numbers", "prune.rates=[0.5, 0.6, 0.7, 0.8, 0.9]"]),
+    ("prune.rates=[0.5,1.5]", ["prune.rates [1.5] outside [0, 1)"]),
+    ("prune.bn=[\"adaptive\"]", ["prune.bn ['adaptive'] must list one or more of stored, recalibrate"]),
+])
+def test_every_setting_is_checked_before_any_probe_runs(capsys, tmp_path, tiny_runs, setting, needles):
+    results = tmp_path / "results"
+    rc = _cli_main("probe", str(tiny_runs[0]), "--suite", "rfmap,prune,hessian", "--results", str(results),
+                   "--no-progress", "--set", setting)
+    _one_line_error(capsys, rc, f"--set {setting}", *needles)
+    assert not results.exists() or not list(results.rglob("*.json"))  # rfmap, first in the suite, never ran
+
+
+def test_missing_paths_and_a_runs_folder_given_as_results_point_the_right_way(capsys, tmp_path, tiny_runs):
+    rc = _cli_main("probe", str(tmp_path / "no-such-run"), "--suite", "prune", "--results", str(tmp_path / "r"))
+    _one_line_error(capsys, rc, "no such run directory", "does not exist")
+    runs = str(Path(tiny_runs[0]).parent)
+    for command in ("report", "claims"):
+        rc = _cli_main(command, runs, *(["--out", str(tmp_path / "report")] if command == "report" else []))
+        _one_line_error(capsys, rc, "holds run directories, not probe results", f"rf-bench probe {runs} --results")
+    worded = []
+    for command in ("report", "claims"):
+        rc = _cli_main(command, str(tmp_path / "none"), *(["--out", str(tmp_path / "report")] if command == "report" else []))
+        worded.append(_one_line_error(capsys, rc, "no results folder"))
+    assert worded[0] == worded[1]  # the same missing folder, worded the same way

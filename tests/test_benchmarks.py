@@ -124,3 +124,26 @@ def test_rf_coverage_rechecks_rows_in_place(tmp_path, monkeypatch):
     assert "test_resnet" in (tmp_path / "rf_coverage.md").read_text().split("redone after it")[1]
     with pytest.raises(SystemExit, match="not among the checked models: resnet18"):
         rf_coverage.main(["--recheck", "resnet18", "--out", str(tmp_path)])
+
+
+def test_the_recipe_benchmark_runs_every_variant_and_measures_how_far_weights_moved(tmp_path):
+    """benchmarks/recipes.py --quick: every recipe variant trains; the paper's recipe as written moves the weights
+    by a sliver of what fast moves them (its clip of 0.1 at lr 1e-4 bounds every step); weights_moved is the
+    relative L2 distance, checked on weights written by hand."""
+    import torch
+    from safetensors.torch import save_file
+
+    recipes = _load("recipes")
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file({"w": torch.tensor([3.0, 4.0]), "bn.running_var": torch.ones(2)}, str(run / "init.safetensors"))
+    save_file({"w": torch.tensor([3.0, 4.5]), "bn.running_var": torch.full((2,), 9.0)}, str(run / "model.safetensors"))
+    assert recipes.weights_moved(run) == pytest.approx(0.5 / 5.0)  # running statistics are not weights
+    assert recipes.main(["--quick", "--jobs", "1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "recipes_quick.json").read_text())
+    rows = {r["recipe"]: r for r in result["rows"]}
+    assert set(rows) == set(recipes.VARIANTS)
+    assert rows["paper (as written)"]["lr"] == 1e-4 and rows["paper, no clip"]["clip_grad"] is None
+    assert rows["paper, clip by value 0.1"]["clip_mode"] == "value"
+    assert rows["paper (as written)"]["weights_moved"] < 0.01 * rows["fast"]["weights_moved"]
+    assert "| paper (as written) | 1 |" in (tmp_path / "recipes_quick.md").read_text()

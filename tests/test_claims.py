@@ -409,3 +409,19 @@ def test_claims_over_nets_that_never_trained_are_not_measured(tmp_path):
              enumerate(_dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k + 0.002 * s))]
     (dense,) = _verdicts(_store(tmp_path / "mixed", mixed), "dense_accuracy")
     assert dense.verdict == "supported"
+
+
+def test_a_claim_whose_metric_raises_is_one_not_measured_row_and_the_rest_stand(tmp_path):
+    def broken(record):
+        return {"sharpness": [record["values"]["final"]["top"]]}  # a stage these results lack: KeyError
+
+    class Sharp:
+        name = "prune"
+        claims = (Claim("sharp", "a third-party claim", "rises", "prune", broken),)
+
+    results = _store(tmp_path, _dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k + 0.002 * s))
+    verdicts = evaluate_claims(results, list(BUILTIN_CLAIMS) + list(Sharp.claims))
+    (row,) = [v for v in verdicts if v.claim == "sharp"]
+    assert row.verdict == "not measured" and row.reason == "its metric raised KeyError: 'final'"
+    assert any(v.claim == "dense_accuracy" and v.verdict == "supported" for v in verdicts)
+    assert "| sharp |" in claims_markdown(verdicts)

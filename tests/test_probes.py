@@ -412,3 +412,66 @@ def test_finetune_rates_fine_tune_only_those_and_older_results_keep_their_hash(t
     for bn in ("stored", "recalibrate"):
         assert "finetuned_acc" not in by_rate[0.5]["bn"][bn] and 0 <= by_rate[0.9]["bn"][bn]["finetuned_acc"] <= 1
     assert by_rate[0.9]["finetuned_sparsity"] >= 0.9 - 1e-5
+
+
+def test_damaged_weights_are_refused_in_one_line_and_nothing_is_written(tmp_path, tiny_runs):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs[0], run)
+    blob = bytearray((run / "model.safetensors").read_bytes())
+    blob[-64:] = bytes(64)  # 64 bytes of the last tensor overwritten
+    (run / "model.safetensors").write_bytes(bytes(blob))
+    results = tmp_path / "results"
+    proc = subprocess.run(_probe_cmd(str(run), "--suite", "prune", "--results", str(results), "--set",
+                                     "prune.rates=[0.5]", "--set", "prune.finetune_epochs=0"),
+                          capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=HANG_S)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "model.safetensors does not match the sha256 recorded when training finished" in line
+    assert "rerun its training command" in line
+    assert not list(results.glob("*/*.json"))
+
+
+def test_weights_trained_again_get_a_new_result(tmp_path, tiny_runs):
+    import shutil
+
+    from rf_bench.probes.base import run_suite
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_runs[0], run_dir)
+    probes = resolve_suite("prune")
+    configs = apply_overrides(probes, ["prune.rates=[0.5]", "prune.finetune_epochs=0", "prune.bn_images=64"])
+    logged = []
+    (first,) = run_suite(probes, [load_run(run_dir)], tmp_path / "results", configs, progress=False, log=logged.append)
+    before = json.loads(first.read_text())
+    assert before["weights_sha256"] == [load_run(run_dir).weights_sha256]
+    run_suite(probes, [load_run(run_dir)], tmp_path / "results", configs, progress=False, log=logged.append)
+    assert logged == []  # the same weights: reused
+    weights = load_file(str(run_dir / "model.safetensors"))  # "trained again": other weights, recorded as final
+    from rf_bench.runs import recorded_sha256, save_weights
+
+    save_weights({k: v * 0.5 if v.is_floating_point() else v for k, v in weights.items()},
+                 run_dir / "model.safetensors", {"stage": "final"})
+    from rf_bench.results import sha256_file
+
+    (run_dir / "done").write_text(f"again\nsha256 {sha256_file(run_dir / 'model.safetensors')}\n")
+    assert recorded_sha256(run_dir) != before["weights_sha256"][0]
+    run_suite(probes, [load_run(run_dir)], tmp_path / "results", configs, progress=False, log=logged.append)
+    assert logged == [f"prune on {load_run(run_dir).run_id}: the run's weights changed since (trained again); recomputing"]
+    assert json.loads(first.read_text())["weights_sha256"] == [recorded_sha256(run_dir)]
+
+
+def test_identical_tensors_are_written_byte_for_byte_alike_in_any_process(tmp_path):
+    code = textwrap.dedent("""
+        import sys, torch
+        from rf_bench.runs import save_weights
+        save_weights({"b": torch.ones(3), "a": torch.arange(4.0)}, sys.argv[1],
+                     dict(model="vgg19_rfpool1", stage="final", rf_bench="0", seed="1"))
+    """)
+    paths = [tmp_path / f"w{i}.safetensors" for i in range(4)]
+    for path in paths:  # each process hashes the metadata keys in its own order
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=HANG_S)
+    assert len({p.read_bytes() for p in paths}) == 1
+    loaded = load_file(str(paths[0]))
+    assert torch.equal(loaded["a"], torch.arange(4.0)) and torch.equal(loaded["b"], torch.ones(3))

@@ -125,8 +125,65 @@ def nearest_hint(name: str, choices: Sequence[str]) -> str:
     return f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(sorted(choices)) or 'none'}"
 
 
+def _conforms(value: Any, annotation: Any) -> bool:
+    """Whether a setting's value (parsed from JSON; lists already tuples) fits its field's type annotation."""
+    import typing
+
+    if annotation is Any:
+        return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:
+        return any(_conforms(value, arg) for arg in args)
+    if annotation is type(None):
+        return value is None
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False
+        items = args[:1] if len(args) == 2 and args[1] is Ellipsis else args
+        return all(_conforms(v, items[0] if len(items) == 1 else t) for v, t in zip(value, items * len(value)))
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation) if isinstance(annotation, type) else True
+
+
+def _type_words(annotation: Any) -> Tuple[str, str]:
+    """A field type in words, and an example value: ("a list of numbers", "[0.5, 0.9]")."""
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Union and len(args) == 1:
+        words, example = _type_words(args[0])
+        return f"{words} or null", example
+    if typing.get_origin(annotation) in (tuple, list):
+        inner = args[0] if args else Any
+        return {float: ("a list of numbers", "[0.5, 0.9]"), int: ("a list of whole numbers", "[1, 2]"),
+                str: ("a list of names", '["init", "final"]')}.get(inner, ("a list", "[...]"))
+    return {int: ("a whole number", "90"), float: ("a number", "0.5"), bool: ("true or false", "true"),
+            str: ("a name", '"recalibrate"')}.get(annotation, (str(annotation), "..."))
+
+
+def _check_type(item: str, config: Any, fld: str, value: Any) -> None:
+    """One line naming the expected type and an example (the setting's default where it has one) when a ``--set``
+    value does not fit its setting."""
+    import typing
+
+    annotation = typing.get_type_hints(type(config)).get(fld, Any)
+    if not _conforms(value, annotation):
+        words, example = _type_words(annotation)
+        default = getattr(type(config)(), fld)
+        if default is not None:
+            example = json.dumps(list(default) if isinstance(default, tuple) else default)
+        key = item.split("=", 1)[0]
+        raise ValueError(f"--set {item}: {key} takes {words}, e.g. --set '{key}={example}'; got {value!r}")
+
+
 def apply_overrides(probes: Sequence[Type[Probe]], settings: Sequence[str]) -> Dict[str, Any]:
-    """Each probe's config with ``key=value`` / ``probe.key=value`` settings (values parsed as JSON)."""
+    """Each probe's config with ``key=value`` / ``probe.key=value`` settings (values parsed as JSON).
+
+    Every value is checked against its setting's type, and each config's own checks run, before any probe starts:
+    a wrong value is one line with the expected type and an example."""
     configs = {p.name: p.Config() for p in probes}
     for item in settings:
         if "=" not in item:
@@ -145,7 +202,11 @@ def apply_overrides(probes: Sequence[Type[Probe]], settings: Sequence[str]) -> D
             if fld in {f.name for f in dataclasses.fields(configs[name])}:
                 if isinstance(value, list):
                     value = tuple(value)
-                configs[name] = dataclasses.replace(configs[name], **{fld: value})
+                _check_type(item if target else f"{name}.{item}", configs[name], fld, value)
+                try:
+                    configs[name] = dataclasses.replace(configs[name], **{fld: value})
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"--set {item}: {e}") from None
                 hit = True
         if not hit:
             known = [f.name for name in names for f in dataclasses.fields(configs[name])]
@@ -259,6 +320,18 @@ def _tasks(probes, runs: Sequence[Run], configs) -> List[Tuple[Type[Probe], str,
     return tasks
 
 
+def _stale(existing: Dict[str, Any], probe, members: Sequence[Run], weights: List[Optional[str]]) -> Optional[str]:
+    """Why a stored result no longer describes its runs (None if it still does): another probe version, other runs
+    in its group, or other weights (a run trained again); results from before weights were recorded are kept."""
+    if existing.get("runs") != [r.run_id for r in members]:
+        return "its group has other runs now"
+    if existing.get("version") != probe.version:
+        return f"stored by version {existing.get('version')}, now {probe.version}"
+    if existing.get("weights_sha256") not in (None, weights):
+        return "the run's weights changed since (trained again)"
+    return None
+
+
 def run_suite(probes: Sequence[Type[Probe]], runs: Sequence[Run], results_dir: str | Path,
               configs: Optional[Dict[str, Any]] = None, force: bool = False, data_dir: Optional[str] = None,
               progress: bool = True, log=print) -> List[Path]:
@@ -293,14 +366,15 @@ def run_suite(probes: Sequence[Type[Probe]], runs: Sequence[Run], results_dir: s
             if path in store.skipped:
                 log(f"{probe.name} on {key}: the stored result is {store.skipped.pop(path)}; recomputing")
             members = target if isinstance(target, list) else [target]
+            weights = [r.weights_sha256 for r in members]
             if existing and not force:
-                same_runs = existing.get("runs") == [r.run_id for r in members]
-                if existing.get("version") == probe.version and same_runs:
+                why = _stale(existing, probe, members, weights)
+                if why is None:
                     written.append(path)
                     return True
-                why = (f"stored by version {existing.get('version')}, now {probe.version}" if same_runs
-                       else "its group has other runs now")
                 log(f"{probe.name} on {key}: {why}; recomputing")
+            for run in members:  # never measure weights that are not the ones training finished with
+                run.verify_weights()
             t0 = time.perf_counter()
             status = (lambda message: bar.update(task_id, description=f"{probe.name} {key}: {message}"))
             out = probe().run(target, cfg, dataclasses.replace(ctx, status=status))
@@ -310,7 +384,7 @@ def run_suite(probes: Sequence[Type[Probe]], runs: Sequence[Run], results_dir: s
                           family=members[0].family, k=members[0].k,
                           train={k: v for k, v in members[0].config.items() if k != "seed"},
                           seeds=[r.seed for r in members], seconds=time.perf_counter() - t0,
-                          not_learning=[r.run_id for r in members if r.not_learning],
+                          not_learning=[r.run_id for r in members if r.not_learning], weights_sha256=weights,
                           created=time.strftime("%Y-%m-%dT%H:%M:%S"), values=out.values)
             store.write(path, record, out.tensors)
             written.append(path)

@@ -68,6 +68,9 @@ class PruneConfig:
     LATER_FIELDS: ClassVar[Tuple[str, ...]] = ("finetune_rates",)
 
     def __post_init__(self) -> None:
+        bad = [rate for rate in tuple(self.rates) + tuple(self.finetune_rates or ()) if not 0.0 <= rate < 1.0]
+        if bad:
+            raise ValueError(f"prune.rates {bad} outside [0, 1): a rate is the share of weights removed, e.g. 0.9")
         self.bn = (self.bn,) if isinstance(self.bn, str) else tuple(self.bn)
         unknown = [mode for mode in self.bn if mode not in PRUNE_BN]
         if unknown or not self.bn:
