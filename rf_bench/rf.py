@@ -303,6 +303,47 @@ def _refuse(node: fx.Node, gm: fx.GraphModule, what: str) -> NotImplementedError
     return NotImplementedError(f"receptive_field: module {_module_name(node)!r} ({_op_name(node, gm)}) {what}")
 
 
+_REDUCTIONS = ("sum", "mean", "amax", "amin")
+
+
+def _moved_axes(node: fx.Node, axes: Optional[Tuple[int, int]], first: fx.Node) -> Optional[Tuple[int, int]]:
+    """Where height and width go through an op that only moves or adds or removes other axes (None if ``node`` is
+    no such op): a permute or transpose; a stack or unsqueeze that adds an axis (a selective-kernel block stacks
+    its branches); a reshape that splits or merges the channels in front of height and width (split attention's
+    radix); a sum or mean over an axis that is neither (the branches' weighted sum)."""
+    if axes is None or node.op not in ("call_method", "call_function"):
+        return None
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    out, src = _shape(node), _shape(first)
+    if out is None or src is None:
+        return None
+    spatial = tuple(a % len(src) for a in axes)
+    if name in ("stack", "unsqueeze"):
+        dim = _dim_argument(node, 1)
+        if dim is None or len(out) != len(src) + 1:
+            return None
+        dim %= len(out)
+        return tuple(a + 1 if a >= dim else a for a in spatial)
+    if name in ("reshape", "view") and spatial == (len(src) - 2, len(src) - 1) and len(out) >= 3 \
+            and out[-2:] == src[-2:] and out[0] == src[0]:
+        return len(out) - 2, len(out) - 1  # only the axes between batch and height changed
+    if name in _REDUCTIONS:
+        dims = _dim_argument(node, 1)
+        dims = [dims] if isinstance(dims, int) else list(dims or [])
+        dims = [d % len(src) for d in dims]
+        if not dims or any(d in spatial or d == 0 for d in dims) or len(out) != len(src) - len(dims):
+            return None  # over the whole tensor, over height or width (global), or keepdim: not a move
+        return tuple(a - sum(d < a for d in dims) for a in spatial)
+    return _permuted_axes(node, axes)
+
+
+def _dim_argument(node: fx.Node, position: int) -> Any:
+    """The ``dim`` of a call, given by keyword or at ``position``."""
+    if "dim" in node.kwargs:
+        return node.kwargs["dim"]
+    return node.args[position] if len(node.args) > position else None
+
+
 def _permuted_axes(node: fx.Node, axes: Tuple[int, int]) -> Optional[Tuple[int, int]]:
     """Where height and width go through a permute / transpose (None if ``node`` is neither)."""
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
@@ -339,9 +380,12 @@ def _propagate(gm: fx.GraphModule) -> Dict[fx.Node, Any]:
             rfs[node] = _GLOBAL
             continue
         first = local[0]
-        moved = _permuted_axes(node, axes[first]) if node.op in ("call_method", "call_function") else None
-        if moved is not None:  # a permute keeps every unit's RF; only where height and width are changes
-            rfs[node], axes[node] = rfs[first], moved
+        moved = _moved_axes(node, axes[first], first) if len(local) == len(inputs) else None
+        if moved is not None:  # every unit keeps its RF (stacked branches: their union); height and width move
+            merged = rfs[first]
+            for other in local[1:]:
+                merged = merged.union(rfs[other])
+            rfs[node], axes[node] = merged, moved
             node.meta["rf_axes"] = moved
             continue
         same_rank = len(_shape(node)) == len(_shape(first))

@@ -1,4 +1,7 @@
 """Analytic receptive fields against closed forms and against measured gradient support."""
+import copy
+from typing import Tuple
+
 import pytest
 import timm
 import torch
@@ -279,3 +282,40 @@ def test_a_gated_revived_net_is_traced_once_and_copied_once(monkeypatch):
     assert measured.revived and measured.local and measured.size == analytic
     assert calls["trace"] == 1
     assert calls["deepcopy"] == 1  # the float64 revived copy; the trace's own meta copy is of its GraphModule
+
+
+def _independent_extent(model: nn.Module, size: int, gates: Tuple[type, ...]) -> int:
+    """A gradient extent that shares no code with measure_rf: every weight made positive (and zero ones 1) on a
+    positive input, so no ReLU and no sign cancels a path; max-pools as average pools, so every tap carries
+    gradient; the attention weights (the outputs of ``gates``) detached, so only their global summary is cut."""
+    model = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.abs() if bool(p.abs().max() > 0) else torch.ones_like(p))
+    for name, m in list(model.named_modules()):
+        for child_name, child in list(m.named_children()):
+            if isinstance(child, nn.MaxPool2d):
+                setattr(m, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
+    for m in model.modules():
+        if isinstance(m, gates):
+            m.register_forward_hook(lambda module, inputs, output: output.detach())
+    x = torch.rand(1, 3, size, size, dtype=torch.float64, requires_grad=True)
+    out = model.forward_features(x)
+    out[0, :, out.shape[2] // 2, out.shape[3] // 2].sum().backward()
+    rows = torch.nonzero(x.grad[0].abs().sum((0, 2)) > 0).flatten()
+    return int(rows.max() - rows.min() + 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, expected", [("skresnet18", 619), ("resnest14d", 135)])
+def test_attention_weighted_branch_sums_have_the_union_of_their_branches_rfs(name, expected):
+    from timm.layers.selective_kernel import SelectiveKernelAttn
+    from timm.layers.split_attn import RadixSoftmax
+
+    model = timm.create_model(name, num_classes=0).eval()
+    rf = receptive_field(model, (3, 224, 224))
+    assert rf.size == expected and rf.global_context and rf.size > rf.stride  # an RF under its jump cannot be
+    size = rf.size + 2 * rf.stride + 8
+    measured = measure_rf(model, (3, size, size), n=1)
+    assert measured.size == expected and measured.local
+    assert _independent_extent(model, size, (SelectiveKernelAttn, RadixSoftmax)) == expected
