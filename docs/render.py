@@ -17,7 +17,7 @@ import re
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -39,7 +39,7 @@ VERDICTS = ("supported", "contradicted", "inconclusive", "not measured")
 def claims_rows(study: str) -> List[Dict[str, str]]:
     """The claims table of ``docs/<study>/REPORT.md`` ("Does the paper hold?") as one dict per row."""
     text = (DOCS / study / "REPORT.md").read_text()
-    section = text.split("## Does the paper hold?", 1)[1].split("\n## ", 1)[0]
+    section = text.split("## Does the paper hold?", 1)[1].split("\n## ", 1)[0].split("<details>", 1)[0]
     lines = [line for line in section.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     rows = []
@@ -75,6 +75,22 @@ def _verdict_cell(rows: List[Dict[str, str]]) -> str:
     return ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v])
 
 
+def _protocol(row: Dict[str, str]) -> str:
+    """The BatchNorm protocol a pruning row's metric names (rows from before the protocols: the stored one)."""
+    return "recalibrate" if row["metric"].endswith("BN recalibrate") else "stored"
+
+
+def _verdict_rows() -> List[Tuple[str, str, Optional[str]]]:
+    """(claim, label, BatchNorm protocol or None): the pruning claim gets a row per protocol, never pooled."""
+    out: List[Tuple[str, str, Optional[str]]] = []
+    for claim, label in CLAIM_LABELS.items():
+        if claim == "prune_robustness":
+            out += [(claim, f"{label}, BN stored", "stored"), (claim, f"{label}, BN recalibrated", "recalibrate")]
+        else:
+            out.append((claim, label, None))
+    return out
+
+
 def render_verdicts() -> str:
     """The README's "does the paper hold?" table: one row per claim, one column per (study, family)."""
     columns: List[Tuple[str, str, List[Dict[str, str]]]] = []
@@ -84,8 +100,9 @@ def render_verdicts() -> str:
             columns.append((f"{label}: {FAMILY_LABELS.get(family, family)}", family, rows))
     lines = ["| claim (paper) | " + " | ".join(c[0] for c in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
-    for claim, label in CLAIM_LABELS.items():
-        cells = [_verdict_cell([r for r in rows if r["claim"] == claim and r["family"] == family])
+    for claim, label, protocol in _verdict_rows():
+        cells = [_verdict_cell([r for r in rows if r["claim"] == claim and r["family"] == family
+                                and (protocol is None or _protocol(r) == protocol)])
                  for _, family, rows in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     sources = ", ".join(f"`docs/{study}/REPORT.md` ({report_date(study)})" for _, study in VERDICT_STUDIES)

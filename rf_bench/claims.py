@@ -27,7 +27,7 @@ import numpy as np
 
 from rf_bench.reporting import mean_std
 
-__all__ = ["Claim", "Verdict", "NotMeasured", "untrained", "ALPHA", "collect_claims", "evaluate_claims", "evaluate_metric", "spearman_rho",
+__all__ = ["Claim", "Verdict", "NotMeasured", "untrained", "never_run", "ALPHA", "collect_claims", "evaluate_claims", "evaluate_metric", "spearman_rho",
            "permutation_p_value", "welch_interval", "claims_markdown", "chance_level", "family_label"]
 
 ALPHA = 0.05
@@ -378,25 +378,48 @@ def family_label(verdict: Verdict) -> str:
     return verdict.family + (f" [{verdict.variant}]" if verdict.variant else "")
 
 
-def claims_markdown(verdicts: Sequence[Verdict]) -> str:
-    """The claims table for REPORT.md."""
-    ks = sorted({k for v in verdicts for k in v.means})
-    header = ["claim", "family", "data", "metric", "paper"] + [f"k={k}" for k in ks]
-    header += ["rho", "p", "k_max - k_min [95% CI]", "verdict", "why"]
+def never_run(verdict: Verdict) -> bool:
+    """A row for a setting these results never ran (a fine-tune at a rate that was not fine-tuned): no point at all,
+    and the claim's own reason for a missing metric. Tables leave such rows out and count them."""
+    return verdict.verdict == "not measured" and verdict.n == 0 and verdict.metric != "-" \
+        and not verdict.reason.startswith(("its metric raised", "the runs never trained"))
+
+
+def _effect_cell(v: Verdict) -> str:
+    effect = "-" if v.effect is None else _format_value(v.effect, v.unit)
+    if v.effect_ci:
+        effect += f" [{_format_value(v.effect_ci[0], v.unit)}, {_format_value(v.effect_ci[1], v.unit)}]"
+    return effect
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> List[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for v in verdicts:
-        cells = [v.claim, family_label(v), v.dataset, v.metric + (f" [{v.setting}]" if v.setting else ""), v.direction]
-        cells += [_cell(v, k) if k in v.means else "-" for k in ks]
-        cells.append(f"{v.rho:+.2f}" if v.rho is not None and not math.isnan(v.rho) else "-")
-        cells.append(f"{v.p_value:.2g}" if v.p_value is not None and not math.isnan(v.p_value) else "-")
-        effect = "-" if v.effect is None else _format_value(v.effect, v.unit)
-        if v.effect_ci:
-            effect += f" [{_format_value(v.effect_ci[0], v.unit)}, {_format_value(v.effect_ci[1], v.unit)}]"
-        cells += [effect, f"**{v.verdict}**", v.reason]
-        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-    counts = {name: sum(v.verdict == name for v in verdicts)
+    return lines + ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+
+
+def claims_markdown(verdicts: Sequence[Verdict]) -> str:
+    """The claims table for REPORT.md: what a reader came for first (claim, group, verdict, why, rho, p, the effect),
+    then the values per k in a second table that opens on a click; rows for settings never run are counted."""
+    shown = [v for v in verdicts if not never_run(v)]
+    left_out = len(verdicts) - len(shown)
+    ks = sorted({k for v in shown for k in v.means})
+
+    def label(v: Verdict) -> List[str]:
+        return [v.claim, family_label(v), v.dataset, v.metric + (f" [{v.setting}]" if v.setting else "")]
+
+    main = _table(["claim", "family", "data", "metric", "verdict", "why", "rho", "p", "k_max - k_min [95% CI]"],
+                  (label(v) + [f"**{v.verdict}**", v.reason,
+                               f"{v.rho:+.2f}" if v.rho is not None and not math.isnan(v.rho) else "-",
+                               f"{v.p_value:.2g}" if v.p_value is not None and not math.isnan(v.p_value) else "-",
+                               _effect_cell(v)] for v in shown))
+    per_k = _table(["claim", "family", "data", "metric", "paper"] + [f"k={k}" for k in ks],
+                   (label(v) + [v.direction] + [_cell(v, k) if k in v.means else "-" for k in ks] for v in shown))
+    counts = {name: sum(v.verdict == name for v in shown)
               for name in ("supported", "contradicted", "inconclusive", "not measured")}
     summary = ", ".join(f"{n} {name}" for name, n in counts.items())
-    return ("Each row tests one claim of the paper on one metric: values are mean ± std per k over seeds "
-            "(seed pairs for CKA); rho is Spearman's rank correlation with k over all points; p is two-sided, "
-            f"by permutation; a verdict needs p < {ALPHA}. Rows: {summary}.\n\n" + "\n".join(lines) + "\n")
+    never = (f" {left_out} row(s) for settings these results never ran (e.g. a fine-tune at a rate that was not "
+             "fine-tuned) are left out." if left_out else "")
+    return ("Each row tests one claim of the paper on one metric: rho is Spearman's rank correlation with k over all "
+            f"points; p is two-sided, by permutation; a verdict needs p < {ALPHA}. Rows: {summary}.{never}\n\n"
+            + "\n".join(main) + "\n\n<details><summary>Values per k (mean ± std over seeds; seed pairs for CKA)"
+            "</summary>\n\n" + "\n".join(per_k) + "\n\n</details>\n")

@@ -206,11 +206,20 @@ def _cmd_claims(args: argparse.Namespace) -> None:
 
 
 def _print_claims(verdicts, results: str) -> None:
-    # a terminal gets the whole table at its width; piped output a compact one that fits 100 columns
+    """A terminal gets the whole table at its width; piped output a compact one at ``COLUMNS`` (100 if unset).
+    Both say why each verdict is what it is; rows for settings the results never ran are counted, not shown."""
+    import shutil
+
+    from .claims import never_run
+
+    shown = [v for v in verdicts if not never_run(v)]
     if console.is_terminal:
-        console.print(_claims_table(verdicts, results))
+        console.print(_claims_table(shown, results, compact=console.width < 180, width=console.width))
     else:
-        Console(width=100, color_system=None).print(_claims_table(verdicts, results, compact=True))
+        width = shutil.get_terminal_size((100, 24)).columns
+        Console(width=width, color_system=None).print(_claims_table(shown, results, compact=width < 180, width=width))
+    if len(shown) < len(verdicts):
+        console.print(f"{len(verdicts) - len(shown)} row(s) for settings these results never ran left out")
 
 
 def _mean_cell(verdict, k: int) -> str:
@@ -220,8 +229,8 @@ def _mean_cell(verdict, k: int) -> str:
     return f"{100 * mean:.1f}%" if verdict.unit == "%" else f"{mean:.3g}"
 
 
-def _claims_table(verdicts, results: str, compact: bool = False) -> Table:
-    """One row per verdict; ``compact`` drops what the verdict's reason repeats and joins the labels (100 columns)."""
+def _claims_table(verdicts, results: str, compact: bool = False, width: int = 100) -> Table:
+    """One row per verdict, its reason in the last column; ``compact`` joins the labels into one column."""
     from rich.markup import escape
 
     from .claims import family_label
@@ -229,9 +238,10 @@ def _claims_table(verdicts, results: str, compact: bool = False) -> Table:
     ks = sorted({k for v in verdicts for k in v.means})
     table = Table(title=f"Does the paper hold? ({results})", show_lines=False, padding=(0, 1) if not compact else 0)
     head = ["claim / family / data / metric"] if compact else ["claim", "family", "data", "metric", "paper"]
-    tail = ["rho", "p", "verdict"] + ([] if compact else ["why"])
+    tail = ["rho", "p", "verdict", "why"]
     for col in head + [f"k={k}" for k in ks] + tail:
-        table.add_column(col, overflow="fold", no_wrap=col.startswith("k=") or col in ("rho", "p"))
+        table.add_column(col, overflow="fold", no_wrap=col.startswith("k=") or col in ("rho", "p", "verdict"),
+                         min_width=max(20, width // 4) if col == "why" else None)
     for v in verdicts:
         means = [_mean_cell(v, k) for k in ks]
         rho = "-" if v.rho is None or v.rho != v.rho else f"{v.rho:+.2f}"
@@ -242,8 +252,8 @@ def _claims_table(verdicts, results: str, compact: bool = False) -> Table:
             labels = [f"{v.claim} / {family_label(v)} / {v.dataset} / {metric} ({v.direction})"]
         else:
             labels = [v.claim, family_label(v), v.dataset, metric, v.direction]
-        row = [escape(x) for x in labels] + means + [rho, p, f"[{style}]{v.verdict}[/]"]
-        table.add_row(*row, *([] if compact else [escape(v.reason)]))
+        row = [escape(x) for x in labels] + means + [rho, p, f"[{style}]{v.verdict}[/]", escape(v.reason)]
+        table.add_row(*row)
     return table
 
 
