@@ -30,7 +30,6 @@ VARIANTS = {
     "paper, lr 0.1": ("paper", dict(lr=0.1)),
     "paper, clip by value 0.1": ("paper", dict(clip_mode="value")),
     "paper, no clip": ("paper", dict(clip_grad=0)),
-    "paper, lr 0.1 and no clip (two changes)": ("paper", dict(lr=0.1, clip_grad=0)),
     "fast": ("fast", {}),
 }
 

@@ -43,7 +43,7 @@ BENCHMARKS: Sequence[Benchmark] = (
     Benchmark("hessian_full_width.py", timeout_s=2400, long=True),  # a converged top-90: 27 min here
     Benchmark("grid_cost.py", timeout_s=300),
     Benchmark("cpu_training_speed.py", timeout_s=3600, long=True),  # 18 trainer runs, 6 of them compiled
-    Benchmark("recipes.py", timeout_s=5400, long=True),  # 24 runs of 12 epochs on Fashion-MNIST
+    Benchmark("recipes.py", timeout_s=5400, long=True),  # 20 runs of 12 epochs on Fashion-MNIST
     Benchmark("hessian_compare.py", timeout_s=3600, comparison=("pyhessian", "hessian_eigenthings")),
     Benchmark("cka_compare.py", timeout_s=1800, comparison=("torch_cka", "ckatorch")),
     Benchmark("rf_coverage.py", timeout_s=3600, comparison=("torchscan", "receptivefield")),

@@ -116,12 +116,12 @@ _SYNONYMS = {"learning_rate": "lr", "learning-rate": "lr", "wd": "weight_decay",
 
 def _check_keys(table: Dict[str, Any], allowed: Sequence[str], where: str, what: str = "key") -> None:
     """Refuse a key (section, probe) that is not ``allowed``, suggesting the nearest one."""
-    import difflib
+    from .hints import nearest
 
     for key in table:
         if key not in allowed:
             close = [_SYNONYMS[key]] if _SYNONYMS.get(key) in allowed else []
-            close = close or difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.5)
+            close = close or nearest(key, allowed)
             hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(sorted(allowed))}"
             raise ValueError(f"{where} has no {what} {key!r}; {hint}")
 

@@ -116,7 +116,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 def _config_from_file(path: Path) -> TrainConfig:
     import dataclasses
-    import difflib
+
+    from rf_bench.hints import nearest
 
     try:
         fields = json.loads(path.read_text())
@@ -128,7 +129,7 @@ def _config_from_file(path: Path) -> TrainConfig:
     fields = fields.get("config", fields) if "run_id" in fields else fields  # a run's config.json works too
     for key in fields:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
+            close = nearest(key, known, cutoff=0.6)
             hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
             raise ValueError(f"--config {path}: unknown field {key!r}; {hint}")
     return TrainConfig(**fields)

@@ -80,14 +80,14 @@ def rfpool_default_cfgs(prefix: str, min_size_after_pool: int, final_side: Calla
 
 def unknown_model_hint(name: str) -> Optional[str]:
     """None if timm knows ``name`` (a pretrained tag after a dot is fine); else what to write instead."""
-    import difflib
-
     import timm
+
+    from ..hints import nearest
 
     arch = name.split(".")[0]
     if timm.is_model(arch):
         return None
-    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+    close = nearest(arch, timm.list_models(), n=3, cutoff=0.6)
     return f"did you mean {', '.join(close)}?" if close else "see timm.list_models('*rfpool*')"
 
 

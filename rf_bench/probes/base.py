@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rf_bench.hints import nearest_hint  # re-exported: sweeps and plugins name choices the same way
 from rf_bench.reporting import ReportSection  # re-exported: a plugin's report() returns these
 from rf_bench.results import ResultStore, Run, config_hash, group_runs
 
@@ -115,14 +116,6 @@ def resolve_suite(suite: str) -> List[Type[Probe]]:
             raise ValueError(f"unknown probe {name!r}; available: {', '.join(probes) or 'none installed'}")
         chosen.append(probes[name])
     return chosen
-
-
-def nearest_hint(name: str, choices: Sequence[str]) -> str:
-    """``did you mean 'x'?`` for the closest choice, else the list of choices."""
-    import difflib
-
-    close = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.5)
-    return f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(sorted(choices)) or 'none'}"
 
 
 def _conforms(value: Any, annotation: Any) -> bool:

@@ -84,11 +84,11 @@ _SPLITS = {"train": "train", "test": "test", "valid": "test", "val": "test", "va
 
 def dataset_key(name: str) -> str:
     """The registered name ``name`` means (case and ``_``/``-`` do not matter); a one-line error otherwise."""
-    import difflib
+    from rf_bench.hints import nearest
 
     key = name.lower().replace("_", "-")
     if key not in DATASETS:
-        close = difflib.get_close_matches(key, list(DATASETS), n=1)
+        close = nearest(key, DATASETS, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else ""
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}{hint}")
     return key
