@@ -8,11 +8,14 @@
 #    CUDA) and the two-process tests;
 # 2. benchmarks/gpu_train.py: resnet50_rfpool1, resnet50_rfpool4, vgg19_rfpool1 at batch 128 (bare, trainer,
 #    captured, packed 1/2/4/8) and resnet50_rfpool1 at batch 512;
-# 3. benchmarks/hessian_gpu.py: full-width resnet50_rfpool4, 2,048 images, top-90 within a time budget.
+# 3. benchmarks/hessian_gpu.py: full-width resnet50_rfpool4, 2,048 images, top-90 within a time budget;
+# 4. benchmarks/gpu_headline.py: the headline at full width (both families, k = 1 and 4, one-shot pruning under both
+#    BatchNorm protocols), its seeds sized from part 2's measured rate; skipped in one line unless the Fashion-MNIST
+#    IDX files are in .data/fashion-mnist (git ignores it: copy Debian's files there and carry it).
 #
 # Each part runs under its own `timeout`, so one that hangs cannot take the others with it; the benchmarks write
-# their results after every measurement. DIR receives at most 8 files: suite.log, tests.log, gpu_train.{json,md,log},
-# hessian_gpu.{json,md,log}. The project is used from this checkout (PYTHONPATH), with no install; packages the
+# their results after every measurement. DIR receives at most 8 files: suite.log, parts.log (every part's output),
+# gpu_train.{json,md}, hessian_gpu.{json,md}, headline.json, headline_results.tar.gz. The project is used from this checkout (PYTHONPATH), with no install; packages the
 # GPU image lacks, and timm at the version tested here (rf_bench uses some of its private modules; the image's
 # version is unknown), are installed from wheels in .whl/ (made where a registry is reachable; README, "GPU"):
 #
@@ -94,7 +97,8 @@ if [ $SMOKE = 1 ]; then
            tests/test_hessian.py::test_hvp_on_cuda_is_the_dense_product)
     TRAIN=(--device cpu --quick)
     HESSIAN=(--device cpu --quick)
-    T_TESTS=300; T_TRAIN=300; T_HESSIAN=300
+    HEADLINE=(--device cpu --quick)
+    T_TESTS=300; T_TRAIN=300; T_HESSIAN=300; T_HEADLINE=600
 else
     # in order of what only a GPU can show, so a time limit cuts the least telling ones; the CPU-only tests of
     # these files pass in CI and stay out
@@ -109,15 +113,21 @@ else
            tests/test_train.py::test_two_processes_match_one_with_the_same_global_batch)
     TRAIN=(--budget-s 150 --packed-timeout-s 60)
     HESSIAN=(--models resnet50_rfpool4 --budget-s 75)
-    T_TESTS=130; T_TRAIN=210; T_HESSIAN=150
+    HEADLINE=(--budget-s 180)
+    T_TESTS=130; T_TRAIN=210; T_HESSIAN=150; T_HEADLINE=240
 fi
 
-# -v: each test's outcome is in tests.log as it ends, so a time limit keeps what finished; with pytest-timeout (the
+# -v: each test's outcome is in parts.log as it ends, so a time limit keeps what finished; with pytest-timeout (the
 # GPU image has it) a test that hangs fails alone
 PER_TEST=()
 "$PY" -c "import pytest_timeout" 2> /dev/null && PER_TEST=(--timeout 100)
-part "CUDA tests" $T_TESTS "$OUT/tests.log" "$PY" -m pytest -p no:cacheprovider -o addopts="" -rA -v "${PER_TEST[@]}" \
+part "CUDA tests" $T_TESTS "$OUT/parts.log" "$PY" -m pytest -p no:cacheprovider -o addopts="" -rA -v "${PER_TEST[@]}" \
     "${TESTS[@]}"
-part "gpu_train.py" $T_TRAIN "$OUT/gpu_train.log" "$PY" benchmarks/gpu_train.py --out "$OUT" "${TRAIN[@]}"
-part "hessian_gpu.py" $T_HESSIAN "$OUT/hessian_gpu.log" "$PY" benchmarks/hessian_gpu.py --out "$OUT" "${HESSIAN[@]}"
+part "gpu_train.py" $T_TRAIN "$OUT/parts.log" "$PY" benchmarks/gpu_train.py --out "$OUT" "${TRAIN[@]}"
+part "hessian_gpu.py" $T_HESSIAN "$OUT/parts.log" "$PY" benchmarks/hessian_gpu.py --out "$OUT" "${HESSIAN[@]}"
+# the trainer's measured rate (resnet50_rfpool1, batch 128) sizes the headline's seeds
+RATE=$("$PY" -c "import json, sys; rows = json.load(open(sys.argv[1]))['rows']; print(rows[0].get('trainer') or '')" \
+    "$OUT/gpu_train.json" 2> /dev/null)
+part "gpu_headline.py" $T_HEADLINE "$OUT/parts.log" "$PY" benchmarks/gpu_headline.py --out "$OUT" \
+    --data-dir .data/fashion-mnist ${RATE:+--images-per-s "$RATE"} "${HEADLINE[@]}"
 say "== done in $SECONDS s"

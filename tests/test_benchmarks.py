@@ -22,11 +22,20 @@ def test_the_gpu_suite_runs_end_to_end_in_cpu_smoke_mode(tmp_path):
                           text=True, timeout=1500, env=dict(os.environ, PYTHON=sys.executable))
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (out / "suite.log").read_text()
-    for part in ("CUDA tests", "gpu_train.py", "hessian_gpu.py"):
+    for part in ("CUDA tests", "gpu_train.py", "hessian_gpu.py", "gpu_headline.py"):
         assert f"== {part}: ok" in log, log
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["gpu_train.json", "gpu_train.log", "gpu_train.md", "hessian_gpu.json", "hessian_gpu.log",
-                     "hessian_gpu.md", "suite.log", "tests.log"]  # the device tool brings back at most 8
+    assert files == ["gpu_train.json", "gpu_train.md", "headline.json", "headline_results.tar.gz", "hessian_gpu.json",
+                     "hessian_gpu.md", "parts.log", "suite.log"]  # the device tool brings back at most 8
+    headline = json.loads((out / "headline.json").read_text())
+    assert headline["quick"] and headline["runs"] == 4 and headline["failed"] == 0
+    assert {v["metric"] for v in headline["verdicts"]} >= {"accuracy lost at 0.9, one-shot, BN stored",
+                                                          "accuracy lost at 0.9, one-shot, BN recalibrate"}
+    import tarfile
+
+    with tarfile.open(out / "headline_results.tar.gz") as tar:
+        names = tar.getnames()
+    assert "report/REPORT.md" in names and any(n.startswith("results/") and n.endswith(".json") for n in names)
     train = json.loads((out / "gpu_train.json").read_text())
     row = train["rows"][0]
     assert train["quick"] and row["model"] == "resnet50_rfpool1" and row["batch"] == 16
@@ -147,3 +156,13 @@ def test_the_recipe_benchmark_runs_every_variant_and_measures_how_far_weights_mo
     assert rows["paper, clip by value 0.1"]["clip_mode"] == "value"
     assert rows["paper (as written)"]["weights_moved"] < 0.01 * rows["fast"]["weights_moved"]
     assert "| paper (as written) | 1 |" in (tmp_path / "recipes_quick.md").read_text()
+
+
+def test_the_headline_sizes_its_seeds_from_the_measured_rate_and_skips_without_data(tmp_path):
+    headline = _load("gpu_headline")
+    assert headline.seeds_that_fit(240, None, 12)["seeds"] == [0]
+    fast = headline.seeds_that_fit(240, 20_000, 12)  # 10,000 images x 12 epochs x 1.5 / 20,000 + 10 = 19 s a run
+    assert fast["seeds"] == [0, 1] and fast["estimate_s"] == 8 * 19
+    assert headline.seeds_that_fit(240, 4_000, 12)["seeds"] == [0]  # 55 s a run: 8 runs would not fit
+    assert headline.main(["--out", str(tmp_path), "--device", "cpu", "--data-dir", str(tmp_path / "none")]) == 0
+    assert json.loads((tmp_path / "headline.json").read_text())["skipped"]

@@ -292,7 +292,7 @@ def _independent_extent(model: nn.Module, size: int, gates: Tuple[type, ...]) ->
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(p.abs() if bool(p.abs().max() > 0) else torch.ones_like(p))
-    for name, m in list(model.named_modules()):
+    for m in list(model.modules()):
         for child_name, child in list(m.named_children()):
             if isinstance(child, nn.MaxPool2d):
                 setattr(m, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
