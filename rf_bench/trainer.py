@@ -433,7 +433,7 @@ class Trainer:
 
     @property
     def finished(self) -> bool:
-        """Whether the run directory holds a finished run whose weights check out."""
+        """Whether the run directory holds a ``done`` marker (`fit` checks the weights against it)."""
         return (self.run_dir / "done").is_file()
 
     # ------------------------------------------------------------------------------- the whole run
@@ -468,28 +468,28 @@ class Trainer:
         """Build the model, optimizer, schedule and loaders, and restore a checkpoint if there is one."""
         from accelerate.utils import set_seed
 
-        acc, cfg = self.accelerator, self.cfg
+        accel, cfg = self.accelerator, self.cfg
         self._load_data()
         set_seed(cfg.seed)
         model, masks = self._build_model()
-        if acc.is_main_process:
+        if accel.is_main_process:
             check_writable(self.run_dir, need_bytes=(self.keep_checkpoints + 2) * _checkpoint_bytes(model))
-        acc.wait_for_everyone()
+        accel.wait_for_everyone()
         self._build_loaders()
         optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
                                     nesterov=cfg.nesterov)
         steps = self.steps_per_epoch
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps))
-        if acc.is_main_process and not (self.run_dir / "init.safetensors").is_file():
+        if accel.is_main_process and not (self.run_dir / "init.safetensors").is_file():
             self._write_run_header(model)
-        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        self.model, self.optimizer, self.scheduler = accel.prepare(model, optimizer, scheduler)
         # accelerate's optimizer wrapper looks for an optional package (importlib's find_spec, file-system stats) twice
         # per step; with no loss scaler (fp16) and no gradient accumulation its step is the plain optimizer's
-        plain = self.optimizer.scaler is None and acc.gradient_accumulation_steps == 1
+        plain = self.optimizer.scaler is None and accel.gradient_accumulation_steps == 1
         self._optimizer_step = self.optimizer.optimizer.step if plain else self.optimizer.step
-        self.masks = None if masks is None else {name: m.to(acc.device) for name, m in masks.items()}
+        self.masks = None if masks is None else {name: m.to(accel.device) for name, m in masks.items()}
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.stats = _RunningStats(acc.device)
+        self.stats = _RunningStats(accel.device)
         self.captured = None
         if cfg.cuda_graphs:
             from .capture import CapturedStep
@@ -542,9 +542,9 @@ class Trainer:
     def _build_loaders(self) -> None:
         from .data import TensorLoader
 
-        acc, cfg = self.accelerator, self.cfg
+        accel, cfg = self.accelerator, self.cfg
         local_batch = cfg.batch_size // self.world
-        kwargs = dict(device=acc.device, num_replicas=self.world, rank=acc.process_index,
+        kwargs = dict(device=accel.device, num_replicas=self.world, rank=accel.process_index,
                       channels_last=cfg.channels_last)
         self.train_loader = TensorLoader(self.train_set, local_batch, train=True, seed=cfg.seed, augment=cfg.augment,
                                          **kwargs)
@@ -569,21 +569,21 @@ class Trainer:
 
     def resume(self) -> Tuple[int, int, Dict[str, float]]:
         """Load the last complete checkpoint, if any: ``(epoch, step in epoch, partial-epoch sums)``."""
-        acc = self.accelerator
+        accel = self.accelerator
         start_epoch, start_step, partial = 0, 0, {}
         unreadable = []
         for ckpt in reversed(_complete_checkpoints(self.run_dir)):
             try:
-                acc.load_state(str(ckpt))
+                accel.load_state(str(ckpt))
                 state = json.loads((ckpt / "trainer_state.json").read_text())
                 start_epoch, start_step = state["epoch"], state["step_in_epoch"]
-                partial = state["partial_epoch"][acc.process_index]
+                partial = state["partial_epoch"][accel.process_index]
             except _unreadable_checkpoint_errors() as e:
                 unreadable.append(ckpt)
-                acc.print(f"warning: checkpoint {ckpt} is unreadable ({type(e).__name__}: {str(e)[:120]}); "
+                accel.print(f"warning: checkpoint {ckpt} is unreadable ({type(e).__name__}: {str(e)[:120]}); "
                           "moving it aside and trying the one before it")
                 continue
-            acc.print(f"resuming {self.run_dir.name} from {ckpt.name} (epoch {start_epoch}, step {start_step})")
+            accel.print(f"resuming {self.run_dir.name} from {ckpt.name} (epoch {start_epoch}, step {start_step})")
             break
         else:
             if unreadable:  # the model may hold part of a corrupt state: do not train on from it
@@ -591,20 +591,20 @@ class Trainer:
                 raise ValueError(f"every checkpoint of {self.run_dir} is unreadable (moved to corrupt_*); "
                                  f"delete {self.run_dir} to train the run from the start")
         self._move_aside(unreadable)
-        if acc.is_main_process:
+        if accel.is_main_process:
             _truncate_metrics(self.run_dir / "metrics.jsonl", start_epoch)
         if self.log_with:
-            acc.init_trackers(self.run_dir.name, config={k: str(v) for k, v in self.cfg.identity().items()})
+            accel.init_trackers(self.run_dir.name, config={k: str(v) for k, v in self.cfg.identity().items()})
         return start_epoch, start_step, partial
 
     def _move_aside(self, checkpoints: List[Path]) -> None:
         """Keep unreadable checkpoints for inspection, out of the resume order."""
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        if acc.is_main_process:
+        accel = self.accelerator
+        accel.wait_for_everyone()
+        if accel.is_main_process:
             for ckpt in checkpoints:
                 ckpt.rename(ckpt.with_name(f"corrupt_{ckpt.name}"))
-        acc.wait_for_everyone()
+        accel.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------ training
 
@@ -636,16 +636,16 @@ class Trainer:
             self.captured(x, y, global_step, lr=self.optimizer.param_groups[0]["lr"])  # what the scheduler set
             self.scheduler.step()
             return
-        acc, cfg = self.accelerator, self.cfg
-        with acc.autocast():
+        accel, cfg = self.accelerator, self.cfg
+        with accel.autocast():
             logits = self.model(x)
             loss = self.criterion(logits, y)
-        acc.backward(loss)
+        accel.backward(loss)
         grad_norm = None
         if cfg.clip_grad and cfg.clip_mode == "value":
-            acc.clip_grad_value_(self.model.parameters(), cfg.clip_grad)
+            accel.clip_grad_value_(self.model.parameters(), cfg.clip_grad)
         elif cfg.clip_grad:
-            grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            grad_norm = accel.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
         self.stats.update(loss, logits, y, grad_norm, global_step)
         self._optimizer_step()
         if self.masks is not None:  # pruned weights stay exactly zero
@@ -680,10 +680,10 @@ class Trainer:
 
     def evaluate(self, epoch: int, seconds: float, images: int) -> Dict[str, float]:
         """The epoch's record: train sums over all processes, then test loss and accuracy (None when skipped)."""
-        acc = self.accelerator
+        accel = self.accelerator
         self.check_finite()
-        loss_sum, correct, seen = acc.reduce(self.stats.sums.clone(), reduction="sum").tolist()
-        test_loss, test_acc = _evaluate(self.model, self.test_loader, acc) if self._evaluates(epoch) else (None, None)
+        loss_sum, correct, seen = accel.reduce(self.stats.sums.clone(), reduction="sum").tolist()
+        test_loss, test_acc = _evaluate(self.model, self.test_loader, accel) if self._evaluates(epoch) else (None, None)
         return dict(epoch=epoch, step=(epoch + 1) * self.steps_per_epoch, train_loss=loss_sum / seen,
                     train_acc=correct / seen, test_loss=test_loss, test_acc=test_acc,
                     lr=self.optimizer.param_groups[0]["lr"], images_per_s=images / seconds, seconds=seconds)
@@ -706,27 +706,27 @@ class Trainer:
         print(f"warning: {self.run_dir.name} is not learning after {verdict['epochs']} epochs (train accuracy "
               f"{100 * verdict['train_acc']:.1f}%, chance {100 * verdict['chance']:.1f}%; train loss "
               f"{verdict['first_loss']:.4f} -> {verdict['train_loss']:.4f}) with recipe {cfg.recipe!r} at lr {cfg.lr:g}; "
-              "see the recipes page (docs/concepts/recipes.md) or train with --recipe fast", file=sys.stderr)
+              "see the recipes section of docs/howto/training.md, or train with --recipe fast", file=sys.stderr)
 
     def log_epoch(self, record: Dict[str, float]) -> None:
         """Append the epoch's line to ``metrics.jsonl``, print it, and hand it to the trackers."""
-        acc = self.accelerator
-        if acc.is_main_process:
+        accel = self.accelerator
+        if accel.is_main_process:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         if self.progress:
             tested = (f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f}"
                       if record["test_acc"] is not None else "not tested")
-            acc.print(f"epoch {record['epoch'] + 1}/{self.cfg.epochs}  train loss {record['train_loss']:.4f} "
+            accel.print(f"epoch {record['epoch'] + 1}/{self.cfg.epochs}  train loss {record['train_loss']:.4f} "
                       f"acc {record['train_acc']:.4f}  {tested}  {record['images_per_s']:.0f} img/s")
         if self.log_with:
-            acc.log({k: v for k, v in record.items() if k != "epoch" and v is not None}, step=record["epoch"])
+            accel.log({k: v for k, v in record.items() if k != "epoch" and v is not None}, step=record["epoch"])
 
     # -------------------------------------------------------------------------------- checkpoints
 
     def save_checkpoint(self, epoch: int, step_in_epoch: int, stats: _RunningStats) -> None:
         """``checkpoints/step_<global step>``, complete or absent (written aside, then renamed)."""
-        acc = self.accelerator
+        accel = self.accelerator
         self.check_finite()
         global_step = epoch * self.steps_per_epoch + step_in_epoch
         folder = self.run_dir / "checkpoints"
@@ -736,13 +736,13 @@ class Trainer:
             torch.distributed.all_gather_object(partial, stats.as_dict())
         else:
             partial = [stats.as_dict()]
-        if acc.is_main_process and tmp.exists():
+        if accel.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
-        acc.wait_for_everyone()
+        accel.wait_for_everyone()
         with _write_errors_explained(f"checkpoint {final}", self.run_dir):
-            acc.save_state(str(tmp), safe_serialization=True)
-        acc.wait_for_everyone()
-        if acc.is_main_process:
+            accel.save_state(str(tmp), safe_serialization=True)
+        accel.wait_for_everyone()
+        if accel.is_main_process:
             write_json_atomic(tmp / "trainer_state.json", dict(epoch=epoch, step_in_epoch=step_in_epoch,
                                                                global_step=global_step, partial_epoch=partial))
             if final.exists():
@@ -750,14 +750,14 @@ class Trainer:
             replace_folder(tmp, final)  # a checkpoint is either complete or absent
             for old in sorted(folder.glob("step_*"))[:-self.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
+        accel.wait_for_everyone()
 
     def finish(self) -> None:
         """Write ``model.safetensors`` and the ``done`` marker with its sha256."""
         import rf_bench
 
-        acc = self.accelerator
-        if acc.is_main_process:
+        accel = self.accelerator
+        if accel.is_main_process:
             meta = dict(model=self.cfg.model, stage="final", rf_bench=rf_bench.__version__)
             weights = self.run_dir / "model.safetensors"
             with _write_errors_explained(f"the final weights {weights}", self.run_dir):
@@ -765,8 +765,8 @@ class Trainer:
             # the sha256 lets a rerun tell intact final weights from damaged ones
             atomic_write_text(self.run_dir / "done", f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\nsha256 {sha256_file(weights)}\n")
         if self.log_with:
-            acc.end_training()
-        acc.wait_for_everyone()
+            accel.end_training()
+        accel.wait_for_everyone()
 
 
 def _evaluate(model: nn.Module, loader, accelerator) -> Tuple[float, float]:
