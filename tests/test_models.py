@@ -120,3 +120,21 @@ def test_large_k_works_on_a_large_enough_input():
     assert model.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 200)
 
 
+
+
+def test_every_public_name_is_one_explicit_register_model_function_as_in_timm():
+    import ast
+    from pathlib import Path
+
+    import timm
+
+    from rf_bench.models import RFPOOL_KS
+
+    for family, module in (("resnet50_rfpool", "resnet.py"), ("vgg19_rfpool", "vgg.py")):
+        tree = ast.parse((Path(rf_bench.__file__).parent / "models" / module).read_text())
+        registered = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)
+                      and any(getattr(d, "id", None) == "register_model" for d in node.decorator_list)]
+        assert registered == [f"{family}{k}" for k in RFPOOL_KS]  # greppable, as every timm model is
+        for k in RFPOOL_KS:
+            assert timm.is_model(f"{family}{k}")
+            assert timm.create_model(f"{family}{k}", width_mult=0.0625).rf_pool == k

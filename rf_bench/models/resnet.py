@@ -14,7 +14,7 @@ from timm.models.resnet import Bottleneck, make_blocks
 from torch import nn
 from torch.nn import functional as F
 
-from ._registry import RFPOOL_KS, published_model_kwargs, rfpool_default_cfgs
+from ._registry import published_model_kwargs, rfpool_default_cfgs
 from ._rfpool import create_rfpool, rfpool_output_size
 
 __all__ = ["RfPoolResNet"]
@@ -211,18 +211,59 @@ default_cfgs = rfpool_default_cfgs("resnet50_rfpool", min_size_after_pool=1, fin
                                    first_conv="conv1", classifier="fc")
 
 
-def _register_resnet50(k: int) -> None:
-    name = f"resnet50_rfpool{k}"
+# One function per public name, as timm writes them (tests/test_models.py checks they match RFPOOL_KS).
 
-    def model_fn(pretrained: bool = False, **kwargs: Any) -> RfPoolResNet:
-        model_args = dict(layers=(3, 4, 6, 3), block=Bottleneck, rf_pool=k)
-        return _create_resnet(name, pretrained, **dict(model_args, **kwargs))
-
-    model_fn.__name__ = name
-    model_fn.__qualname__ = name
-    model_fn.__doc__ = f"CIFAR ResNet-50 with MaxPool2d({k}, stride={k}) after the stem; analytic RF {105 * k + 2}."
-    globals()[name] = register_model(model_fn)
+@register_model
+def resnet50_rfpool1(pretrained: bool = False, **kwargs: Any) -> RfPoolResNet:
+    """CIFAR ResNet-50 with MaxPool2d(1, stride=1) after the stem; analytic RF 107."""
+    model_args = dict(layers=(3, 4, 6, 3), block=Bottleneck, rf_pool=1)
+    return _create_resnet("resnet50_rfpool1", pretrained, **dict(model_args, **kwargs))
 
 
-for _k in RFPOOL_KS:
-    _register_resnet50(_k)
+@register_model
+def resnet50_rfpool2(pretrained: bool = False, **kwargs: Any) -> RfPoolResNet:
+    """CIFAR ResNet-50 with MaxPool2d(2, stride=2) after the stem; analytic RF 212."""
+    model_args = dict(layers=(3, 4, 6, 3), block=Bottleneck, rf_pool=2)
+    return _create_resnet("resnet50_rfpool2", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet50_rfpool3(pretrained: bool = False, **kwargs: Any) -> RfPoolResNet:
+    """CIFAR ResNet-50 with MaxPool2d(3, stride=3) after the stem; analytic RF 317."""
+    model_args = dict(layers=(3, 4, 6, 3), block=Bottleneck, rf_pool=3)
+    return _create_resnet("resnet50_rfpool3", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet50_rfpool4(pretrained: bool = False, **kwargs: Any) -> RfPoolResNet:
+    """CIFAR ResNet-50 with MaxPool2d(4, stride=4) after the stem; analytic RF 422."""
+    model_args = dict(layers=(3, 4, 6, 3), block=Bottleneck, rf_pool=4)
+    return _create_resnet("resnet50_rfpool4", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet50_rfpool5(pretrained: bool = False, **kwargs: Any) -> RfPoolResNet:
+    """CIFAR ResNet-50 with MaxPool2d(5, stride=5) after the stem; analytic RF 527."""
+    model_args = dict(layers=(3, 4, 6, 3), block=Bottleneck, rf_pool=5)
+    return _create_resnet("resnet50_rfpool5", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet50_rfpool6(pretrained: bool = False, **kwargs: Any) -> RfPoolResNet:
+    """CIFAR ResNet-50 with MaxPool2d(6, stride=6) after the stem; analytic RF 632."""
+    model_args = dict(layers=(3, 4, 6, 3), block=Bottleneck, rf_pool=6)
+    return _create_resnet("resnet50_rfpool6", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet50_rfpool7(pretrained: bool = False, **kwargs: Any) -> RfPoolResNet:
+    """CIFAR ResNet-50 with MaxPool2d(7, stride=7) after the stem; analytic RF 737."""
+    model_args = dict(layers=(3, 4, 6, 3), block=Bottleneck, rf_pool=7)
+    return _create_resnet("resnet50_rfpool7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet50_rfpool8(pretrained: bool = False, **kwargs: Any) -> RfPoolResNet:
+    """CIFAR ResNet-50 with MaxPool2d(8, stride=8) after the stem; analytic RF 842."""
+    model_args = dict(layers=(3, 4, 6, 3), block=Bottleneck, rf_pool=8)
+    return _create_resnet("resnet50_rfpool8", pretrained, **dict(model_args, **kwargs))

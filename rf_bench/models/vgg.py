@@ -13,7 +13,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.nn import functional as F
 
-from ._registry import RFPOOL_KS, published_model_kwargs, rfpool_default_cfgs
+from ._registry import published_model_kwargs, rfpool_default_cfgs
 from timm.models._manipulate import checkpoint_seq
 
 from ._rfpool import create_rfpool, rfpool_output_size
@@ -217,18 +217,59 @@ default_cfgs = rfpool_default_cfgs("vgg19_rfpool", min_size_after_pool=8, final_
                                    first_conv="features.0", classifier="fc")
 
 
-def _register_vgg19(k: int) -> None:
-    name = f"vgg19_rfpool{k}"
+# One function per public name, as timm writes them (tests/test_models.py checks they match RFPOOL_KS).
 
-    def model_fn(pretrained: bool = False, **kwargs: Any) -> RfPoolVGG:
-        model_args = dict(cfg=VGG19_RFPOOL_CFG, rf_pool=k)
-        return _create_vgg(name, pretrained, **dict(model_args, **kwargs))
-
-    model_fn.__name__ = name
-    model_fn.__qualname__ = name
-    model_fn.__doc__ = f"CIFAR VGG19-BN with MaxPool2d({k}, stride={k}) after the first conv; analytic RF {178 * k + 2}."
-    globals()[name] = register_model(model_fn)
+@register_model
+def vgg19_rfpool1(pretrained: bool = False, **kwargs: Any) -> RfPoolVGG:
+    """CIFAR VGG19-BN with MaxPool2d(1, stride=1) after the first conv; analytic RF 180."""
+    model_args = dict(cfg=VGG19_RFPOOL_CFG, rf_pool=1)
+    return _create_vgg("vgg19_rfpool1", pretrained, **dict(model_args, **kwargs))
 
 
-for _k in RFPOOL_KS:
-    _register_vgg19(_k)
+@register_model
+def vgg19_rfpool2(pretrained: bool = False, **kwargs: Any) -> RfPoolVGG:
+    """CIFAR VGG19-BN with MaxPool2d(2, stride=2) after the first conv; analytic RF 358."""
+    model_args = dict(cfg=VGG19_RFPOOL_CFG, rf_pool=2)
+    return _create_vgg("vgg19_rfpool2", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vgg19_rfpool3(pretrained: bool = False, **kwargs: Any) -> RfPoolVGG:
+    """CIFAR VGG19-BN with MaxPool2d(3, stride=3) after the first conv; analytic RF 536."""
+    model_args = dict(cfg=VGG19_RFPOOL_CFG, rf_pool=3)
+    return _create_vgg("vgg19_rfpool3", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vgg19_rfpool4(pretrained: bool = False, **kwargs: Any) -> RfPoolVGG:
+    """CIFAR VGG19-BN with MaxPool2d(4, stride=4) after the first conv; analytic RF 714."""
+    model_args = dict(cfg=VGG19_RFPOOL_CFG, rf_pool=4)
+    return _create_vgg("vgg19_rfpool4", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vgg19_rfpool5(pretrained: bool = False, **kwargs: Any) -> RfPoolVGG:
+    """CIFAR VGG19-BN with MaxPool2d(5, stride=5) after the first conv; analytic RF 892."""
+    model_args = dict(cfg=VGG19_RFPOOL_CFG, rf_pool=5)
+    return _create_vgg("vgg19_rfpool5", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vgg19_rfpool6(pretrained: bool = False, **kwargs: Any) -> RfPoolVGG:
+    """CIFAR VGG19-BN with MaxPool2d(6, stride=6) after the first conv; analytic RF 1070."""
+    model_args = dict(cfg=VGG19_RFPOOL_CFG, rf_pool=6)
+    return _create_vgg("vgg19_rfpool6", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vgg19_rfpool7(pretrained: bool = False, **kwargs: Any) -> RfPoolVGG:
+    """CIFAR VGG19-BN with MaxPool2d(7, stride=7) after the first conv; analytic RF 1248."""
+    model_args = dict(cfg=VGG19_RFPOOL_CFG, rf_pool=7)
+    return _create_vgg("vgg19_rfpool7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vgg19_rfpool8(pretrained: bool = False, **kwargs: Any) -> RfPoolVGG:
+    """CIFAR VGG19-BN with MaxPool2d(8, stride=8) after the first conv; analytic RF 1426."""
+    model_args = dict(cfg=VGG19_RFPOOL_CFG, rf_pool=8)
+    return _create_vgg("vgg19_rfpool8", pretrained, **dict(model_args, **kwargs))
