@@ -198,3 +198,25 @@ def test_a_study_table_says_which_runs_its_times_cover(monkeypatch):
         render.render_study("x")
     facts["invocations"] = [{"runs_done_before": 0, "wall_s": 500.0}, {"runs_done_before": 12, "wall_s": 100.0}]
     assert "| wall time, first run to report | 600 s (10.0 min) |" in render.render_study("x")  # every run timed
+
+
+def test_no_code_block_line_is_over_100_characters():
+    """Code blocks do not wrap on the site: a longer line is cut off at the column's edge."""
+    long = []
+    for page in [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]:
+        if "results" in page.parts:
+            continue
+        for block in re.findall(r"```[^\n]*\n(.*?)```", page.read_text(), re.S):
+            long += [f"{page.relative_to(ROOT)}: {line[:60]}..." for line in block.splitlines() if len(line) > 100]
+    assert long == []
+
+
+def test_the_python_version_is_stated_alike_everywhere():
+    import tomllib
+
+    required = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    version = required.removeprefix(">=")
+    assert re.fullmatch(r"3\.\d+", version), required
+    for page in (ROOT / "README.md", DOCS / "installation.md"):
+        stated = set(re.findall(r"Python (3\.\d+)( or newer)?", page.read_text()))
+        assert stated == {(version, " or newer")}, (page.name, stated)
