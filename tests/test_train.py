@@ -1,5 +1,6 @@
 """Training: accuracy, run directory, exact resume after SIGKILL, 2 processes, bf16, failures."""
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -174,7 +175,7 @@ def test_bad_input_fails_before_training(tmp_path):
         T.check_writable(blocker / "run", 10)
     with pytest.raises(OSError, match="MB free"):
         T.check_writable(tmp_path / "run", 1 << 60)
-    with pytest.raises(ValueError, match="unknown recipe 'slow'; choose one of paper, finetune, fast"):
+    with pytest.raises(ValueError, match="unknown recipe 'slow'; choose one of paper, paper-lr0.1, finetune, fast"):
         T.resolve_config("slow")
 
 
@@ -188,6 +189,10 @@ def test_recipes_and_overrides():
                                                                        dataset="cifar10"), "r")
     assert T.run_dir_for(paper, "r") != T.run_dir_for(T.resolve_config("paper", model="resnet50_rfpool3",
                                                                        dataset="cifar10", seed=1), "r")
+    # the paper's recipe with its one measured correction: every other value as written
+    corrected = T.resolve_config("paper-lr0.1")
+    assert corrected.lr == 0.1 and dataclasses.replace(corrected, lr=1e-4, recipe="paper") == T.resolve_config("paper")
+    assert T.RECIPES["paper"]["lr"] == 1e-4  # `paper` stays the draft's recipe exactly as written
 
 
 def test_paper_schedule_is_torch_cosine_annealing_per_epoch():
