@@ -325,6 +325,19 @@ def _stale(existing: Dict[str, Any], probe, members: Sequence[Run], weights: Lis
     return None
 
 
+def _record(probe, cfg: Any, key: str, members: Sequence[Run], out: ProbeOutput, seconds: float) -> Dict[str, Any]:
+    """What is stored of one probe's result: the values, and everything that says what they were measured on (runs,
+    their training settings and weights, the probe's version and settings), so a report needs no run directory."""
+    first = members[0]
+    return dict(probe=probe.name, version=probe.version, config=_config_dict(cfg), key=key,
+                runs=[r.run_id for r in members], run_dirs=[str(r.path) for r in members],
+                models=[r.model_name for r in members], dataset=first.dataset, family=first.family, k=first.k,
+                train={k: v for k, v in first.config.items() if k != "seed"}, seeds=[r.seed for r in members],
+                seconds=seconds, not_learning=[r.run_id for r in members if r.not_learning],
+                weights_sha256=[r.weights_sha256 for r in members], created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                values=out.values)
+
+
 def run_suite(probes: Sequence[Type[Probe]], runs: Sequence[Run], results_dir: str | Path,
               configs: Optional[Dict[str, Any]] = None, force: bool = False, data_dir: Optional[str] = None,
               progress: bool = True, log=print) -> List[Path]:
@@ -371,15 +384,7 @@ def run_suite(probes: Sequence[Type[Probe]], runs: Sequence[Run], results_dir: s
             t0 = time.perf_counter()
             status = (lambda message: bar.update(task_id, description=f"{probe.name} {key}: {message}"))
             out = probe().run(target, cfg, dataclasses.replace(ctx, status=status))
-            record = dict(probe=probe.name, version=probe.version, config=_config_dict(cfg), key=key,
-                          runs=[r.run_id for r in members], run_dirs=[str(r.path) for r in members],
-                          models=[r.model_name for r in members], dataset=members[0].dataset,
-                          family=members[0].family, k=members[0].k,
-                          train={k: v for k, v in members[0].config.items() if k != "seed"},
-                          seeds=[r.seed for r in members], seconds=time.perf_counter() - t0,
-                          not_learning=[r.run_id for r in members if r.not_learning], weights_sha256=weights,
-                          created=time.strftime("%Y-%m-%dT%H:%M:%S"), values=out.values)
-            store.write(path, record, out.tensors)
+            store.write(path, _record(probe, cfg, key, members, out, time.perf_counter() - t0), out.tensors)
             written.append(path)
             return True
         finally:
