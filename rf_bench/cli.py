@@ -412,7 +412,8 @@ def _add_model_commands(sub) -> None:
 def _add_training_commands(sub) -> None:
     """train: one run."""
     p = _command(sub, "train", "train one run (same as `accelerate launch rf_bench/train.py`)",
-                 "Train one model on one data set with a named recipe (paper, fast, finetune) and any override.\n"
+                 "Train one model on one data set with a named recipe (fast, the default; paper; paper-lr0.1; finetune) "
+                 "and any override.\n"
                  "The run directory is named after the settings, so the same command resumes an unfinished run.",
                  "rf-bench train --model vgg19_rfpool2 --dataset fashion-mnist --recipe fast --epochs 10 "
                  "--train-per-class 1000")

@@ -114,7 +114,8 @@ def test_a_model_keyword_is_a_grid_axis_with_its_own_runs_checked_before_any_wor
 def test_paper_grid_is_80_runs_and_bad_files_are_one_line(tmp_path):
     sweep = load_sweep(REPO_ROOT / "benchmarks" / "configs" / "paper.toml", output=str(tmp_path))
     assert len(sweep.runs) == 80 and len({sweep.run_dir(c) for c in sweep.runs}) == 80
-    assert {c.recipe for c in sweep.runs} == {"paper"} and {c.epochs for c in sweep.runs} == {200}
+    assert {c.recipe for c in sweep.runs} == {"paper-lr0.1"} and {c.epochs for c in sweep.runs} == {200}
+    assert {(c.lr, c.clip_grad) for c in sweep.runs} == {(0.1, 0.1)}  # the paper's recipe, its lr corrected
     assert {(c.model[:-1], c.dataset) for c in sweep.runs} == {
         (f, d) for f in ("vgg19_rfpool", "resnet50_rfpool") for d in ("cifar10", "tiny-imagenet")}
     assert "hessian.k=90" in sweep.probe_settings and sweep.slurm["gpus_per_job"] == 1
