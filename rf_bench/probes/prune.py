@@ -24,8 +24,8 @@ from rf_bench.claims import Claim, NotMeasured, at_chance, chance_level
 from rf_bench.paper import MEASURED_RF, PRUNE_09
 from rf_bench.pruning import (apply_masks, global_magnitude_masks, kept_fractions, layer_output_stds,
                               prunable_parameters, sparsity)
-from rf_bench.reporting import (ReportSection, by_family, by_k, fmt_pct, line_colors, markdown_table, mean_std,
-                                paper_cell, pyplot, record_rf, savefig, write_csv)
+from rf_bench.reporting import (ReportSection, by_family, by_k, fmt_pct, integer_ticks, line_colors, markdown_table,
+                                mean_std, paper_cell, pyplot, record_rf, savefig, write_csv)
 
 __all__ = ["prunable_parameters", "global_magnitude_masks", "apply_masks", "sparsity", "PruneConfig", "PruneProbe",
            "PRUNE_BN", "SIGNAL_COLLAPSE", "record_protocols", "row_accuracy", "failure_cause"]
@@ -423,7 +423,10 @@ def _plot_collapse(curves, panels, title: str, path: Path) -> None:
         kind, bn = panel
         if kind == "signal":
             ax.axhline(SIGNAL_COLLAPSE, color="#7F7F7F", ls="--", lw=1)
-        ax.set_yscale("log")
+            ax.set_yscale("log")
+        else:  # a collapsed layer keeps 0: symlog shows it where a log axis would drop it
+            ax.set_yscale("symlog", linthresh=1e-3)
+        integer_ticks(ax.xaxis)
         ax.set_title("kept share of weights" if kind == "kept" else f"output std / dense, BN {bn}", fontsize=9)
         ax.set_xlabel("prunable layer (input to output)")
         ax.grid(alpha=0.3)
@@ -509,8 +512,6 @@ def _width_view(family, dataset, recs, widths, bn, figure: Path, csv_rows) -> st
 def _plot_widths(curves, widths, rates, ks, paper, title: str, path: Path) -> None:
     """One panel per rate (dense first), three to a row: accuracy against k, a line per width, the paper's CIFAR10
     beside it."""
-    from rf_bench.reporting import integer_ticks
-
     plt = pyplot()
     panels = ["dense"] + rates
     cols = min(3, len(panels))
