@@ -49,6 +49,7 @@ BENCHMARKS: Sequence[Benchmark] = (
     Benchmark("rf_coverage.py", timeout_s=3600, comparison=("torchscan", "receptivefield")),
     Benchmark("gpu_train.py", gpu=True),
     Benchmark("hessian_gpu.py", gpu=True),
+    Benchmark("gpu_headline.py", gpu=True),
 )
 
 
