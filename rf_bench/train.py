@@ -74,8 +74,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="JSON", help="a whole resolved TrainConfig as JSON (how sweeps launch runs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data order")
     p.add_argument("--recipe", default=DEFAULT_RECIPE,
-                   help=f"named preset (default {DEFAULT_RECIPE}): "
-                        f"{', '.join(f'{name} ({_recipe_summary(name)})' for name in RECIPES)}")
+                   help=f"named preset: {', '.join(f'{name} ({_recipe_summary(name)})' for name in RECIPES)}")
     p.add_argument("--output", default="runs", help="root folder of run directories")
     p.add_argument("--data-dir", help="local copy of the data set (see rf_bench.data)")
     p.add_argument("--train-per-class", type=int, metavar="N",

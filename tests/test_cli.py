@@ -54,7 +54,7 @@ def test_every_help_shows_the_defaults():
             if shown:
                 assert f"default: {action.default}" in text or "default" in (action.help or ""), (name, action.dest)
     train_help = " ".join(sub.choices["train"].format_help().split())
-    assert "(default: paper)" in train_help and "(default: runs)" in train_help
+    assert "(default: fast)" in train_help and "(default: runs)" in train_help
 
 
 def test_help_texts_name_no_durations():

@@ -251,7 +251,7 @@ def test_batch_mode_leaves_running_statistics_alone_and_stored_mode_is_eval():
     assert torch.equal(batch.bn.running_mean, before[0]) and torch.equal(batch.bn.running_var, before[1])
     stored = prepare_batchnorm(copy.deepcopy(model), "stored", torch.zeros(1))
     assert not stored.training and torch.equal(stored.bn.running_var, model.bn.running_var)
-    with pytest.raises(ValueError, match="hessian.bn 'train' is not one of recalibrate, batch, stored"):
+    with pytest.raises(ValueError, match="BatchNorm protocol 'train' is not one of recalibrate, batch, stored"):
         prepare_batchnorm(model, "train", torch.zeros(1))
 
 

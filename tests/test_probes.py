@@ -325,7 +325,7 @@ def test_a_failing_probe_report_is_named_and_the_rest_is_written(tmp_path, tiny_
                    apply_overrides([probes["prune"]], ["rates=[0.5]", "finetune_epochs=0"]) | {"broken": Broken.Config()},
                    progress=False)
     logged = []
-    text = write_report(results, tmp_path / "report", available_probes(), log=logged.append).read_text()
+    text = write_report(results, tmp_path / "report", probes, log=logged.append).read_text()
     assert "## broken: report failed" in text and "RuntimeError: the figure code has a bug" in text
     assert "## Pruning: vgg19_rfpool on digits" in text and "## Does the paper hold?" in text
     assert any("broken" in line for line in logged)
