@@ -233,7 +233,9 @@ def render_headline(study: str) -> str:
     lines = ["| family | BN | accuracy (%) | " + " | ".join(f"k={k}" for k in ks) + " | k=3-4 minus k=1 |",
              "|---" * (len(ks) + 4) + "|"]
     order = {"dense": 0, "one-shot": 1, "fine-tuned": 2}
-    for (family, bn, stage), per_k in sorted(cells.items(), key=lambda item: (item[0][0], item[0][1], order[item[0][2]])):
+    rows_in_order = sorted(cells.items(), key=lambda item: (item[0][0], item[0][2] != "dense", item[0][1] != "stored",
+                                                            order[item[0][2]]))
+    for (family, bn, stage), per_k in rows_in_order:
         if stage == "dense" and bn != "stored":
             continue
         gain = (f"{(per_k[3][0] + per_k[4][0]) / 2 - per_k[1][0]:+.1f} points"
