@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import rf_bench  # noqa: F401
-from rf_bench.probes.base import apply_overrides, available_probes, resolve_suite
+from rf_bench.probes.base import apply_overrides, resolve_suite
 from rf_bench.probes.prune import global_magnitude_masks, prunable_parameters
 from rf_bench.results import ResultStore, find_runs, group_runs, load_run
 
