@@ -128,10 +128,16 @@ def run(args, sizing: Dict[str, Any], epochs: int, device_name: str, work: Path)
     outcome = run_sweep(sweep, "local", max_parallel=1, progress=False, log=print)
     wall = time.perf_counter() - start
     report = Path(outcome["report"]) if outcome.get("report") else None
+    report = report.parent if report is not None and report.is_file() else report  # the folder REPORT.md is in
+
+    def kept(info):  # results and figures; no fine-tune runs, no lock files
+        name = Path(info.name).name
+        return None if "prune-finetune" in info.name or name.startswith(".") else info
+
     with tarfile.open(args.out / "headline_results.tar.gz", "w:gz") as tar:
-        tar.add(str(sweep.results), arcname="results", filter=lambda info: None if "prune-finetune" in info.name else info)
-        if report:
-            tar.add(str(report), arcname="report")
+        tar.add(str(sweep.results), arcname="results", filter=kept)
+        if report is not None:
+            tar.add(str(report), arcname="report", filter=kept)
     verdicts = evaluate_claims(sweep.results, collect_claims(available_probes()))
     return dict(device=device_name, quick=args.quick, epochs=epochs, sizing=sizing, wall_s=round(wall, 1),
                 runs=len(sweep.runs), failed=len(outcome["failed"]), torch=torch.__version__,

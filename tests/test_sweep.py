@@ -210,8 +210,8 @@ def test_demo_reports_every_table_and_figure_and_reproduces_the_committed_report
         for family in ("resnet50_rfpool", "vgg19_rfpool"):
             assert f"## {kind}: {family} on digits" in report
     images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", report)
-    # prune, Hessian top-k, Hessian density, CKA and RF maps for each family
-    assert len(images) == 10 and all((report_path.parent / png).stat().st_size > 10_000 for png in images)
+    # prune (stored, recalibrated, collapse), Hessian top-k, Hessian density, CKA and RF maps for each family
+    assert len(images) == 14 and all((report_path.parent / png).stat().st_size > 10_000 for png in images)
 
     # numbers in the report equal the stored results (recomputed here from the result files)
     store = ResultStore(tmp_path / "demo" / "results")
@@ -233,8 +233,9 @@ def test_demo_reports_every_table_and_figure_and_reproduces_the_committed_report
     verdicts = lambda text: re.search(r"Rows: ([^.]*)\.", text).group(1)  # noqa: E731
     assert verdicts(report) == verdicts(committed)
     for family in ("resnet50_rfpool", "vgg19_rfpool"):
-        heading = f"Pruning: {family} on digits"
-        assert _table_rows(report, heading) == _table_rows(committed, heading)
+        for bn in ("stored", "recalibrate"):
+            heading = f"Pruning: {family} on digits (BN {bn})"
+            assert _table_rows(report, heading) == _table_rows(committed, heading)
     for r in store.records("prune"):
         run = load_run(r["run_dirs"][0])
         last = json.loads((run.path / "metrics.jsonl").read_text().splitlines()[-1])
