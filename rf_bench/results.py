@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .checkpoints import load_weights, sha256_file
-from .runs import atomic_write, atomic_write_json, recorded_sha256
+from .runs import atomic_write, atomic_write_json, read_warnings, recorded_sha256
 
 __all__ = [
     "Run", "load_run", "find_runs", "group_runs", "load_weights", "sha256_file", "write_json_atomic",
@@ -206,8 +206,7 @@ class Run:
 
     def warnings(self) -> List[Dict[str, Any]]:
         """What the trainer warned about while training this run (``warnings.jsonl``: e.g. not learning)."""
-        path = self.path / "warnings.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        return read_warnings(self.path)
 
     @property
     def not_learning(self) -> bool:

@@ -15,7 +15,7 @@ from typing import IO, Any, Callable, Dict
 
 __all__ = ["CONFIG", "INIT_WEIGHTS", "FINAL_WEIGHTS", "CHECKPOINTS", "METRICS", "DONE", "WARNINGS",
            "atomic_write", "atomic_write_text", "atomic_write_json", "temporary_path", "replace_folder",
-           "canonical_safetensors", "save_weights", "recorded_sha256"]
+           "canonical_safetensors", "save_weights", "recorded_sha256", "read_warnings"]
 
 CONFIG = "config.json"  # resolved config, versions, git sha, data description
 INIT_WEIGHTS = "init.safetensors"  # weights at step 0
@@ -81,6 +81,12 @@ def recorded_sha256(run_dir: str | os.PathLike) -> str | None:
     lines = path.read_text().splitlines() if path.is_file() else []
     found = [line.split()[-1] for line in lines if line.startswith("sha256")]
     return found[0] if found else None
+
+
+def read_warnings(run_dir: str | os.PathLike) -> list:
+    """What the trainer warned about while training a run (``warnings.jsonl``, one object a line; [] if none)."""
+    path = Path(run_dir) / WARNINGS
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from .pruning import apply_masks, global_magnitude_masks
 from .recipes import CLIP_MODES, COMPILE_MODES, TrainConfig, lr_factor, run_dir_for
 from .results import sha256_file, write_json_atomic
-from .runs import WARNINGS, atomic_write_text, recorded_sha256, replace_folder, save_weights
+from .runs import WARNINGS, atomic_write_text, read_warnings, recorded_sha256, replace_folder, save_weights
 
 if TYPE_CHECKING:
     from .models import RFPoolSizeError
@@ -48,12 +48,6 @@ NOT_LEARNING_LOSS_DROP = 0.05
 def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
     """The run's ``metrics.jsonl``, one dict per finished epoch (empty if there is none yet)."""
     path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
-def read_warnings(run_dir: Path) -> List[Dict[str, Any]]:
-    """What the trainer warned about while training the run (``warnings.jsonl``; empty if nothing)."""
-    path = run_dir / WARNINGS
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
