@@ -27,7 +27,7 @@ import math
 import operator
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from timm.layers import get_notrace_functions, get_notrace_modules
@@ -521,14 +521,18 @@ def receptive_field(model: nn.Module, input_size: Optional[Sequence[int]] = None
     return rf
 
 
-def _block_name(qualname: str) -> str:
-    """The block a module belongs to: its path up to the second numbered part (``layer2.1``,
-    ``stages.2.blocks.0``, ``features.denseblock1.denselayer3``), or to the first (``blocks.3``), or its first part
-    (``conv_stem``). Past the first part, a name ending in a number counts as numbered (DenseNet's ``denseblock1``)."""
+def _block_name(qualname: str, is_leaf: Callable[[str], bool] = lambda path: False) -> str:
+    """The block a module belongs to: its path up to the second numbered part (``stages.2.blocks.0``,
+    ``features.denseblock1.denselayer3``) unless that names a leaf module (``layer2.0.downsample.0``, a conv of a
+    block's shortcut), else to the first (``layer2.0``, ``blocks.3``), else its first part (``conv_stem``). Only in
+    a path without index parts does a name ending in a number count as numbered (DenseNet's ``denseblock1``):
+    ResNet's ``layer1.0.conv1`` is in block ``layer1.0``."""
     parts = qualname.split(".")
-    numbered = [i for i, p in enumerate(parts) if p.isdigit() or (i > 0 and p[-1:].isdigit())]
-    end = numbered[1] + 1 if len(numbered) > 1 else (numbered[0] + 1 if numbered else 1)
-    return ".".join(parts[:end])
+    numbered = [i for i, p in enumerate(parts) if p.isdigit()]
+    numbered = numbered or [i for i, p in enumerate(parts) if i > 0 and p[-1:].isdigit()]
+    if len(numbered) > 1 and not is_leaf(".".join(parts[:numbered[1] + 1])):
+        return ".".join(parts[:numbered[1] + 1])
+    return ".".join(parts[:numbered[0] + 1 if numbered else 1])
 
 
 def _module_ending_at(gm: fx.GraphModule, node: fx.Node, block: str) -> str:
@@ -553,6 +557,8 @@ def block_receptive_fields(model: nn.Module, input_size: Optional[Sequence[int]]
     input_size = tuple(input_size or _default_input_size(model))
     gm = _trace(model, input_size)
     rfs = _propagate(gm)
+    modules = dict(gm.named_modules())
+    is_leaf = lambda path: not any(True for _ in modules.get("model." + path, gm).children())  # noqa: E731
     last: Dict[str, fx.Node] = {}
     for node, rf in rfs.items():
         stack = node.meta.get("nn_module_stack") or {}
@@ -561,7 +567,7 @@ def block_receptive_fields(model: nn.Module, input_size: Optional[Sequence[int]]
             paths.append(node.target)
         paths = [str(p).removeprefix("model.") for p in paths if str(p).startswith("model.")]
         if paths and rf != _GLOBAL:
-            last[_block_name(paths[-1])] = node
+            last[_block_name(paths[-1], is_leaf)] = node
     rows = []
     for name, node in sorted(last.items(), key=lambda item: list(rfs).index(item[1])):
         name = _module_ending_at(gm, node, name)

@@ -259,6 +259,18 @@ def test_block_names_resolve_back_to_their_rows():
         assert receptive_field(model, (3, 64, 64), layer=row.name) == row.rf, row.name
 
 
+def test_block_rows_are_blocks_not_layers():
+    """ResNet18's summary has one row per residual block (and one for a shortcut's downsample), not one per conv, BN
+    and ReLU; DenseNet's dense layers (named, not indexed) are blocks too."""
+    rows = [row.name for row in block_receptive_fields(timm.create_model("resnet18", num_classes=0).eval(),
+                                                        (3, 64, 64))]
+    blocks = [name for name in rows if name.startswith("layer") and ".downsample" not in name]
+    assert blocks == [f"layer{stage}.{block}" for stage in range(1, 5) for block in (0, 1)], rows
+    assert sum(".downsample" in name for name in rows) <= 3, rows  # stages 2-4, not each conv and BN
+    dense = block_receptive_fields(timm.create_model("densenet121", num_classes=0).eval(), (3, 64, 64))
+    assert any(row.name == "features.denseblock1.denselayer3" for row in dense)
+
+
 def test_a_gated_revived_net_is_traced_once_and_copied_once(monkeypatch):
     """measure_rf finds the output's axes and the local paths from one trace, and revives the silenced tensors on a
     copy already in float64, which the gradient then uses as it is; the RF it measures is the analytic one."""
