@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -161,6 +162,10 @@ def gradient_check(name: str, max_side: int) -> Dict[str, Any]:
     except Exception as e:  # noqa: BLE001
         row.update(error=_one_line(e))
         return row
+    try:
+        row["independent"] = independent_rf(model, (input_size[0], side, side), layer)
+    except Exception as e:  # noqa: BLE001  its failure is listed beside the two that answered
+        row["independent"] = f"failed: {_one_line(e)}"
     if layer is None:  # the libraries answer for the whole net only
         row["torchscan"] = _torchscan_rf(name, input_size)
         row["receptivefield"] = _receptivefield_rf(model, (input_size[0], side, side))
@@ -195,6 +200,80 @@ def _torchscan_rf(name: str, input_size) -> Dict[str, Any]:
         return dict(status="ok", rf=int(round(rf)))
     except Exception as e:  # noqa: BLE001
         return dict(status="failed", reason=_one_line(e))
+
+
+# ------------------------------------------------------------------- an independent gradient measurement
+
+class _PathsKept(torch.overrides.TorchFunctionMode):
+    """Every op of the net runs through here: a max-pool averages instead (every tap carries gradient), the -inf
+    padding of TF-"same" max-pools becomes 0, and a global summary (an output with no spatial extent computed from a
+    map that has one: a global pool, a squeeze-excitation mean, the pooled input of an attention over branches) is
+    detached, so only the gates it feeds lose their gradient, never a branch."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in ("max_pool2d", "_max_pool2d", "max_pool2d_with_indices"):
+            return _average_pool(*args, **kwargs)
+        if name == "pad" and kwargs.get("value", args[3] if len(args) > 3 else None) == float("-inf"):
+            args, kwargs = args[:3], {"value": 0.0}
+        out = func(*args, **kwargs)
+        source = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        return out.detach() if _global_summary(source, out) else out
+
+
+def _average_pool(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    if dilation not in (1, (1, 1), [1, 1]) or return_indices:
+        raise ValueError("a dilated or index-returning max-pool has no average-pool equivalent here")
+    return nn.functional.avg_pool2d(input, kernel_size, stride, padding, ceil_mode)
+
+
+def _global_summary(source: Optional[torch.Tensor], out: Any) -> bool:
+    """``out`` summarises all of ``source``'s positions: a 4-D map reduced to size 1 along two of its non-batch
+    dimensions that had more (NCHW or NHWC), or to at most (N, C)."""
+    if not isinstance(out, torch.Tensor) or source is None or source.dim() != 4 or out.numel() >= source.numel():
+        return False
+    if out.dim() == 4:
+        return sum(source.shape[d] > 1 and out.shape[d] == 1 for d in (1, 2, 3)) >= 2
+    return out.dim() <= 2
+
+
+def _positive_copy(model: nn.Module) -> nn.Module:
+    """A float64 copy in which no path can cancel or be silenced: every weight tensor is made positive (zero ones
+    1) and scaled so each output averages its inputs (no ReLU6 saturates), biases are 0, and other parameters (norm
+    scales, layer scales) are made positive."""
+    model = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+                continue
+            positive = p.abs() if bool(p.abs().max() > 0) else torch.ones_like(p)
+            if p.dim() >= 2:
+                positive = positive / positive.sum(dim=tuple(range(1, p.dim())), keepdim=True).clamp_min(1e-12)
+            p.copy_(positive)
+    return model
+
+
+def independent_rf(model: nn.Module, input_size, layer: Optional[str]) -> int:
+    """The RF of ``layer``'s centre unit (``None``: ``forward_features``) by a gradient that shares no code with
+    ``rf_bench.rf``: on a positive copy of the net, from a positive input, through `_PathsKept`; the extent along
+    the height of the input pixels with non-zero gradient. Raises if it reaches the input's border."""
+    positive = _positive_copy(model)
+    captured: Dict[str, torch.Tensor] = {}
+    if layer is not None:
+        positive.get_submodule(layer).register_forward_hook(lambda m, i, out: captured.update(out=out))
+    x = (1e-3 * (1 + torch.rand(1, *input_size, dtype=torch.float64))).requires_grad_()
+    with _PathsKept():
+        out = positive.forward_features(x)
+    out = captured["out"] if layer is not None else out  # (N, C, H, W): a layer in NHWC shows as a disagreement
+    (grad,) = torch.autograd.grad(out[0, :, out.shape[2] // 2, out.shape[3] // 2].sum(), x)
+    rows = torch.nonzero(grad[0].abs().sum(dim=(0, 2)) > 0).flatten()
+    if len(rows) == 0:
+        raise ValueError("no input pixel reaches the unit")
+    if rows.min() == 0 or rows.max() == input_size[1] - 1:
+        raise ValueError(f"reaches the border of the {input_size[1]} px input")
+    return int(rows.max() - rows.min() + 1)
 
 
 class _FeatureMaps(nn.Module):
@@ -258,12 +337,24 @@ def summarise(rows: List[Dict[str, Any]], checks: List[Dict[str, Any]]) -> Dict[
         if r["status"] == "out of scope":
             kind = r["reason"].split(" (")[0]
             reasons[kind] = reasons.get(kind, 0) + 1
+    independent = [c for c in measured if isinstance(c.get("independent"), int)]
     return dict(models=len(rows), cnns=len(cnn), analytic=sum(r["status"] == "ok" for r in cnn),
+                independent_measured=len(independent),
+                independent_agrees=sum(c["independent"] == c["analytic"] == c["gradient"] for c in independent),
+                disagreeing_families=sorted(c["family"] for c in measured if not _all_agree(c)),
                 out_of_scope=sum(r["status"] == "out of scope" for r in rows), out_of_scope_by_rule=reasons,
                 not_built=sum(r["status"] == "not built" for r in rows),
                 families_checked=len(checks), gradient_measured=len(measured),
                 gradient_agrees=sum(c["agrees"] for c in measured), whole_net_checks=len(whole),
                 torchscan=library("torchscan"), receptivefield=library("receptivefield"), refused_families=refusals)
+
+
+def _all_agree(check: Dict[str, Any]) -> bool:
+    """Analytic, measured and independent RF are one number (a check without the independent column: the two)."""
+    answers = {check["analytic"], check["gradient"]}
+    if "independent" in check:
+        answers.add(check["independent"])
+    return len(answers) == 1
 
 
 def markdown(summary: Dict[str, Any], checks: List[Dict[str, Any]], meta: Dict[str, Any]) -> str:
@@ -279,20 +370,26 @@ def markdown(summary: Dict[str, Any], checks: List[Dict[str, Any]], meta: Dict[s
              f"measured, **{s['gradient_agrees']} agree** with the analytic RF "
              f"({s['whole_net_checks']} on the whole net, the rest at the deepest block that fits a "
              f"{meta['max_side']} px input).",
+             f"- Independent gradient (shares no code with `measure_rf`: weights made positive, max-pools as "
+             f"average pools, global summaries detached; `independent_rf` in the script): an answer for "
+             f"{s.get('independent_measured', 0)} of {s['gradient_measured']}, **{s.get('independent_agrees', 0)} "
+             f"equal to both**. Families where any two of the three disagree: "
+             f"{', '.join(s.get('disagreeing_families', [])) or 'none'}.",
              f"- torchscan (per-module RFs chained in call order): an answer for {s['torchscan']['answered']} of "
              f"{s['torchscan']['of']} whole nets, {s['torchscan']['agree']} equal to the gradient RF.",
              f"- receptivefield (gradient from zero inputs): an answer for {s['receptivefield']['answered']} of "
              f"{s['receptivefield']['of']}, {s['receptivefield']['agree']} equal to the gradient RF.",
-             "", "| family | model | layer | analytic | gradient | agrees | global context | revived | torchscan | "
-             "receptivefield |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "", "| family | model | layer | analytic | gradient | independent | agree | global context | revived | "
+             "torchscan | receptivefield |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in checks:
         if "gradient" not in c:
-            lines.append(f"| {c['family']} | {c['model']} | - | - | - | error: {c['error']} | | | | |")
+            lines.append(f"| {c['family']} | {c['model']} | - | - | - | - | error: {c['error']} | | | | |")
             continue
         lib = lambda key, c=c: (str(c[key]["rf"]) if c.get(key, {}).get("status") == "ok"  # noqa: E731
                            else c.get(key, {}).get("status", "-"))
         lines.append(f"| {c['family']} | {c['model']} | {c['layer']} | {c['analytic']} | {c['gradient']} | "
-                     f"{'yes' if c['agrees'] else '**no**'} | {'yes' if c['global_context'] else '-'} | "
+                     f"{c.get('independent', 'not run')} | {'yes' if _all_agree(c) else '**no**'} | "
+                     f"{'yes' if c['global_context'] else '-'} | "
                      f"{c['revived']} | {lib('torchscan')} | {lib('receptivefield')} |")
     if meta.get("rechecked"):
         lines += ["", f"The full run is of {meta['full_run_date']}; these gradient checks were redone after it, each "

@@ -120,6 +120,9 @@ def test_rf_coverage_rechecks_rows_in_place(tmp_path, monkeypatch):
     rf_coverage.main(["--models", "test_resnet", "test_efficientnet", "--jobs", "1", "--out", str(tmp_path)])
     quick = json.loads((tmp_path / "rf_coverage_quick.json").read_text())
     assert {c["model"] for c in quick["checks"]} == {"test_resnet", "test_efficientnet"}
+    # the independent gradient (positive weights, average pools, SE's global mean detached) finds the analytic RF
+    assert all(c["independent"] == c["analytic"] == c["gradient"] for c in quick["checks"]), quick["checks"]
+    assert quick["summary"]["independent_agrees"] == 2 and quick["summary"]["disagreeing_families"] == []
     stale = dict(quick, checks=[dict(c, agrees=False, gradient=1) if c["model"] == "test_resnet" else c
                                 for c in quick["checks"]])
     (tmp_path / "rf_coverage.json").write_text(json.dumps(stale))
@@ -133,6 +136,35 @@ def test_rf_coverage_rechecks_rows_in_place(tmp_path, monkeypatch):
     assert "test_resnet" in (tmp_path / "rf_coverage.md").read_text().split("redone after it")[1]
     with pytest.raises(SystemExit, match="not among the checked models: resnet18"):
         rf_coverage.main(["--recheck", "resnet18", "--out", str(tmp_path)])
+
+
+def test_the_independent_rf_keeps_branches_and_cuts_only_global_summaries(monkeypatch):
+    """rf_coverage.independent_rf against RFs worked out by hand: a max-pool counts its whole window, a
+    squeeze-excitation gate's global mean does not make the RF global, and a TF-"same" max-pool's -inf padding
+    does not poison the gradient."""
+    import torch
+    from torch import nn
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import rf_coverage
+
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3, padding=1)
+            self.pool = nn.MaxPool2d(3, stride=1, padding=1)
+            self.fc = nn.Conv2d(2, 2, 1)
+
+        def forward_features(self, x):
+            x = self.pool(self.conv(x))  # RF 3, then 5
+            gate = torch.sigmoid(self.fc(x.mean((2, 3), keepdim=True)))  # a global summary: detached
+            x = x * gate
+            return nn.functional.max_pool2d(nn.functional.pad(x, (1, 1, 1, 1), value=float("-inf")), 3, 1)  # 7
+
+    assert rf_coverage.independent_rf(Gated(), (1, 15, 15), None) == 7
+    assert rf_coverage.independent_rf(Gated(), (1, 15, 15), "pool") == 5
+    with pytest.raises(ValueError, match="reaches the border of the 7 px input"):
+        rf_coverage.independent_rf(Gated(), (1, 7, 7), None)
 
 
 def test_the_recipe_benchmark_runs_every_variant_and_measures_how_far_weights_moved(tmp_path):
