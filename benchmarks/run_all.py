@@ -35,6 +35,7 @@ class Benchmark:
 
 # every script in benchmarks/ but this one and _common.py, in the order they run (tests check the list is whole)
 BENCHMARKS: Sequence[Benchmark] = (
+    Benchmark("install_size.py", timeout_s=60),
     Benchmark("data_loader.py", timeout_s=300),
     Benchmark("trainer_throughput.py", timeout_s=420),
     Benchmark("prune_masks.py", timeout_s=240),

@@ -397,6 +397,22 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> List[str]:
     return lines + ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
 
 
+def _why(verdict: Verdict) -> str:
+    """The reason in a table cell beside the rho and p columns: what they do not already say."""
+    if verdict.p_value is None or math.isnan(verdict.p_value):
+        return verdict.reason
+    points = f"{verdict.n} points"
+    if verdict.verdict == "supported":
+        return f"{verdict.direction} with k, as the paper says ({points})"
+    if verdict.verdict == "contradicted":
+        return f"the paper: {verdict.direction} with k ({points})"
+    caveat, stats = verdict.reason.split("; rho = ", 1) if "; rho = " in verdict.reason else ("", "")
+    if caveat:
+        return f"{caveat} ({points})"
+    fewest = verdict.reason.partition("; ")[2]
+    return f"p >= {ALPHA} ({points}{'; ' + fewest if fewest else ''})"
+
+
 def claims_markdown(verdicts: Sequence[Verdict]) -> str:
     """The claims table for REPORT.md: what a reader came for first (claim, group, verdict, why, rho, p, the effect),
     then the values per k in a second table that opens on a click; rows for settings never run are counted."""
@@ -408,7 +424,7 @@ def claims_markdown(verdicts: Sequence[Verdict]) -> str:
         return [v.claim, family_label(v), v.dataset, v.metric + (f" [{v.setting}]" if v.setting else "")]
 
     main = _table(["claim", "family", "data", "metric", "verdict", "why", "rho", "p", "k_max - k_min [95% CI]"],
-                  (label(v) + [f"**{v.verdict}**", v.reason,
+                  (label(v) + [f"**{v.verdict}**", _why(v),
                                f"{v.rho:+.2f}" if v.rho is not None and not math.isnan(v.rho) else "-",
                                f"{v.p_value:.2g}" if v.p_value is not None and not math.isnan(v.p_value) else "-",
                                _effect_cell(v)] for v in shown))
@@ -420,6 +436,7 @@ def claims_markdown(verdicts: Sequence[Verdict]) -> str:
     never = (f" {left_out} row(s) for settings these results never ran (e.g. a fine-tune at a rate that was not "
              "fine-tuned) are left out." if left_out else "")
     return ("Each row tests one claim of the paper on one metric: rho is Spearman's rank correlation with k over all "
-            f"points; p is two-sided, by permutation; a verdict needs p < {ALPHA}. Rows: {summary}.{never}\n\n"
+            f"points; p is two-sided, by permutation (all of them up to {EXACT_MAX_POINTS} points, else "
+            f"{MONTE_CARLO_RESAMPLES:,} random ones); a verdict needs p < {ALPHA}. Rows: {summary}.{never}\n\n"
             + "\n".join(main) + "\n\n<details><summary>Values per k (mean ± std over seeds; seed pairs for CKA)"
             "</summary>\n\n" + "\n".join(per_k) + "\n\n</details>\n")

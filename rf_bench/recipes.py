@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from .results import config_hash as _hash
+from .runs import stable_hash
 
 __all__ = ["TrainConfig", "RECIPES", "DEFAULT_RECIPE", "COMPILE_MODES", "CLIP_MODES", "resolve_config", "config_hash", "run_dir_for",
            "lr_factor"]
@@ -104,7 +104,8 @@ def resolve_config(recipe: str = "paper", **overrides: Any) -> TrainConfig:
 
 
 def config_hash(cfg: TrainConfig) -> str:
-    return _hash(cfg.identity())
+    """The hash that names a run directory: of the fields that make two runs the same run."""
+    return stable_hash(cfg.identity())
 
 
 def run_dir_for(cfg: TrainConfig, output: str | os.PathLike) -> Path:

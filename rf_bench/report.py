@@ -76,7 +76,7 @@ def _probe_sections(probe, name: str, records: List[Dict[str, Any]], store, out:
     are never pooled: each gets its own sections, titled with what sets it apart, and its files in a sub-folder of
     ``out`` named after that (``_section_folder``). A probe without a ``report()`` (or not installed) gets its
     scalar values."""
-    from rf_bench.results import config_hash, settings_groups, variant_groups
+    from rf_bench.results import settings_groups, stable_hash, variant_groups
 
     def sections_of(group, folder):
         if probe is not None and hasattr(probe, "report"):
@@ -90,7 +90,7 @@ def _probe_sections(probe, name: str, records: List[Dict[str, Any]], store, out:
             if not tag:
                 sections += sections_of(group, out)
                 continue
-            digest = config_hash(dict(setting, variant=variant) if variant else setting)
+            digest = stable_hash(dict(setting, variant=variant) if variant else setting)
             folder = _section_folder(name, tag, digest)
             sub = out / (folder if folder not in taken else f"{name}-{digest}")  # two tags that read alike
             taken.add(sub.name)

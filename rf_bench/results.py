@@ -7,7 +7,6 @@ per-result lock file keeps two ``rf-bench probe`` processes from computing the s
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -19,17 +18,13 @@ import torch
 from torch import nn
 
 from .checkpoints import load_weights, sha256_file
-from .runs import atomic_write, atomic_write_json, read_warnings, recorded_sha256
+from .recipes import RECIPES
+from .runs import atomic_write, atomic_write_json, read_warnings, recorded_sha256, stable_hash
 
 __all__ = [
     "Run", "load_run", "find_runs", "group_runs", "load_weights", "sha256_file", "write_json_atomic",
-    "ResultStore", "config_hash", "settings_groups", "record_family", "record_k", "record_variant", "variant_groups",
+    "ResultStore", "stable_hash", "settings_groups", "record_family", "record_k", "record_variant", "variant_groups",
 ]
-
-
-def config_hash(obj: Any) -> str:
-    """A short, stable hash of a JSON-able object (sorted keys): run and result ids."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def settings_groups(records: List[Dict[str, Any]], read_together: Sequence[str] = ()
@@ -39,21 +34,51 @@ def settings_groups(records: List[Dict[str, Any]], read_together: Sequence[str] 
     Each group comes as (label, setting, records); the label names what sets it apart from the other groups,
     e.g. ``finetune_epochs=2`` ("" when all results share one setting).
     """
-    groups: Dict[str, List[Dict[str, Any]]] = {}
-    settings: Dict[str, Dict[str, Any]] = {}
-    for record in records:
+    def setting(record: Dict[str, Any]) -> Dict[str, Any]:
         config = record.get("config") or {}
-        setting = {"version": record.get("version")}
-        setting.update((key, config[key]) for key in sorted(config) if key not in read_together)
-        key = json.dumps(setting, sort_keys=True, default=str)
+        described = {"version": record.get("version")}
+        described.update((key, config[key]) for key in sorted(config) if key not in read_together)
+        return described
+
+    return _labelled_groups(records, setting)
+
+
+def _labelled_groups(records: List[Dict[str, Any]], describe
+                     ) -> List[Tuple[str, Dict[str, Any], List[Dict[str, Any]]]]:
+    """``records`` split by ``describe(record)`` (a dict), each group as (label, description, records); the label
+    lists the keys whose values differ between groups ("" for a single group), as `_recipe_aware` shortens it."""
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    described: Dict[str, Dict[str, Any]] = {}
+    for record in records:
+        description = describe(record)
+        key = json.dumps(description, sort_keys=True, default=str)
         groups.setdefault(key, []).append(record)
-        settings[key] = setting
+        described[key] = description
     if len(groups) <= 1:
-        return [("", setting, records) for setting in settings.values()]
-    names = dict.fromkeys(name for setting in settings.values() for name in setting)
-    differ = [name for name in names if len({json.dumps(s.get(name), default=str) for s in settings.values()}) > 1]
-    return [(", ".join(f"{name}={_setting_value(settings[key].get(name))}" for name in differ), settings[key], group)
-            for key, group in groups.items()]
+        return [("", description, groups[key]) for key, description in described.items()]
+    names = dict.fromkeys(name for description in described.values() for name in description)
+    differ = [name for name in names
+              if len({json.dumps(d.get(name), default=str) for d in described.values()}) > 1]
+    differ = _recipe_aware(names, differ, list(described.values()))
+    return [(", ".join(f"{name}={_setting_value(described[key].get(name))}" for name in differ), described[key],
+             group) for key, group in groups.items()]
+
+
+def _recipe_aware(names: Iterable[str], differ: List[str], described: List[Dict[str, Any]]) -> List[str]:
+    """Where the recipe differs between groups it names what it sets: ``differ`` less the keys that every group
+    has at its own recipe's value, plus those that some group overrides (``lr=0.1, recipe=paper``)."""
+    if "recipe" not in differ:
+        return differ
+    def at_recipe(name: str, d: Dict[str, Any]) -> bool:
+        recipe = RECIPES.get(d.get("recipe"), {})
+        return name in recipe and recipe[name] == d.get(name)
+
+    def recipe_key(name: str) -> bool:
+        return any(name in RECIPES.get(d.get("recipe"), {}) for d in described)
+
+    return [name for name in names if name == "recipe"
+            or (name in differ and not all(at_recipe(name, d) for d in described))
+            or (recipe_key(name) and not all(at_recipe(name, d) for d in described))]
 
 
 def record_family(record: Dict[str, Any]) -> Optional[str]:
@@ -94,19 +119,7 @@ def variant_groups(records: List[Dict[str, Any]]) -> List[Tuple[str, List[Dict[s
 
     Runs trained differently are never pooled, as if they were seeds; one variant gives one group, label "".
     """
-    groups: Dict[str, List[Dict[str, Any]]] = {}
-    variants: Dict[str, Dict[str, Any]] = {}
-    for record in records:
-        variant = record_variant(record)
-        key = json.dumps(variant, sort_keys=True, default=str)
-        groups.setdefault(key, []).append(record)
-        variants[key] = variant
-    if len(groups) <= 1:
-        return [("", records)] if records else []
-    names = dict.fromkeys(name for variant in variants.values() for name in variant)
-    differ = [name for name in names if len({json.dumps(v.get(name), default=str) for v in variants.values()}) > 1]
-    labelled = [(", ".join(f"{name}={_setting_value(variants[key].get(name))}" for name in differ), group)
-                for key, group in groups.items()]
+    labelled = [(label, group) for label, _, group in _labelled_groups(records, record_variant)]
     return sorted(labelled, key=lambda item: _variant_order(item[0]))
 
 
@@ -182,7 +195,7 @@ class Run:
     @property
     def group_id(self) -> str:
         """Same for every seed of one (model, dataset, recipe and overrides)."""
-        return "group-" + config_hash({k: v for k, v in self.config.items() if k != "seed"})
+        return "group-" + stable_hash({k: v for k, v in self.config.items() if k != "seed"})
 
     @property
     def input_size(self) -> tuple:

@@ -42,12 +42,19 @@ __all__ = ["RF", "LayerRF", "MeasuredRF", "receptive_field", "layer_receptive_fi
 
 @dataclass(frozen=True)
 class RF:
-    """Receptive field of the units of one feature map, in input pixels."""
+    """Receptive field of the units of one feature map, in input pixels.
 
-    size: int  # side of the square of input pixels that can affect one unit
-    stride: int  # jump: input pixels between two neighbouring units
-    offset: float  # input coordinate of the centre of unit 0's RF (pixel centres at 0, 1, ...)
-    global_context: bool = False  # the unit is also rescaled by a summary of its whole input (an SE-like gate)
+    Attributes:
+        size: side of the square of input pixels that can affect one unit (the local RF where ``global_context``).
+        stride: the jump: input pixels between two neighbouring units.
+        offset: input coordinate of the centre of unit 0's RF (pixel centres at 0, 1, ...).
+        global_context: the unit is also rescaled by a summary of its whole input (an SE-like gate).
+    """
+
+    size: int
+    stride: int
+    offset: float
+    global_context: bool = False
 
     def union(self, other: "RF") -> "RF":
         """The RF covering both inputs of a merge (residual add, concatenation)."""
@@ -71,7 +78,15 @@ class RF:
 
 @dataclass(frozen=True)
 class LayerRF:
-    """One traced layer: its name, output shape and receptive field."""
+    """One traced layer.
+
+    Attributes:
+        name: the module's qualified name (``layer2.1``), which ``receptive_field(..., layer=name)`` accepts, or the
+            traced node's name for a merge (``add_3``).
+        op: the module's class (``Conv2d``) or the function (``add``).
+        shape: the output's shape without the batch (C, H, W).
+        rf: the RF of the output's units.
+    """
 
     name: str
     op: str
@@ -646,9 +661,16 @@ def _revived_copy(model: nn.Module, names: Sequence[str], dtype: torch.dtype = t
 
 @dataclass(frozen=True)
 class MeasuredRF:
-    """A gradient-measured RF: its extent, the input rows and columns it covers, the unit measured, the zero
-    tensors re-initialised (on a copy) so that the measurement saw every path, and whether global-context gates
-    were detached (``local``: the gradient then shows the local RF, as the analytic one is)."""
+    """A gradient-measured RF.
+
+    Attributes:
+        size: the extent along the height of the input pixels with non-zero gradient.
+        rows: the first and last input row it covers.
+        cols: the first and last input column it covers.
+        unit: the (row, column) of the output unit measured, the centre one.
+        revived: the zero tensors re-initialised (on a copy) so that the measurement saw every path.
+        local: global-context gates were detached; the gradient then shows the local RF, as the analytic one is.
+    """
 
     size: int
     rows: Tuple[int, int]

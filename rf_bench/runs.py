@@ -8,6 +8,7 @@ whole new one, never half of it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import IO, Any, Callable, Dict
 
 __all__ = ["CONFIG", "INIT_WEIGHTS", "FINAL_WEIGHTS", "CHECKPOINTS", "METRICS", "DONE", "WARNINGS",
            "atomic_write", "atomic_write_text", "atomic_write_json", "temporary_path", "replace_folder",
-           "canonical_safetensors", "save_weights", "recorded_sha256", "read_warnings"]
+           "canonical_safetensors", "save_weights", "recorded_sha256", "read_warnings", "stable_hash"]
 
 CONFIG = "config.json"  # resolved config, versions, git sha, data description
 INIT_WEIGHTS = "init.safetensors"  # weights at step 0
@@ -97,3 +98,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """`atomic_write` of ``obj`` as indented JSON with sorted keys and a final newline."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def stable_hash(obj: Any) -> str:
+    """A short, stable hash of a JSON-able object (sorted keys): run and result ids (`rf_bench.recipes.config_hash`
+    is this of a training config's identity)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]

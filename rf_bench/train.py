@@ -86,14 +86,17 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{name}", type=typ, default=None, help="overrides the recipe")
     p.add_argument("--clip-mode", choices=CLIP_MODES,
                    help="what --clip-grad bounds: the global gradient norm (default) or each gradient entry")
-    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum (overrides the recipe)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crops (padding 4) and horizontal flips of the training images (overrides the recipe)")
     p.add_argument("--width-mult", type=float, help="model width multiplier (tiny models)")
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra timm.create_model kwargs, values parsed as JSON when they can be")
     p.add_argument("--mixed-precision", "--mixed_precision", dest="mixed_precision", choices=("no", "fp16", "bf16"),
                    help="default: what `accelerate launch` / its config says")
-    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--channels-last", action="store_true", default=None,
+                   help="model and batches in channels-last memory format")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile through accelerate (inductor)")
     p.add_argument("--compile-mode", choices=COMPILE_MODES,
                    help="torch.compile mode (implies --compile); reduce-overhead captures CUDA graphs of the model")

@@ -318,6 +318,23 @@ def test_report_folders_are_named_after_their_group():
     assert len(long) <= len("hessian-") + 60 and long.endswith("-0123456789")
 
 
+def test_runs_of_two_recipes_are_labelled_by_the_recipe_alone(tmp_path):
+    """Runs trained with `fast` and with `paper` differ in seven settings; the recipe says all of them, so the
+    group label is ``recipe=...``, and a setting overridden beyond its recipe is still named."""
+    from rf_bench.recipes import RECIPES
+
+    def trained(recipe, **overrides):
+        return lambda record: dict(record, train=dict(RECIPES[recipe], recipe=recipe, **overrides))
+
+    grid = _dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k + 0.002 * s)
+    records = [trained("fast")(r) for r in grid] + [trained("paper")(r) for r in grid]
+    assert {v.variant for v in _verdicts(_store(tmp_path / "two", records), "dense_accuracy")} == \
+        {"recipe=fast", "recipe=paper"}
+    records = [trained("fast")(r) for r in grid] + [trained("paper", lr=0.1)(r) for r in grid]
+    assert {v.variant for v in _verdicts(_store(tmp_path / "lr", records), "dense_accuracy")} == \
+        {"lr=0.1, recipe=paper", "lr=0.1, recipe=fast"}
+
+
 def test_claims_cli_without_results_is_one_line(tmp_path):
     proc = _cli("claims", str(tmp_path / "nowhere"))
     assert proc.returncode == 2
@@ -411,6 +428,20 @@ def test_claims_over_nets_that_never_trained_are_not_measured(tmp_path):
              enumerate(_dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k + 0.002 * s))]
     (dense,) = _verdicts(_store(tmp_path / "mixed", mixed), "dense_accuracy")
     assert dense.verdict == "supported"
+
+
+def test_the_report_table_says_why_without_repeating_rho_and_p(tmp_path):
+    """REPORT.md's why cell sits beside the rho and p columns: a supported row says the direction and the points,
+    an inconclusive one the threshold it missed; the statistics appear once per row."""
+    falls = _dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k + 0.002 * s)
+    flat = _dense_grid("resnet50_rfpool", lambda k, s: 0.8 + 0.01 * ((k * 7 + s * 3) % 5))
+    verdicts = evaluate_claims(_store(tmp_path, falls + flat), list(BUILTIN_CLAIMS))
+    main_table = claims_markdown(verdicts).split("<details>")[0]
+    rows = {line.split(" | ")[1]: line for line in main_table.splitlines() if line.startswith("| dense_accuracy |")}
+    supported, inconclusive = rows["vgg19_rfpool"], rows["resnet50_rfpool"]
+    points = len(falls)
+    assert f"| **supported** | falls with k, as the paper says ({points} points) | -" in supported
+    assert "| **inconclusive** | p >= 0.05 (" in inconclusive and "rho =" not in inconclusive
 
 
 def test_a_claim_whose_metric_raises_is_one_not_measured_row_and_the_rest_stand(tmp_path):

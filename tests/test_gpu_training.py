@@ -172,10 +172,10 @@ def test_new_fields_keep_old_run_ids_and_change_them_when_set():
     # the id an rf-bench 0.1.0 run directory of this config has: the hash of its 23 original fields
     import dataclasses
 
-    from rf_bench.results import config_hash
+    from rf_bench.results import stable_hash
     old_fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in TrainConfig._LATER_FIELDS}
     assert len(old_fields) == 23
-    assert run_dir_for(cfg, "r").name.endswith(config_hash(old_fields))
+    assert run_dir_for(cfg, "r").name.endswith(stable_hash(old_fields))
     for change in (dict(deterministic=True), dict(cuda_graphs=True), dict(compile_mode="max-autotune")):
         other = resolve_config("paper", model="resnet50_rfpool3", dataset="cifar10", **change)
         assert run_dir_for(other, "r") != run_dir_for(cfg, "r")

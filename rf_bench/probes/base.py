@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from rf_bench.hints import nearest_hint  # re-exported: sweeps and plugins name choices the same way
 from rf_bench.reporting import ReportSection  # re-exported: a plugin's report() returns these
-from rf_bench.results import ResultStore, Run, config_hash, group_runs
+from rf_bench.results import ResultStore, Run, group_runs, stable_hash
 
 __all__ = ["Probe", "ProbeOutput", "ProbeContext", "ReportSection", "available_probes", "resolve_suite",
            "apply_overrides", "nearest_hint", "load_settings", "settings_from_table", "describe_settings", "run_suite", "evaluate"]
@@ -364,7 +364,7 @@ def run_suite(probes: Sequence[Type[Probe]], runs: Sequence[Run], results_dir: s
 
     def attempt(probe, key, target, blocking: bool) -> bool:
         cfg = configs[probe.name]
-        path = store.path(key, probe.name, config_hash(_config_dict(cfg)))
+        path = store.path(key, probe.name, stable_hash(_config_dict(cfg)))
         lock = store.lock(path)
         try:
             lock.acquire(timeout=-1 if blocking else 0)
