@@ -150,7 +150,7 @@ def render_study(study: str) -> str:
             ("wall time, first run to report", wall),
             ("CPU time of its processes", _cpu_time(facts)),
             ("machine", facts.get("machine", "not recorded")), ("finished", facts.get("finished", "not recorded"))]
-    return "| | |\n|---|---|\n" + "\n".join(f"| {key} | {value} |" for key, value in rows)
+    return "| what | measured |\n|---|---|\n" + "\n".join(f"| {key} | {value} |" for key, value in rows)
 
 
 def render_benchmark(name: str) -> str:

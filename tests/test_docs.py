@@ -164,14 +164,21 @@ def test_the_site_builds_strictly(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    hessian_api = (site / "reference/api/rf_bench.probes.hessian/index.html").read_text()
+    hessian_api = (site / "reference/api/rf_bench.probes.hessian.html").read_text()
     assert "hessian_eigenvalues" in hessian_api and "thick_restart_lanczos" in hessian_api
-    prune = (site / "concepts/prune/index.html").read_text()
+    prune = (site / "concepts/prune.html").read_text()
     assert "prune_vgg19_rfpool_digits.png" in prune and (site / "demo/prune_vgg19_rfpool_digits.png").is_file()
-    assert "<!-- rendered:" not in (site / "benchmarks/index.html").read_text()
-    cli = (site / "reference/cli/index.html").read_text()
+    assert "<!-- rendered:" not in (site / "benchmarks.html").read_text()
+    cli = (site / "reference/cli.html").read_text()
     for command in ("rf-bench train", "rf-bench probe", "rf-bench study", "rf-bench claims"):
         assert command in cli
+    assert cli.count("<th>argument</th>") == cli.count('<h2 id="rf-bench-') > 5  # a table of arguments per command
+    rf_api = (site / "reference/api/rf_bench.rf.html").read_text()
+    assert "global_context" in rf_api and "the jump" in rf_api  # RF's fields are documented
+    # opened from disk (file://), every link of the navigation names a page, not a folder
+    home = (site / "index.html").read_text()
+    links = re.findall(r'<a href="([^"#][^"]*)" class="md-nav__link', home)
+    assert links and all(link.endswith(".html") for link in links), [x for x in links if not x.endswith(".html")]
 
 
 def test_public_names_have_docstrings():
