@@ -46,7 +46,7 @@ def write_result(name: str, result: Dict[str, Any], markdown: str, folder: Optio
     folder.mkdir(parents=True, exist_ok=True)
     result = dict(result, machine=machine(), date=time.strftime("%Y-%m-%d %H:%M:%S"))
     markdown = markdown.rstrip("\n") + f"\n\nMeasured on {describe(result['machine'])}, {result['date']}.\n"
-    from rf_bench.runs import atomic_write_text
+    from rf_bench.files import atomic_write_text
 
     for suffix, text in ((".json", json.dumps(result, indent=2) + "\n"), (".md", markdown)):
         atomic_write_text(folder / f"{name}{suffix}", text)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 from rf_bench.reporting import mean_std
+from rf_bench.runs import CONFIG
 
 __all__ = ["Claim", "Verdict", "NotMeasured", "untrained", "never_run", "ALPHA", "collect_claims", "evaluate_claims", "evaluate_metric", "spearman_rho",
            "permutation_p_value", "welch_interval", "claims_markdown", "chance_level", "family_label"]
@@ -349,7 +350,7 @@ def chance_level(record: Dict[str, Any]) -> Optional[float]:
     if "num_classes" in record.get("values", {}):
         return 1.0 / record["values"]["num_classes"]
     try:
-        meta = json.loads((Path(record["run_dirs"][0]) / "config.json").read_text())
+        meta = json.loads((Path(record["run_dirs"][0]) / CONFIG).read_text())
         return 1.0 / len(meta["data"]["classes"])
     except (OSError, KeyError, IndexError, ValueError, ZeroDivisionError):
         return None

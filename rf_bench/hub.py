@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from .checkpoints import (REGISTRY_ENV, WEIGHTS_NAME, HubError, fetch_checkpoint, hub_error, is_hub_failure,
                           published_tags, sha256_file)
 from .results import Run, load_run, write_json_atomic
+from .runs import CONFIG, METRICS
 
 __all__ = [
     "HubError", "PublishedTag", "tag_for_run", "repo_id_for", "build_repo_folder", "model_card", "publish",
@@ -165,8 +166,8 @@ def build_repo_folder(run: Run | str | os.PathLike, folder: str | os.PathLike, n
         shutil.rmtree(folder)
     (folder / "run").mkdir(parents=True)
     shutil.copyfile(run.path / WEIGHTS_NAME, folder / WEIGHTS_NAME)
-    shutil.copyfile(run.path / "config.json", folder / "run" / "config.json")
-    shutil.copyfile(run.path / "metrics.jsonl", folder / "run" / "metrics.jsonl")
+    shutil.copyfile(run.path / CONFIG, folder / "run" / CONFIG)
+    shutil.copyfile(run.path / METRICS, folder / "run" / METRICS)
     entry = _manifest_entry(run, repo_id, tag, folder / WEIGHTS_NAME)
     data = run.meta["data"]
     save_config_for_hf(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from .runs import stable_hash
+from .files import stable_hash
 
 __all__ = ["TrainConfig", "RECIPES", "DEFAULT_RECIPE", "COMPILE_MODES", "CLIP_MODES", "resolve_config", "config_hash", "run_dir_for",
            "lr_factor"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from rf_bench.reporting import ReportSection, group_by, mean_std, write_csv
-from rf_bench.runs import atomic_write_text
+from rf_bench.files import atomic_write_text
 
 __all__ = ["write_report", "scalar_sections", "claims_section"]
 

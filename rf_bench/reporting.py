@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from rf_bench.runs import atomic_write
+from rf_bench.files import atomic_write
 
 __all__ = ["ReportSection", "mean_std", "fmt_pct", "paper_cell", "write_csv", "savefig", "pyplot", "LINE_COLORS",
            "line_colors", "integer_ticks", "group_by", "by_family", "by_k", "record_rf", "model_rf", "markdown_table"]

@@ -1,4 +1,7 @@
-"""Runs and results: reading finished run directories, grouping seeds, and the atomic result store.
+"""Results: the atomic result store, and how results are grouped (by setting, by training variant).
+
+Reading run directories is `rf_bench.runs`'s job (``Run``, ``load_run``, ``find_runs`` and ``group_runs`` are
+re-exported here).
 
 A result is ``<results>/<key>/<probe>-<config hash>.json`` (plus ``.safetensors`` for tensors), where
 ``key`` is a run id, or ``group-<hash>`` for probes over all seeds of one (model, dataset, config).
@@ -9,17 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
 
 from .checkpoints import load_weights, sha256_file
 from .recipes import RECIPES
-from .runs import atomic_write, atomic_write_json, read_warnings, recorded_sha256, stable_hash
+from .runs import CONFIG, DONE, Run, atomic_write, atomic_write_json, find_runs, group_runs, load_run, stable_hash
 
 __all__ = [
     "Run", "load_run", "find_runs", "group_runs", "load_weights", "sha256_file", "write_json_atomic",
@@ -106,7 +106,7 @@ def record_variant(record: Dict[str, Any]) -> Dict[str, Any]:
     train = record.get("train")
     if train is None:
         dirs = record.get("run_dirs") or []
-        path = Path(dirs[0]) / "config.json" if dirs else None
+        path = Path(dirs[0]) / CONFIG if dirs else None
         train = json.loads(path.read_text())["config"] if path and path.is_file() else {}
     variant = {f"{key}": value for key, value in sorted((train.get("model_kwargs") or {}).items())}
     variant.update((key, value) for key, value in sorted(train.items())
@@ -144,166 +144,6 @@ def _setting_value(value: Any) -> str:
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON atomically (`rf_bench.runs.atomic_write_json`)."""
     atomic_write_json(path, obj)
-
-
-_RFPOOL = re.compile(r"rfpool(\d+)")
-
-
-@dataclass(frozen=True)
-class Run:
-    """A finished training run directory (read-only for everything but the trainer)."""
-
-    path: Path
-    meta: Dict[str, Any]
-
-    @property
-    def run_id(self) -> str:
-        """The run directory's name: model, data set, seed and config hash."""
-        return self.meta.get("run_id", self.path.name)
-
-    @property
-    def config(self) -> Dict[str, Any]:
-        """The run's resolved ``TrainConfig`` as a dict."""
-        return self.meta["config"]
-
-    @property
-    def model_name(self) -> str:
-        """The timm model name the run trained."""
-        return self.config["model"]
-
-    @property
-    def dataset(self) -> str:
-        """The data set the run trained on."""
-        return self.config["dataset"]
-
-    @property
-    def seed(self) -> int:
-        """The run's seed."""
-        return self.config["seed"]
-
-    @property
-    def k(self) -> Optional[int]:
-        """The rfpool kernel size of the model (None for other models)."""
-        m = _RFPOOL.search(self.model_name)
-        return int(m.group(1)) if m else None
-
-    @property
-    def family(self) -> str:
-        """The model name with its k replaced: ``resnet50_rfpool``."""
-        return _RFPOOL.sub("rfpool", self.model_name)
-
-    @property
-    def group_id(self) -> str:
-        """Same for every seed of one (model, dataset, recipe and overrides)."""
-        return "group-" + stable_hash({k: v for k, v in self.config.items() if k != "seed"})
-
-    @property
-    def input_size(self) -> tuple:
-        """The input size ``(C, H, W)`` the run trained on."""
-        return tuple(self.meta["data"]["input_size"])
-
-    @property
-    def weights_sha256(self) -> Optional[str]:
-        """The sha256 of ``model.safetensors`` recorded when training finished (None for runs from before it was)."""
-        return recorded_sha256(self.path)
-
-    def verify_weights(self) -> None:
-        """Refuse final weights that are not the ones training finished with (damaged, replaced, half-copied)."""
-        recorded, path = self.weights_sha256, self.path / "model.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"run {self.path} has no model.safetensors; rerun its training command to rebuild "
-                                    "it from the last checkpoint")
-        if recorded and sha256_file(path) != recorded:
-            raise ValueError(f"run {self.path}: model.safetensors does not match the sha256 recorded when training "
-                             "finished (damaged?); rerun its training command to rebuild it, or restore the file")
-
-    def warnings(self) -> List[Dict[str, Any]]:
-        """What the trainer warned about while training this run (``warnings.jsonl``: e.g. not learning)."""
-        return read_warnings(self.path)
-
-    @property
-    def not_learning(self) -> bool:
-        """Whether the trainer found this run not learning (training accuracy near chance, loss flat)."""
-        return any(w.get("kind") == "not_learning" for w in self.warnings())
-
-    def final_metrics(self) -> Dict[str, Any]:
-        """The last epoch's line of ``metrics.jsonl`` (epoch, losses and accuracies; ``{}`` if there is none)."""
-        path = self.path / "metrics.jsonl"
-        lines = path.read_text().splitlines() if path.is_file() else []
-        last = json.loads(lines[-1]) if lines else {}
-        return {k: last[k] for k in ("epoch", "test_acc", "test_loss", "train_acc", "train_loss") if k in last}
-
-    def create_model(self, stage: str = "final") -> nn.Module:
-        """The run's model with its ``init`` or ``final`` weights, in eval mode on the CPU."""
-        import timm
-
-        import rf_bench.models  # noqa: F401  (registers the rfpool models)
-
-        model = timm.create_model(self.model_name, **self.meta["model_kwargs"])
-        load_weights(model, self.path / ("init.safetensors" if stage == "init" else "model.safetensors"))
-        return model.eval()
-
-    def load_data(self, split: str, data_dir: Optional[str] = None):
-        """The split as the run saw it: its training subset (``train_per_class``) for ``train``, the whole test."""
-        from rf_bench import data as rf_data
-
-        data = rf_data.load(self.dataset, split, data_dir=data_dir)
-        per_class = self.config.get("train_per_class")
-        if per_class and split == "train":
-            data = data.per_class(per_class, self.config.get("subset_seed", 0))
-        return data
-
-
-def load_run(path: str | os.PathLike) -> Run:
-    """The run directory at ``path``; a one-line error if it is not one."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such run directory: {path} does not exist; check the path, or point at a folder "
-                                "of runs (`rf-bench probe runs/`)")
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a run directory (no config.json); point at <output>/<run id>")
-    if not (path / "done").is_file():
-        raise ValueError(f"run {path} is not finished (no `done` marker); rerun its training command to finish it")
-    try:
-        meta = json.loads((path / "config.json").read_text())
-        meta["config"]["model"], meta["config"]["dataset"]
-    except (ValueError, KeyError, TypeError) as e:  # ValueError: bad JSON or not UTF-8
-        raise ValueError(f"{path / 'config.json'} is damaged ({type(e).__name__}: {e}); delete the run directory "
-                         "and rerun its training command") from None
-    return Run(path=path, meta=meta)
-
-
-def find_runs(patterns: Sequence[str]) -> List[Run]:
-    """Run directories matching paths or globs; a folder of runs counts as all of them."""
-    import glob
-
-    paths: List[Path] = []
-    for pattern in patterns:
-        matches = [Path(p) for p in sorted(glob.glob(os.path.expanduser(pattern)))]
-        if not matches and glob.has_magic(pattern):
-            raise FileNotFoundError(f"no path matches {pattern}; check the pattern, or point at a folder of runs")
-        matches = matches or [Path(pattern)]
-        for p in matches:
-            if (p / "config.json").is_file():
-                paths.append(p)
-            elif p.is_dir() and any((c / "config.json").is_file() for c in p.iterdir() if c.is_dir()):
-                paths += sorted(c for c in p.iterdir() if (c / "config.json").is_file())
-            else:
-                paths.append(p)  # load_run says what is wrong with it
-    seen, runs = set(), []
-    for p in paths:
-        if p.resolve() not in seen:
-            seen.add(p.resolve())
-            runs.append(load_run(p))
-    return runs
-
-
-def group_runs(runs: Iterable[Run]) -> Dict[str, List[Run]]:
-    """Runs by group id (all seeds of one model, data set and recipe), seeds in order."""
-    groups: Dict[str, List[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.group_id, []).append(run)
-    return {g: sorted(rs, key=lambda r: r.seed) for g, rs in sorted(groups.items())}
 
 
 def _record_problem(record: Any) -> Optional[str]:
@@ -376,7 +216,7 @@ class ResultStore:
         if not self.root.is_dir():
             raise FileNotFoundError(f"no results folder {self.root}; make it with `rf-bench probe RUNS --results "
                                     f"{self.root}` (or a sweep), or name the folder that holds the results")
-        if any((child / "config.json").is_file() and (child / "done").exists() for child in self.root.iterdir()
+        if any((child / CONFIG).is_file() and (child / DONE).exists() for child in self.root.iterdir()
                if child.is_dir()):
             raise ValueError(f"{self.root} holds run directories, not probe results; make results with `rf-bench probe "
                              f"{self.root} --results results`, then name that folder")

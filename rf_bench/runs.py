@@ -1,22 +1,28 @@
-"""The run directory: its file names, and the one atomic write every writer of rf-bench uses.
+"""The run directory: its file names, its weights files, and reading a finished run (`Run`, `load_run`).
 
 A run directory is what training writes and every other stage only reads (``config.json``, ``init.safetensors``,
-``model.safetensors``, ``checkpoints/``, ``metrics.jsonl``, ``done`` last). Every file rf-bench writes, in a run
-directory or a result store or a report, goes through `atomic_write`: a temporary file beside the target (named
-with the writer's pid, so two processes never share one), then ``os.replace``, so a reader sees the old file or the
-whole new one, never half of it.
+``model.safetensors``, ``checkpoints/``, ``metrics.jsonl``, ``warnings.jsonl``, ``done`` last). Its files are
+written through `rf_bench.files.atomic_write` (re-exported here with the other atomic helpers).
 """
 from __future__ import annotations
 
-import hashlib
+import glob
 import json
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Dict
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from torch import nn
+
+from .checkpoints import load_weights, sha256_file
+from .files import atomic_write, atomic_write_json, atomic_write_text, replace_folder, stable_hash, temporary_path
 
 __all__ = ["CONFIG", "INIT_WEIGHTS", "FINAL_WEIGHTS", "CHECKPOINTS", "METRICS", "DONE", "WARNINGS",
            "atomic_write", "atomic_write_text", "atomic_write_json", "temporary_path", "replace_folder",
-           "canonical_safetensors", "save_weights", "recorded_sha256", "read_warnings", "stable_hash"]
+           "canonical_safetensors", "save_weights", "recorded_sha256", "read_warnings", "stable_hash",
+           "Run", "load_run", "find_runs", "group_runs"]
 
 CONFIG = "config.json"  # resolved config, versions, git sha, data description
 INIT_WEIGHTS = "init.safetensors"  # weights at step 0
@@ -25,35 +31,6 @@ CHECKPOINTS = "checkpoints"  # resumable state, one folder per saved step
 METRICS = "metrics.jsonl"  # one line per epoch
 DONE = "done"  # written last: the run is finished (with the final weights' sha256)
 WARNINGS = "warnings.jsonl"  # what the trainer warned about while training (one JSON object a line)
-
-
-def temporary_path(path: Path) -> Path:
-    """The temporary name `atomic_write` writes ``path`` under: hidden, beside it, unique to this process."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], *, binary: bool = False,
-                 newline: str | None = None) -> Path:
-    """Write ``path`` through ``write(file)`` into a temporary file, then rename it over ``path``; returns ``path``.
-
-    The parent folder is made if needed; on an error the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb" if binary else "w", **({} if binary else {"newline": newline, "encoding": "utf-8"})) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def replace_folder(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
-    """Rename a folder written in full under ``tmp`` to ``final`` (absent): it appears complete or not at all."""
-    os.replace(tmp, final)
 
 
 def canonical_safetensors(data: bytes) -> bytes:
@@ -90,17 +67,161 @@ def read_warnings(run_dir: str | os.PathLike) -> list:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """`atomic_write` of a string."""
-    return atomic_write(path, lambda f: f.write(text))
+# ------------------------------------------------------------------------------ reading a run
+
+_RFPOOL = re.compile(r"rfpool(\d+)")
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """`atomic_write` of ``obj`` as indented JSON with sorted keys and a final newline."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+@dataclass(frozen=True)
+class Run:
+    """A finished training run directory (read-only for everything but the trainer)."""
+
+    path: Path
+    meta: Dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        """The run directory's name: model, data set, seed and config hash."""
+        return self.meta.get("run_id", self.path.name)
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The run's resolved ``TrainConfig`` as a dict."""
+        return self.meta["config"]
+
+    @property
+    def model_name(self) -> str:
+        """The timm model name the run trained."""
+        return self.config["model"]
+
+    @property
+    def dataset(self) -> str:
+        """The data set the run trained on."""
+        return self.config["dataset"]
+
+    @property
+    def seed(self) -> int:
+        """The run's seed."""
+        return self.config["seed"]
+
+    @property
+    def k(self) -> Optional[int]:
+        """The rfpool kernel size of the model (None for other models)."""
+        m = _RFPOOL.search(self.model_name)
+        return int(m.group(1)) if m else None
+
+    @property
+    def family(self) -> str:
+        """The model name with its k replaced: ``resnet50_rfpool``."""
+        return _RFPOOL.sub("rfpool", self.model_name)
+
+    @property
+    def group_id(self) -> str:
+        """Same for every seed of one (model, dataset, recipe and overrides)."""
+        return "group-" + stable_hash({k: v for k, v in self.config.items() if k != "seed"})
+
+    @property
+    def input_size(self) -> tuple:
+        """The input size ``(C, H, W)`` the run trained on."""
+        return tuple(self.meta["data"]["input_size"])
+
+    @property
+    def weights_sha256(self) -> Optional[str]:
+        """The sha256 of ``model.safetensors`` recorded when training finished (None for runs from before it was)."""
+        return recorded_sha256(self.path)
+
+    def verify_weights(self) -> None:
+        """Refuse final weights that are not the ones training finished with (damaged, replaced, half-copied)."""
+        recorded, path = self.weights_sha256, self.path / FINAL_WEIGHTS
+        if not path.is_file():
+            raise FileNotFoundError(f"run {self.path} has no model.safetensors; rerun its training command to rebuild "
+                                    "it from the last checkpoint")
+        if recorded and sha256_file(path) != recorded:
+            raise ValueError(f"run {self.path}: model.safetensors does not match the sha256 recorded when training "
+                             "finished (damaged?); rerun its training command to rebuild it, or restore the file")
+
+    def warnings(self) -> List[Dict[str, Any]]:
+        """What the trainer warned about while training this run (``warnings.jsonl``: e.g. not learning)."""
+        return read_warnings(self.path)
+
+    @property
+    def not_learning(self) -> bool:
+        """Whether the trainer found this run not learning (training accuracy near chance, loss flat)."""
+        return any(w.get("kind") == "not_learning" for w in self.warnings())
+
+    def final_metrics(self) -> Dict[str, Any]:
+        """The last epoch's line of ``metrics.jsonl`` (epoch, losses and accuracies; ``{}`` if there is none)."""
+        path = self.path / METRICS
+        lines = path.read_text().splitlines() if path.is_file() else []
+        last = json.loads(lines[-1]) if lines else {}
+        return {k: last[k] for k in ("epoch", "test_acc", "test_loss", "train_acc", "train_loss") if k in last}
+
+    def create_model(self, stage: str = "final") -> nn.Module:
+        """The run's model with its ``init`` or ``final`` weights, in eval mode on the CPU."""
+        import timm
+
+        import rf_bench.models  # noqa: F401  (registers the rfpool models)
+
+        model = timm.create_model(self.model_name, **self.meta["model_kwargs"])
+        load_weights(model, self.path / (INIT_WEIGHTS if stage == "init" else FINAL_WEIGHTS))
+        return model.eval()
+
+    def load_data(self, split: str, data_dir: Optional[str] = None):
+        """The split as the run saw it: its training subset (``train_per_class``) for ``train``, the whole test."""
+        from rf_bench import data as rf_data
+
+        data = rf_data.load(self.dataset, split, data_dir=data_dir)
+        per_class = self.config.get("train_per_class")
+        if per_class and split == "train":
+            data = data.per_class(per_class, self.config.get("subset_seed", 0))
+        return data
 
 
-def stable_hash(obj: Any) -> str:
-    """A short, stable hash of a JSON-able object (sorted keys): run and result ids (`rf_bench.recipes.config_hash`
-    is this of a training config's identity)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+def load_run(path: str | os.PathLike) -> Run:
+    """The run directory at ``path``; a one-line error if it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such run directory: {path} does not exist; check the path, or point at a folder "
+                                "of runs (`rf-bench probe runs/`)")
+    if not (path / CONFIG).is_file():
+        raise FileNotFoundError(f"{path} is not a run directory (no config.json); point at <output>/<run id>")
+    if not (path / DONE).is_file():
+        raise ValueError(f"run {path} is not finished (no `done` marker); rerun its training command to finish it")
+    try:
+        meta = json.loads((path / CONFIG).read_text())
+        meta["config"]["model"], meta["config"]["dataset"]
+    except (ValueError, KeyError, TypeError) as e:  # ValueError: bad JSON or not UTF-8
+        raise ValueError(f"{path / CONFIG} is damaged ({type(e).__name__}: {e}); delete the run directory "
+                         "and rerun its training command") from None
+    return Run(path=path, meta=meta)
+
+
+def find_runs(patterns: Sequence[str]) -> List[Run]:
+    """Run directories matching paths or globs; a folder of runs counts as all of them."""
+    paths: List[Path] = []
+    for pattern in patterns:
+        matches = [Path(p) for p in sorted(glob.glob(os.path.expanduser(pattern)))]
+        if not matches and glob.has_magic(pattern):
+            raise FileNotFoundError(f"no path matches {pattern}; check the pattern, or point at a folder of runs")
+        matches = matches or [Path(pattern)]
+        for p in matches:
+            if (p / CONFIG).is_file():
+                paths.append(p)
+            elif p.is_dir() and any((c / CONFIG).is_file() for c in p.iterdir() if c.is_dir()):
+                paths += sorted(c for c in p.iterdir() if (c / CONFIG).is_file())
+            else:
+                paths.append(p)  # load_run says what is wrong with it
+    seen, runs = set(), []
+    for p in paths:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            runs.append(load_run(p))
+    return runs
+
+
+def group_runs(runs: Iterable[Run]) -> Dict[str, List[Run]]:
+    """Runs by group id (all seeds of one model, data set and recipe), seeds in order."""
+    groups: Dict[str, List[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group_id, []).append(run)
+    return {g: sorted(rs, key=lambda r: r.seed) for g, rs in sorted(groups.items())}

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .results import load_run, write_json_atomic
+from .runs import DONE, METRICS
 from .recipes import DEFAULT_RECIPE
 from .train import TrainConfig, resolve_config, run_dir_for
 
@@ -342,7 +343,7 @@ class _JobState:
 
     def finished(self, run_dir: Path) -> bool:
         """Trained (the run's ``done`` marker) and its per-run probes stored (our ``done`` state)."""
-        return self.read().get("state") == "done" and (run_dir / "done").is_file()
+        return self.read().get("state") == "done" and (run_dir / DONE).is_file()
 
     def is_locked(self) -> bool:
         from filelock import Timeout
@@ -463,7 +464,7 @@ def finish_sweep(sweep: Sweep, progress: bool = True, log: Callable[..., None] =
     from .probes.base import available_probes, run_suite
     from .report import write_report
 
-    finished = [load_run(sweep.run_dir(c)) for c in sweep.runs if (sweep.run_dir(c) / "done").is_file()]
+    finished = [load_run(sweep.run_dir(c)) for c in sweep.runs if (sweep.run_dir(c) / DONE).is_file()]
     if not finished:
         return None
     probes, configs = _probe_configs(sweep)
@@ -681,7 +682,7 @@ def sweep_status(sweep: Sweep) -> List[Dict[str, Any]]:
             status = "failed"
         else:
             status = "pending"  # never started, or its job was killed: the next sweep resumes it
-        epochs = len((run_dir / "metrics.jsonl").read_text().splitlines()) if (run_dir / "metrics.jsonl").is_file() else 0
+        epochs = len((run_dir / METRICS).read_text().splitlines()) if (run_dir / METRICS).is_file() else 0
         rows.append(dict(model=cfg.model, dataset=cfg.dataset, seed=cfg.seed, run=run_dir.name, status=status,
                          model_kwargs=_kwargs_label(cfg.model_kwargs),
                          epochs=f"{epochs}/{cfg.epochs}", error=recorded.get("error", "") if status == "failed" else ""))

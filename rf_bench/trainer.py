@@ -25,7 +25,8 @@ from torch.nn import functional as F
 from .pruning import apply_masks, global_magnitude_masks
 from .recipes import CLIP_MODES, COMPILE_MODES, TrainConfig, lr_factor, run_dir_for
 from .results import sha256_file, write_json_atomic
-from .runs import WARNINGS, atomic_write_text, read_warnings, recorded_sha256, replace_folder, save_weights
+from .runs import (CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, INIT_WEIGHTS, METRICS, WARNINGS, atomic_write_text,
+                   read_warnings, recorded_sha256, replace_folder, save_weights)
 
 if TYPE_CHECKING:
     from .models import RFPoolSizeError
@@ -47,7 +48,7 @@ NOT_LEARNING_LOSS_DROP = 0.05
 
 def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
     """The run's ``metrics.jsonl``, one dict per finished epoch (empty if there is none yet)."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
@@ -141,7 +142,7 @@ def _param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]
 
 def _complete_checkpoints(run_dir: Path) -> List[Path]:
     """Checkpoints whose writing finished, oldest first (a corrupt one may still be among them)."""
-    ckpts = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    ckpts = sorted((run_dir / CHECKPOINTS).glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
     return [p for p in ckpts if (p / "trainer_state.json").is_file()]
 
 
@@ -160,7 +161,7 @@ def _unreadable_checkpoint_errors() -> Tuple[type, ...]:
 
 def _weights_intact(run_dir: Path) -> bool:
     """``model.safetensors`` matches the sha256 in ``done`` (older runs: it loads)."""
-    path = run_dir / "model.safetensors"
+    path = run_dir / FINAL_WEIGHTS
     if not path.is_file():
         return False
     recorded = recorded_sha256(run_dir)
@@ -428,7 +429,7 @@ class Trainer:
     @property
     def finished(self) -> bool:
         """Whether the run directory holds a ``done`` marker (`fit` checks the weights against it)."""
-        return (self.run_dir / "done").is_file()
+        return (self.run_dir / DONE).is_file()
 
     # ------------------------------------------------------------------------------- the whole run
 
@@ -442,7 +443,7 @@ class Trainer:
                                    "from the last checkpoint")
             self.accelerator.wait_for_everyone()
             if self.accelerator.is_main_process:
-                (self.run_dir / "done").unlink()
+                (self.run_dir / DONE).unlink()
         with deterministic_mode(self.cfg.deterministic):
             self.setup()
             start_epoch, start_step, resumed = self.resume()
@@ -474,7 +475,7 @@ class Trainer:
                                     nesterov=cfg.nesterov)
         steps = self.steps_per_epoch
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps))
-        if accel.is_main_process and not (self.run_dir / "init.safetensors").is_file():
+        if accel.is_main_process and not (self.run_dir / INIT_WEIGHTS).is_file():
             self._write_run_header(model)
         self.model, self.optimizer, self.scheduler = accel.prepare(model, optimizer, scheduler)
         # accelerate's optimizer wrapper looks for an optional package (importlib's find_spec, file-system stats) twice
@@ -553,8 +554,8 @@ class Trainer:
 
         cfg, train_set, test_set = self.cfg, self.train_set, self.test_set
         meta = dict(model=cfg.model, stage="init", rf_bench=rf_bench.__version__)
-        _save_weights(model, self.run_dir / "init.safetensors", meta)
-        write_json_atomic(self.run_dir / "config.json", dict(
+        _save_weights(model, self.run_dir / INIT_WEIGHTS, meta)
+        write_json_atomic(self.run_dir / CONFIG, dict(
             config=cfg.identity(), run_id=self.run_dir.name, model_kwargs=self.model_kwargs, num_processes=self.world,
             data=dict(name=cfg.dataset, classes=train_set.classes, mean=train_set.mean, std=train_set.std,
                       input_size=train_set.input_size, train_size=len(train_set), test_size=len(test_set)),
@@ -586,7 +587,7 @@ class Trainer:
                                  f"delete {self.run_dir} to train the run from the start")
         self._move_aside(unreadable)
         if accel.is_main_process:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", start_epoch)
+            _truncate_metrics(self.run_dir / METRICS, start_epoch)
         if self.log_with:
             accel.init_trackers(self.run_dir.name, config={k: str(v) for k, v in self.cfg.identity().items()})
         return start_epoch, start_step, partial
@@ -706,7 +707,7 @@ class Trainer:
         """Append the epoch's line to ``metrics.jsonl``, print it, and hand it to the trackers."""
         accel = self.accelerator
         if accel.is_main_process:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
+            with open(self.run_dir / METRICS, "a") as f:
                 f.write(json.dumps(record) + "\n")
         if self.progress:
             tested = (f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f}"
@@ -723,7 +724,7 @@ class Trainer:
         accel = self.accelerator
         self.check_finite()
         global_step = epoch * self.steps_per_epoch + step_in_epoch
-        folder = self.run_dir / "checkpoints"
+        folder = self.run_dir / CHECKPOINTS
         final, tmp = folder / f"step_{global_step:08d}", folder / f".tmp_step_{global_step:08d}"
         partial = [None] * self.world
         if self.world > 1:
@@ -753,11 +754,11 @@ class Trainer:
         accel = self.accelerator
         if accel.is_main_process:
             meta = dict(model=self.cfg.model, stage="final", rf_bench=rf_bench.__version__)
-            weights = self.run_dir / "model.safetensors"
+            weights = self.run_dir / FINAL_WEIGHTS
             with _write_errors_explained(f"the final weights {weights}", self.run_dir):
                 _save_weights(self.bare_model(), weights, meta)
             # the sha256 lets a rerun tell intact final weights from damaged ones
-            atomic_write_text(self.run_dir / "done", f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\nsha256 {sha256_file(weights)}\n")
+            atomic_write_text(self.run_dir / DONE, f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\nsha256 {sha256_file(weights)}\n")
         if self.log_with:
             accel.end_training()
         accel.wait_for_everyone()

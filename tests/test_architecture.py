@@ -140,7 +140,7 @@ def test_old_import_paths_keep_working():
 # Layers, bottom up (DESIGN.md): these modules sit below the probes and must never import one, at module level or
 # inside a function; a probe renders its own report through rf_bench.reporting, never through rf_bench.report.
 BELOW_THE_PROBES = ("rf_bench.report", "rf_bench.claims", "rf_bench.results", "rf_bench.reporting", "rf_bench.runs",
-                    "rf_bench.batchnorm", "rf_bench.pruning", "rf_bench.spectral", "rf_bench._numerics")
+                    "rf_bench.files", "rf_bench.batchnorm", "rf_bench.pruning", "rf_bench.spectral", "rf_bench._numerics")
 
 
 def upward_imports(graph: Dict[str, Set[str]]) -> List[str]:
@@ -185,6 +185,24 @@ def test_no_cycle_between_folders_and_it_is_seen_when_planted():
 
 
 def test_every_atomic_rename_is_the_one_helper():
-    """``os.replace`` appears in rf_bench/runs.py only: every writer goes through its atomic_write."""
+    """``os.replace`` appears in rf_bench/files.py only: every writer goes through its atomic_write."""
     users = sorted(name for name, path in _modules().items() if "os.replace(" in path.read_text())
-    assert users == ["rf_bench.runs"]
+    assert users == ["rf_bench.files"]
+
+
+RUN_FILES = ("config.json", "init.safetensors", "model.safetensors", "metrics.jsonl", "warnings.jsonl", "checkpoints",
+             "done")
+# the same names with another meaning: the Hub's weights file, timm's config.json of a Hub folder, a sweep job's state
+OTHER_MEANING = {("rf_bench.checkpoints", "model.safetensors"), ("rf_bench.models._registry", "model.safetensors"),
+                 ("rf_bench.hub", "config.json"), ("rf_bench.sweep", "done"), ("rf_bench.cli", "done")}
+
+
+def test_run_directory_file_names_are_spelled_in_runs_only():
+    """Every module names a run directory's files by rf_bench.runs' constants, so the layout has one owner."""
+    spelled = set()
+    for name, path in _modules().items():
+        if name == "rf_bench.runs":
+            continue
+        strings = {node.value for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Constant)}
+        spelled |= {(name, file) for file in RUN_FILES if file in strings}
+    assert spelled - OTHER_MEANING == set()

@@ -68,7 +68,7 @@ def _read_cache(path: Path) -> Optional[ImageSet]:
 def _write_cache(path: Path, data: ImageSet) -> None:
     from safetensors.torch import save
 
-    from rf_bench.runs import atomic_write
+    from rf_bench.files import atomic_write
 
     info = dict(classes=data.classes, mean=data.mean, std=data.std, name=data.name, split=data.split,
                 source=data.source)

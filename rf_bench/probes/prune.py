@@ -26,6 +26,7 @@ from rf_bench.pruning import (apply_masks, global_magnitude_masks, kept_fraction
                               prunable_parameters, sparsity)
 from rf_bench.reporting import (ReportSection, by_family, by_k, fmt_pct, integer_ticks, line_colors, markdown_table,
                                 mean_std, paper_cell, pyplot, record_rf, savefig, write_csv)
+from rf_bench.runs import FINAL_WEIGHTS
 
 __all__ = ["prunable_parameters", "global_magnitude_masks", "apply_masks", "sparsity", "PruneConfig", "PruneProbe",
            "PRUNE_BN", "SIGNAL_COLLAPSE", "record_protocols", "row_accuracy", "failure_cause"]
@@ -252,11 +253,11 @@ class PruneProbe:
                              model_kwargs=run.config["model_kwargs"], prune_rate=rate,
                              train_per_class=run.config.get("train_per_class"),
                              subset_seed=run.config.get("subset_seed"),
-                             init_from=str((run.path / "model.safetensors").resolve()))
+                             init_from=str((run.path / FINAL_WEIGHTS).resolve()))
         ft_dir = train(cfg, output=ctx.results_dir / run.run_id / "prune-finetune", data_dir=ctx.data_dir,
                        progress=False, eval_every=0)  # tested below; per-epoch tests would be waste
         tuned = copy.deepcopy(pruned_model)
-        load_weights(tuned, ft_dir / "model.safetensors")
+        load_weights(tuned, ft_dir / FINAL_WEIGHTS)
         check = sparsity(tuned, masks)
         if check["masked_nonzero"]:
             raise RuntimeError(f"fine-tune at rate {rate} revived {check['masked_nonzero']} pruned weights")
