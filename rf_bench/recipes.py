@@ -14,8 +14,8 @@ from typing import Any, Dict, Optional
 
 from .files import stable_hash
 
-__all__ = ["TrainConfig", "RECIPES", "DEFAULT_RECIPE", "COMPILE_MODES", "CLIP_MODES", "resolve_config", "config_hash", "run_dir_for",
-           "lr_factor"]
+__all__ = ["TrainConfig", "RECIPES", "DEFAULT_RECIPE", "COMPILE_MODES", "CLIP_MODES", "resolve_config", "config_hash",
+           "run_dir_for", "validate_settings", "lr_factor"]
 
 # torch.compile's modes; "reduce-overhead" and "max-autotune" capture CUDA graphs of the compiled parts
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -127,3 +127,50 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     else:
         raise ValueError(f"unknown schedule {cfg.schedule!r}; use cosine_epoch, cosine_step or constant")
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# ------------------------------------------------------------------ checking a config before any work
+
+_AT_LEAST = dict(epochs=(1, "--epochs"), batch_size=(1, "--batch-size"), lr=(0.0, "--lr"),
+                 weight_decay=(0.0, "--weight-decay"), warmup_epochs=(0.0, "--warmup-epochs"),
+                 momentum=(0.0, "--momentum"), label_smoothing=(0.0, "--label-smoothing"))
+
+
+def _validate_numbers(cfg: TrainConfig) -> None:
+    for name, (low, flag) in _AT_LEAST.items():
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
+            raise ValueError(f"{flag} {value!r} is invalid; it must be a number >= {low:g}")
+    if cfg.lr == 0:
+        raise ValueError("--lr 0 trains nothing; give a positive learning rate")
+    for name in ("momentum", "label_smoothing"):
+        if not getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)} is invalid; it must be below 1")
+    if cfg.clip_grad is not None and not cfg.clip_grad >= 0:
+        raise ValueError(f"--clip-grad {cfg.clip_grad} is invalid; give a positive norm, or 0 to disable clipping")
+    if cfg.clip_mode not in CLIP_MODES:
+        raise ValueError(f"--clip-mode {cfg.clip_mode!r} is invalid; use one of {', '.join(CLIP_MODES)}")
+    if cfg.train_per_class is not None and not cfg.train_per_class >= 1:
+        raise ValueError(f"--train-per-class {cfg.train_per_class} is invalid; give the number of images per class, >= 1")
+    if cfg.prune_rate is not None and not 0 <= cfg.prune_rate < 1:
+        raise ValueError(f"--prune-rate {cfg.prune_rate} is invalid; it is the pruned fraction, in [0, 1)")
+
+
+def _validate_names(cfg: TrainConfig) -> None:
+    # data and models sit beside this module; imported here, where a config is checked, as the trainer does
+    from .data.sources import dataset_key
+    from .models import unknown_model_hint
+
+    hint = unknown_model_hint(cfg.model)
+    if hint:
+        raise ValueError(f"--model {cfg.model!r} is not a timm model; {hint}")
+    try:
+        dataset_key(cfg.dataset)
+    except ValueError as e:
+        raise ValueError(f"--dataset: {e}") from None
+
+
+def validate_settings(cfg: TrainConfig) -> None:
+    """Refuse a number out of range or an unknown model / data set, in one line, before any work."""
+    _validate_numbers(cfg)
+    _validate_names(cfg)

@@ -54,7 +54,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .results import load_run, write_json_atomic
 from .runs import DONE, METRICS
-from .recipes import DEFAULT_RECIPE
+from .recipes import DEFAULT_RECIPE, validate_settings
 from .train import TrainConfig, resolve_config, run_dir_for
 
 __all__ = ["Sweep", "load_sweep", "SweepJob", "run_sweep", "sweep_status", "finish_sweep", "gpu_slots", "LAUNCHERS"]
@@ -294,8 +294,6 @@ def load_sweep(path: str | os.PathLike | None = None, *, text: Optional[str] = N
 
 def _check_runs(runs: List[TrainConfig], where: str) -> None:
     """The trainer's own checks (numbers, model and data set names), before any run starts."""
-    from .trainer import validate_settings
-
     for cfg in {json.dumps(c.identity(), sort_keys=True, default=str): c for c in runs}.values():
         try:
             validate_settings(cfg)

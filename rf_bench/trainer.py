@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .pruning import apply_masks, global_magnitude_masks
-from .recipes import CLIP_MODES, COMPILE_MODES, TrainConfig, lr_factor, run_dir_for
+from .recipes import COMPILE_MODES, TrainConfig, lr_factor, run_dir_for, validate_settings
 from .results import sha256_file, write_json_atomic
 from .runs import (CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, INIT_WEIGHTS, METRICS, WARNINGS, atomic_write_text,
                    read_warnings, recorded_sha256, replace_folder, save_weights)
@@ -276,44 +276,6 @@ def _progress_bar(show: bool, epoch: int, epochs: int, steps: int, done: int):
     return bar
 
 
-_AT_LEAST = dict(epochs=(1, "--epochs"), batch_size=(1, "--batch-size"), lr=(0.0, "--lr"),
-                 weight_decay=(0.0, "--weight-decay"), warmup_epochs=(0.0, "--warmup-epochs"),
-                 momentum=(0.0, "--momentum"), label_smoothing=(0.0, "--label-smoothing"))
-
-
-def _validate_numbers(cfg: TrainConfig) -> None:
-    for name, (low, flag) in _AT_LEAST.items():
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
-            raise ValueError(f"{flag} {value!r} is invalid; it must be a number >= {low:g}")
-    if cfg.lr == 0:
-        raise ValueError("--lr 0 trains nothing; give a positive learning rate")
-    for name in ("momentum", "label_smoothing"):
-        if not getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)} is invalid; it must be below 1")
-    if cfg.clip_grad is not None and not cfg.clip_grad >= 0:
-        raise ValueError(f"--clip-grad {cfg.clip_grad} is invalid; give a positive norm, or 0 to disable clipping")
-    if cfg.clip_mode not in CLIP_MODES:
-        raise ValueError(f"--clip-mode {cfg.clip_mode!r} is invalid; use one of {', '.join(CLIP_MODES)}")
-    if cfg.train_per_class is not None and not cfg.train_per_class >= 1:
-        raise ValueError(f"--train-per-class {cfg.train_per_class} is invalid; give the number of images per class, >= 1")
-    if cfg.prune_rate is not None and not 0 <= cfg.prune_rate < 1:
-        raise ValueError(f"--prune-rate {cfg.prune_rate} is invalid; it is the pruned fraction, in [0, 1)")
-
-
-def _validate_names(cfg: TrainConfig) -> None:
-    from .data.sources import dataset_key
-    from .models import unknown_model_hint
-
-    hint = unknown_model_hint(cfg.model)
-    if hint:
-        raise ValueError(f"--model {cfg.model!r} is not a timm model; {hint}")
-    try:
-        dataset_key(cfg.dataset)
-    except ValueError as e:
-        raise ValueError(f"--dataset: {e}") from None
-
-
 def _too_large_k_hint(cfg: TrainConfig, input_size: Tuple[int, ...], e: "RFPoolSizeError") -> str:
     """The rfpool size error in `train`'s terms: a smaller k, or a data set whose images are large enough."""
     from .data.sources import DATASETS, dataset_key
@@ -326,12 +288,6 @@ def _too_large_k_hint(cfg: TrainConfig, input_size: Tuple[int, ...], e: "RFPoolS
              if big_enough else "")
     return (f"--model {cfg.model}: k={e.k} pools the {input_size[-2]}x{input_size[-1]} images of {cfg.dataset} below "
             f"what the rest of the net needs; train {smaller if e.largest_k >= 1 else 'a smaller k'}{other}")
-
-
-def validate_settings(cfg: TrainConfig) -> None:
-    """Refuse a number out of range or an unknown model / data set, in one line, before any work."""
-    _validate_numbers(cfg)
-    _validate_names(cfg)
 
 
 def validate_config(cfg: TrainConfig, world: int, device: torch.device) -> None:
