@@ -134,7 +134,7 @@ def _cmd_probe(args: argparse.Namespace) -> None:
     from .probes.base import apply_overrides, available_probes, load_settings, resolve_suite, run_suite
     from .results import ResultStore, find_runs
 
-    file_suite, file_settings = load_settings(args.settings) if args.settings else (None, [])
+    file_suite, file_tables = load_settings(args.settings) if args.settings else (None, {})
     probes = resolve_suite(args.suite or file_suite or "all")
     if args.list_settings:
         _print_settings(probes)
@@ -142,12 +142,11 @@ def _cmd_probe(args: argparse.Namespace) -> None:
     if not args.runs:
         raise CliError("name the run directories to probe (e.g. `rf-bench probe runs/`), or ask for --list-settings")
     chosen = {p.name for p in probes}
-    for item in file_settings:  # a settings file may size probes this suite leaves out: those are not an error
-        name = item.split(".", 1)[0]
+    for name in file_tables:  # a settings file may size probes this suite leaves out: those are not an error
         if name not in available_probes():
             raise CliError(f"{args.settings}: [probes.{name}]: no probe {name!r} is installed; "
                            f"available: {', '.join(available_probes())}")
-    configs = apply_overrides(probes, [s for s in file_settings if s.split(".", 1)[0] in chosen] + args.set)
+    configs = apply_overrides(probes, args.set, tables={n: t for n, t in file_tables.items() if n in chosen})
     runs = find_runs(args.runs)
     try:
         written = run_suite(probes, runs, args.results, configs, force=args.force, data_dir=args.data_dir,

@@ -74,7 +74,7 @@ class Sweep:
     results: Path
     report: Path
     suite: str = "all"
-    probe_settings: List[str] = field(default_factory=list)  # ``probe.key=<json>``, as `rf-bench probe --set`
+    probe_settings: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # [probes.<name>] tables, as written
     data_dir: Optional[str] = None
     slurm: Dict[str, Any] = field(default_factory=dict)
     runs_per_gpu: int = 1  # local launcher: worker processes that share one GPU (packed runs)
@@ -367,7 +367,7 @@ def _probe_configs(sweep: Sweep):
     from .probes.base import apply_overrides, resolve_suite
 
     probes = resolve_suite(sweep.suite)
-    return probes, apply_overrides(probes, sweep.probe_settings)
+    return probes, apply_overrides(probes, tables=sweep.probe_settings)
 
 
 def _train(sweep: Sweep, cfg: TrainConfig, progress: bool) -> Path:

@@ -360,8 +360,9 @@ def test_set_keys_and_run_globs_get_hints():
 def test_a_settings_file_sizes_the_probes_and_set_overrides_it(tmp_path):
     from rf_bench.probes.base import load_settings
 
-    suite, items = load_settings("demo")  # a shipped sweep file's [probes] tables, as they are
-    configs = apply_overrides(resolve_suite(suite), items + ["hessian.k=4"])
+    suite, tables = load_settings("demo")  # a shipped sweep file's [probes] tables, values as they are
+    assert tables["hessian"]["k"] == 3 and isinstance(tables["prune"]["rates"], list)
+    configs = apply_overrides(resolve_suite(suite), ["hessian.k=4"], tables=tables)
     assert suite == "all" and configs["hessian"].k == 4 and configs["hessian"].n_images == 32
     assert configs["prune"].finetune_epochs == 0 and configs["rfmap"].n == 8
     (tmp_path / "bad.toml").write_text("[train]\nepochs = 3\n")

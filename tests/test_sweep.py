@@ -118,7 +118,7 @@ def test_paper_grid_is_80_runs_and_bad_files_are_one_line(tmp_path):
     assert {(c.lr, c.clip_grad) for c in sweep.runs} == {(0.1, 0.1)}  # the paper's recipe, its lr corrected
     assert {(c.model[:-1], c.dataset) for c in sweep.runs} == {
         (f, d) for f in ("vgg19_rfpool", "resnet50_rfpool") for d in ("cifar10", "tiny-imagenet")}
-    assert "hessian.k=90" in sweep.probe_settings and sweep.slurm["gpus_per_job"] == 1
+    assert sweep.probe_settings["hessian"]["k"] == 90 and sweep.slurm["gpus_per_job"] == 1
     for text, message in (("[grid]\nmodels = ['resnet50_rfpool9']", "unknown model 'resnet50_rfpool9'"),
                           ("[grid]\nmodels = ['vgg19_rfpool1']\n[train]\nlearning_rate = 1",
                            "[train] has no key 'learning_rate'; did you mean 'lr'?"),

@@ -175,20 +175,19 @@ def _check_type(item: str, config: Any, fld: str, value: Any) -> None:
         raise ValueError(f"--set {item}: {key} takes {words}, e.g. --set '{key}={example}'; got {value!r}")
 
 
-def apply_overrides(probes: Sequence[Type[Probe]], settings: Sequence[str]) -> Dict[str, Any]:
-    """Each probe's config with ``key=value`` / ``probe.key=value`` settings (values parsed as JSON).
+def apply_overrides(probes: Sequence[Type[Probe]], settings: Sequence[str] = (),
+                    tables: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """Each probe's config with the settings of ``tables`` (a settings file's ``[probes.<name>]`` tables, values as
+    they are), then the ``key=value`` / ``probe.key=value`` strings of ``settings`` (`rf-bench probe --set`,
+    values parsed as JSON).
 
     Every value is checked against its setting's type, and each config's own checks run, before any probe starts:
     a wrong value is one line with the expected type and an example."""
     configs = {p.name: p.Config() for p in probes}
-    for item in settings:
-        if "=" not in item:
-            raise ValueError(f"--set takes key=value or probe.key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
+    items = [(f"{probe}.{key}={json.dumps(value)}", f"{probe}.{key}", value)
+             for probe, table in (tables or {}).items() for key, value in table.items()]
+    items += [_parsed_setting(item) for item in settings]
+    for item, key, value in items:
         target, _, fld = key.rpartition(".")
         names = [target] if target else list(configs)
         hit = False
@@ -212,16 +211,25 @@ def apply_overrides(probes: Sequence[Type[Probe]], settings: Sequence[str]) -> D
     return configs
 
 
-def settings_from_table(probes: Dict[str, Any]) -> Tuple[Optional[str], List[str]]:
-    """A sweep file's ``[probes]`` table as (its ``suite``, or None; ``probe.key=value`` settings)."""
+def _parsed_setting(item: str) -> Tuple[str, str, Any]:
+    """``probe.key=<json>`` as (the item, its key, its value parsed as JSON, else the text)."""
+    if "=" not in item:
+        raise ValueError(f"--set takes key=value or probe.key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    try:
+        return item, key, json.loads(raw)
+    except json.JSONDecodeError:
+        return item, key, raw
+
+
+def settings_from_table(probes: Dict[str, Any]) -> Tuple[Optional[str], Dict[str, Dict[str, Any]]]:
+    """A sweep file's ``[probes]`` table as (its ``suite``, or None; the settings tables, probe by probe)."""
     probes = dict(probes)
     suite = probes.pop("suite", None)
-    items = []
-    for probe, table in sorted(probes.items()):
+    for probe, table in probes.items():
         if not isinstance(table, dict):
             raise ValueError(f"[probes] {probe} = {table!r} is not a table; write [probes.{probe}] settings")
-        items += [f"{probe}.{key}={json.dumps(value)}" for key, value in sorted(table.items())]
-    return suite, items
+    return suite, {probe: dict(sorted(table.items())) for probe, table in sorted(probes.items())}
 
 
 def _shipped_settings() -> Dict[str, Any]:
@@ -235,10 +243,10 @@ def _shipped_settings() -> Dict[str, Any]:
     return shipped
 
 
-def load_settings(source: str) -> Tuple[Optional[str], List[str]]:
+def load_settings(source: str) -> Tuple[Optional[str], Dict[str, Dict[str, Any]]]:
     """The ``[probes]`` tables of a settings or sweep file, or of a shipped one by name (``demo``, a study).
 
-    Returns (the file's suite or None, ``probe.key=value`` settings for `apply_overrides`).
+    Returns (the file's suite or None, the settings tables for `apply_overrides`'s ``tables``).
     """
     import tomllib
 
