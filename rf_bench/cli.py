@@ -329,7 +329,8 @@ def _run_shipped_sweep(text: str, out: str, jobs: int, progress: bool, banner: s
                           done_before=done_before, jobs=jobs, started=wall_start,
                           finished=wall_start + time.perf_counter() - start,
                           cpu_s=None if cpu_start is None else cpu_seconds() - cpu_start)
-    _print_claims(evaluate_claims(sweep.results, collect_claims(available_probes())), str(sweep.results))
+    verdicts = evaluate_claims(sweep.results, collect_claims(available_probes()), records=outcome.get("records"))
+    _print_claims(verdicts, str(sweep.results))
     console.print(f"[bold green]done[/] in {time.perf_counter() - start:.0f} s; the report is {outcome['report']}")
 
 

@@ -50,7 +50,7 @@ import tomllib
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .results import load_run, write_json_atomic
 from .runs import DONE, METRICS
@@ -459,16 +459,23 @@ class SweepJob:
 
 def finish_sweep(sweep: Sweep, progress: bool = True, log: Callable[..., None] = print) -> Optional[Path]:
     """Group probes over the finished runs, then the report (a no-op for results already stored)."""
+    return _finish(sweep, progress)[0]
+
+
+def _finish(sweep: Sweep, progress: bool) -> Tuple[Optional[Path], List[Dict[str, Any]]]:
+    """`finish_sweep`, with the results the report was written from (the store is read once)."""
     from .probes.base import available_probes, run_suite
     from .report import write_report
+    from .results import ResultStore
 
     finished = [load_run(sweep.run_dir(c)) for c in sweep.runs if (sweep.run_dir(c) / DONE).is_file()]
     if not finished:
-        return None
+        return None, []
     probes, configs = _probe_configs(sweep)
     run_suite(probes, finished, sweep.results, configs, data_dir=sweep.data_dir, progress=progress,
               log=lambda *a: None)
-    return write_report(sweep.results, sweep.report, available_probes())
+    records = ResultStore(sweep.results).records()
+    return write_report(sweep.results, sweep.report, available_probes(), records=records), records
 
 
 def _executor(sweep: Sweep, launcher: str, folder: Path):
@@ -539,10 +546,10 @@ def run_sweep(sweep: Sweep, launcher: str = "local", *, max_parallel: int = 1, d
         failed = _run_with_submitit(sweep, launcher, todo, wait, log)
         if not wait:
             return dict(todo=todo, failed=failed)
-    report = finish_sweep(sweep, progress=progress, log=log)
+    report, records = _finish(sweep, progress)
     if report:
         log(f"report: {report}")
-    return dict(todo=todo, failed=failed, report=report)
+    return dict(todo=todo, failed=failed, report=report, records=records)
 
 
 def _release_device_memory() -> None:
