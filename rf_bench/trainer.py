@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from .evaluation import evaluation_sums, loss_and_accuracy
 from .pruning import apply_masks, global_magnitude_masks
 from .recipes import COMPILE_MODES, TrainConfig, lr_factor, run_dir_for, validate_settings
 from .results import sha256_file, write_json_atomic
@@ -721,15 +721,5 @@ class Trainer:
 
 
 def _evaluate(model: nn.Module, loader, accelerator) -> Tuple[float, float]:
-    model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
-    with torch.no_grad(), accelerator.autocast():
-        for x, y in loader:
-            logits = model(x)
-            mask = y >= 0
-            totals[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
-            totals[1] += (logits.argmax(1) == y)[mask].sum()
-            totals[2] += mask.sum()
-    totals = accelerator.reduce(totals, reduction="sum")
-    loss, correct, n = totals.tolist()
-    return loss / max(n, 1), correct / max(n, 1)
+    totals = evaluation_sums(model, loader, accelerator.device, accelerator.autocast)
+    return loss_and_accuracy(accelerator.reduce(totals, reduction="sum"))

@@ -279,3 +279,24 @@ def test_clip_by_value_bounds_every_entry_of_each_step_not_the_norm(tmp_path):
     assert v_max <= steps * lr * clip * (1 + 1e-3)  # each entry moves at most lr * clip a step
     assert v_norm > steps * lr * clip  # more than a norm clip lets the whole vector move
     assert n_norm <= steps * lr * clip * (1 + 1e-3)
+
+
+def test_the_one_evaluation_loop_leaves_padding_out_and_matches_a_direct_computation():
+    """rf_bench.evaluation (the trainer's and the probes' loop): labels below 0 pad a shard and count nowhere; the
+    sums equal cross-entropy and accuracy computed directly on the real images."""
+    from torch.nn import functional as F
+
+    from rf_bench.evaluation import evaluation_sums, loss_and_accuracy
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    x, y = torch.randn(10, 5), torch.randint(0, 3, (10,))
+    padded = [(x[:6], y[:6]), (torch.cat([x[6:], torch.zeros(2, 5)]), torch.cat([y[6:], torch.tensor([-100, -1])]))]
+    totals = evaluation_sums(model, padded, "cpu")
+    with torch.no_grad():
+        logits = model(x)
+    assert totals[2] == 10 and totals[1] == (logits.argmax(1) == y).sum()
+    loss, accuracy = loss_and_accuracy(totals)
+    assert loss == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-6)
+    assert accuracy == float((logits.argmax(1) == y).float().mean())
+    assert loss_and_accuracy(evaluation_sums(model, [], "cpu")) == (0.0, 0.0)

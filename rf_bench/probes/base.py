@@ -29,8 +29,8 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tupl
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from rf_bench.evaluation import evaluation_sums, loss_and_accuracy
 from rf_bench.hints import nearest_hint  # re-exported: sweeps and plugins name choices the same way
 from rf_bench.reporting import ReportSection  # re-exported: a plugin's report() returns these
 from rf_bench.results import ResultStore, Run, group_runs, stable_hash
@@ -421,10 +421,5 @@ def evaluate(model: nn.Module, data, device: torch.device | str = "cpu", batch_s
     """Mean cross-entropy and accuracy of ``model`` (eval mode) on an ``ImageSet``."""
     from rf_bench.data import TensorLoader
 
-    model = model.to(device).eval()
-    loss_sum, correct = 0.0, 0
-    for x, y in TensorLoader(data, batch_size, train=False, device=device):
-        logits = model(x)
-        loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-    return loss_sum / len(data), correct / len(data)
+    batches = TensorLoader(data, batch_size, train=False, device=device)
+    return loss_and_accuracy(evaluation_sums(model.to(device), batches, device))
