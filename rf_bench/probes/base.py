@@ -349,6 +349,26 @@ def _record(probe, cfg: Any, key: str, members: Sequence[Run], out: ProbeOutput,
                 values=out.values)
 
 
+def _stored_or_computed(store: ResultStore, path: Path, probe: Type[Probe], cfg: Any, key: str, target,
+                        ctx: ProbeContext, force: bool, log) -> None:
+    """The result at ``path``: the stored one where it is current (same weights, same probe), else measured now on
+    weights verified against their recorded sha256, and stored."""
+    existing = store.read(path)
+    if path in store.skipped:
+        log(f"{probe.name} on {key}: the stored result is {store.skipped.pop(path)}; recomputing")
+    members = target if isinstance(target, list) else [target]
+    if existing and not force:
+        why = _stale(existing, probe, members, [r.weights_sha256 for r in members])
+        if why is None:
+            return
+        log(f"{probe.name} on {key}: {why}; recomputing")
+    for run in members:  # never measure weights that are not the ones training finished with
+        run.verify_weights()
+    t0 = time.perf_counter()
+    out = probe().run(target, cfg, ctx)
+    store.write(path, _record(probe, cfg, key, members, out, time.perf_counter() - t0), out.tensors)
+
+
 def run_suite(probes: Sequence[Type[Probe]], runs: Sequence[Run], results_dir: str | Path,
               configs: Optional[Dict[str, Any]] = None, force: bool = False, data_dir: Optional[str] = None,
               progress: bool = True, log=print) -> List[Path]:
@@ -379,23 +399,9 @@ def run_suite(probes: Sequence[Type[Probe]], runs: Sequence[Run], results_dir: s
         except Timeout:
             return False
         try:
-            existing = store.read(path)
-            if path in store.skipped:
-                log(f"{probe.name} on {key}: the stored result is {store.skipped.pop(path)}; recomputing")
-            members = target if isinstance(target, list) else [target]
-            weights = [r.weights_sha256 for r in members]
-            if existing and not force:
-                why = _stale(existing, probe, members, weights)
-                if why is None:
-                    written.append(path)
-                    return True
-                log(f"{probe.name} on {key}: {why}; recomputing")
-            for run in members:  # never measure weights that are not the ones training finished with
-                run.verify_weights()
-            t0 = time.perf_counter()
             status = (lambda message: bar.update(task_id, description=f"{probe.name} {key}: {message}"))
-            out = probe().run(target, cfg, dataclasses.replace(ctx, status=status))
-            store.write(path, _record(probe, cfg, key, members, out, time.perf_counter() - t0), out.tensors)
+            _stored_or_computed(store, path, probe, cfg, key, target, dataclasses.replace(ctx, status=status),
+                                force, log)
             written.append(path)
             return True
         finally:
