@@ -488,7 +488,8 @@ def _add_study_commands(sub) -> None:
     p.add_argument("file", help="sweep file, e.g. benchmarks/configs/paper.toml")
     p.add_argument("--launcher", default="local", choices=("local", "slurm", "submitit-local"),
                    help="where runs execute: this machine, SLURM, or submitit's local executor")
-    p.add_argument("--max-parallel", type=int, default=1, help="local: runs at once (one GPU each, or packed)")
+    p.add_argument("--max-parallel", "--jobs", dest="max_parallel", type=int, default=1,
+                   help="local: runs at once (one GPU each, or packed); --jobs as in `rf-bench study`")
     p.add_argument("--runs-per-gpu", type=int,
                    help="local: runs that share one GPU (packed; default the file's [sweep] runs_per_gpu, else 1)")
     p.add_argument("--output", help="put runs/, results/ and report/ under this folder instead of the file's paths")

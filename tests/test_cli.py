@@ -76,3 +76,11 @@ def test_rf_of_a_deep_net_is_one_row_per_block_with_the_global_context_note(caps
     assert "RF 851 px, jump 32" in out and "global-context gates" in " ".join(out.split())
     assert main(["rf", "efficientnet_b0", "--all-layers"]) == 0
     assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]) > 100
+
+
+def test_sweep_takes_jobs_as_study_and_demo_do():
+    from rf_bench.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["sweep", "grid.toml", "--jobs", "3"]).max_parallel == 3
+    assert parser.parse_args(["sweep", "grid.toml", "--max-parallel", "2"]).max_parallel == 2
