@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 
 MAX_SIDE = 900  # largest input side a gradient check may use (memory and time on a 2-core CPU)
+INPUT_SCALE = 1.0  # the independent check's input, in [s, 2 s] (smaller inputs underflow through deep gates)
 
 
 # ----------------------------------------------------------------------------------------------- scope
@@ -164,6 +165,8 @@ def gradient_check(name: str, max_side: int) -> Dict[str, Any]:
         return row
     try:
         row["independent"] = independent_rf(model, (input_size[0], side, side), layer)
+    except AttentionAcrossPositions as e:
+        row["independent"] = f"no local RF: attention across positions ({e})"
     except Exception as e:  # noqa: BLE001  its failure is listed beside the two that answered
         row["independent"] = f"failed: {_one_line(e)}"
     if layer is None:  # the libraries answer for the whole net only
@@ -204,22 +207,51 @@ def _torchscan_rf(name: str, input_size) -> Dict[str, Any]:
 
 # ------------------------------------------------------------------- an independent gradient measurement
 
+class AttentionAcrossPositions(Exception):
+    """The net mixes positions by attention (softmax over positions), a path no local RF describes."""
+
+
 class _PathsKept(torch.overrides.TorchFunctionMode):
     """Every op of the net runs through here: a max-pool averages instead (every tap carries gradient), the -inf
-    padding of TF-"same" max-pools becomes 0, and a global summary (an output with no spatial extent computed from a
+    padding of TF-"same" max-pools becomes 0, a global summary (an output with no spatial extent computed from a
     map that has one: a global pool, a squeeze-excitation mean, the pooled input of an attention over branches) is
-    detached, so only the gates it feeds lose their gradient, never a branch."""
+    detached, so only the gates it feeds lose their gradient, never a branch, and so are the statistics of a
+    GroupNorm, which span all positions; ReLU6 and hardtanh lose their ceiling. Attention across positions cannot be
+    made local: it is refused."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         if name in ("max_pool2d", "_max_pool2d", "max_pool2d_with_indices"):
             return _average_pool(*args, **kwargs)
+        if name in ("relu6", "hardtanh"):  # no ceiling: a saturated unit would cut its paths
+            return nn.functional.relu(args[0] if args else kwargs["input"])
+        if name == "group_norm":
+            return _group_norm_local_statistics(*args, **kwargs)
+        if name == "scaled_dot_product_attention" or (name == "softmax" and _over_positions(args, kwargs)):
+            raise AttentionAcrossPositions(name)
         if name == "pad" and kwargs.get("value", args[3] if len(args) > 3 else None) == float("-inf"):
             args, kwargs = args[:3], {"value": 0.0}
         out = func(*args, **kwargs)
         source = next((a for a in args if isinstance(a, torch.Tensor)), None)
         return out.detach() if _global_summary(source, out) else out
+
+
+def _group_norm_local_statistics(input, num_groups, weight=None, bias=None, eps=1e-5):
+    grouped = input.reshape(input.shape[0], num_groups, -1)
+    mean = grouped.mean(-1, keepdim=True).detach()
+    var = grouped.var(-1, unbiased=False, keepdim=True).detach()
+    out = ((grouped - mean) / torch.sqrt(var + eps)).reshape(input.shape)
+    shape = (1, input.shape[1]) + (1,) * (input.dim() - 2)
+    out = out * weight.reshape(shape) if weight is not None else out
+    return out + bias.reshape(shape) if bias is not None else out
+
+
+def _over_positions(args, kwargs) -> bool:
+    """A softmax whose axis is long enough to be positions (an attention map), not a few branches or heads."""
+    x = args[0] if args else kwargs.get("input")
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else -1)
+    return isinstance(x, torch.Tensor) and x.dim() >= 3 and dim is not None and x.shape[dim] > 16
 
 
 def _average_pool(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
@@ -263,10 +295,12 @@ def independent_rf(model: nn.Module, input_size, layer: Optional[str]) -> int:
     captured: Dict[str, torch.Tensor] = {}
     if layer is not None:
         positive.get_submodule(layer).register_forward_hook(lambda m, i, out: captured.update(out=out))
-    x = (1e-3 * (1 + torch.rand(1, *input_size, dtype=torch.float64))).requires_grad_()
+    x = (INPUT_SCALE * (1 + torch.rand(1, *input_size, dtype=torch.float64))).requires_grad_()
     with _PathsKept():
         out = positive.forward_features(x)
-    out = captured["out"] if layer is not None else out  # (N, C, H, W): a layer in NHWC shows as a disagreement
+    out = captured["out"] if layer is not None else out
+    if out.shape[1] == out.shape[2] != out.shape[3]:  # (N, H, W, C), as MambaOut's stages keep it
+        out = out.permute(0, 3, 1, 2)
     (grad,) = torch.autograd.grad(out[0, :, out.shape[2] // 2, out.shape[3] // 2].sum(), x)
     rows = torch.nonzero(grad[0].abs().sum(dim=(0, 2)) > 0).flatten()
     if len(rows) == 0:
@@ -342,6 +376,7 @@ def summarise(rows: List[Dict[str, Any]], checks: List[Dict[str, Any]]) -> Dict[
                 independent_measured=len(independent),
                 independent_agrees=sum(c["independent"] == c["analytic"] == c["gradient"] for c in independent),
                 disagreeing_families=sorted(c["family"] for c in measured if not _all_agree(c)),
+                attention_families=sorted(c["family"] for c in measured if _no_local_rf(c)),
                 out_of_scope=sum(r["status"] == "out of scope" for r in rows), out_of_scope_by_rule=reasons,
                 not_built=sum(r["status"] == "not built" for r in rows),
                 families_checked=len(checks), gradient_measured=len(measured),
@@ -352,9 +387,13 @@ def summarise(rows: List[Dict[str, Any]], checks: List[Dict[str, Any]]) -> Dict[
 def _all_agree(check: Dict[str, Any]) -> bool:
     """Analytic, measured and independent RF are one number (a check without the independent column: the two)."""
     answers = {check["analytic"], check["gradient"]}
-    if "independent" in check:
+    if "independent" in check and not _no_local_rf(check):
         answers.add(check["independent"])
     return len(answers) == 1
+
+
+def _no_local_rf(check: Dict[str, Any]) -> bool:
+    return str(check.get("independent", "")).startswith("no local RF")
 
 
 def markdown(summary: Dict[str, Any], checks: List[Dict[str, Any]], meta: Dict[str, Any]) -> str:
@@ -374,7 +413,9 @@ def markdown(summary: Dict[str, Any], checks: List[Dict[str, Any]], meta: Dict[s
              f"average pools, global summaries detached; `independent_rf` in the script): an answer for "
              f"{s.get('independent_measured', 0)} of {s['gradient_measured']}, **{s.get('independent_agrees', 0)} "
              f"equal to both**. Families where any two of the three disagree: "
-             f"{', '.join(s.get('disagreeing_families', [])) or 'none'}.",
+             f"{', '.join(s.get('disagreeing_families', [])) or 'none'}. Without a local answer (attention "
+             f"across positions, which no local RF describes; their analytic RF is the local paths' and flags the "
+             f"global context): {', '.join(s.get('attention_families', [])) or 'none'}.",
              f"- torchscan (per-module RFs chained in call order): an answer for {s['torchscan']['answered']} of "
              f"{s['torchscan']['of']} whole nets, {s['torchscan']['agree']} equal to the gradient RF.",
              f"- receptivefield (gradient from zero inputs): an answer for {s['receptivefield']['answered']} of "

@@ -166,6 +166,26 @@ def test_the_independent_rf_keeps_branches_and_cuts_only_global_summaries(monkey
     with pytest.raises(ValueError, match="reaches the border of the 7 px input"):
         rf_coverage.independent_rf(Gated(), (1, 7, 7), None)
 
+    class Normed(nn.Module):  # PoolFormer's GroupNorm(1): statistics over every position; MambaOut's NHWC output
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.norm = nn.GroupNorm(1, 4)
+
+        def forward_features(self, x):
+            return nn.functional.relu6(self.norm(self.conv(x))).permute(0, 2, 3, 1)
+
+    assert rf_coverage.independent_rf(Normed(), (1, 15, 15), None) == 3
+
+    class Attending(nn.Module):
+        def forward_features(self, x):
+            tokens = x.flatten(2)  # (N, C, HW): every position attends to every other
+            weights = torch.softmax(tokens.transpose(1, 2) @ tokens, dim=-1)
+            return (tokens @ weights.transpose(1, 2)).reshape(x.shape)
+
+    with pytest.raises(rf_coverage.AttentionAcrossPositions):
+        rf_coverage.independent_rf(Attending(), (1, 15, 15), None)
+
 
 def test_the_recipe_benchmark_runs_every_variant_and_measures_how_far_weights_moved(tmp_path):
     """benchmarks/recipes.py --quick: every recipe variant trains; the paper's recipe as written moves the weights
