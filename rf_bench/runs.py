@@ -10,10 +10,13 @@ import glob
 import json
 import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import torch
 from torch import nn
 
 from .checkpoints import load_weights, sha256_file
@@ -22,7 +25,9 @@ from .files import atomic_write, atomic_write_json, atomic_write_text, replace_f
 __all__ = ["CONFIG", "INIT_WEIGHTS", "FINAL_WEIGHTS", "CHECKPOINTS", "METRICS", "DONE", "WARNINGS",
            "atomic_write", "atomic_write_text", "atomic_write_json", "temporary_path", "replace_folder",
            "canonical_safetensors", "save_weights", "recorded_sha256", "read_warnings", "stable_hash",
-           "Run", "load_run", "find_runs", "group_runs"]
+           "Run", "load_run", "find_runs", "group_runs", "read_metrics", "run_versions", "git_sha",
+           "complete_checkpoints", "latest_checkpoint", "unreadable_checkpoint_errors", "weights_intact",
+           "truncate_metrics"]
 
 CONFIG = "config.json"  # resolved config, versions, git sha, data description
 INIT_WEIGHTS = "init.safetensors"  # weights at step 0
@@ -225,3 +230,84 @@ def group_runs(runs: Iterable[Run]) -> Dict[str, List[Run]]:
     for run in runs:
         groups.setdefault(run.group_id, []).append(run)
     return {g: sorted(rs, key=lambda r: r.seed) for g, rs in sorted(groups.items())}
+
+
+# ------------------------------------------------------------- what training writes and resumes from
+
+def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
+    """The run's ``metrics.jsonl``, one dict per finished epoch (empty if there is none yet)."""
+    path = run_dir / METRICS
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def run_versions() -> Dict[str, Optional[str]]:
+    """The versions a run was made with, read from the installed metadata (no import: ``datasets`` is only
+    needed for Hub and parquet data, and a GPU image may lack it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import rf_bench
+
+    def installed(name: str) -> Optional[str]:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return dict(rf_bench=rf_bench.__version__, torch=torch.__version__, timm=installed("timm"),
+                accelerate=installed("accelerate"), datasets=installed("datasets"), python=sys.version.split()[0])
+
+
+def git_sha() -> Optional[str]:
+    """The git commit rf-bench runs from (None outside a clone)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def complete_checkpoints(run_dir: Path) -> List[Path]:
+    """Checkpoints whose writing finished, oldest first (a corrupt one may still be among them)."""
+    ckpts = sorted((run_dir / CHECKPOINTS).glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    return [p for p in ckpts if (p / "trainer_state.json").is_file()]
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The newest checkpoint whose writing finished (None before the first)."""
+    complete = complete_checkpoints(run_dir)
+    return complete[-1] if complete else None
+
+
+def unreadable_checkpoint_errors() -> Tuple[type, ...]:
+    """What reading a damaged checkpoint or weights file raises."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return (SafetensorError, RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError)
+
+
+def weights_intact(run_dir: Path) -> bool:
+    """``model.safetensors`` matches the sha256 in ``done`` (older runs: it loads)."""
+    path = run_dir / FINAL_WEIGHTS
+    if not path.is_file():
+        return False
+    recorded = recorded_sha256(run_dir)
+    if recorded:
+        return sha256_file(path) == recorded
+    from safetensors.torch import load_file
+
+    try:
+        load_file(str(path))
+    except unreadable_checkpoint_errors():
+        return False
+    return True
+
+
+def truncate_metrics(path: Path, before_epoch: int) -> None:
+    """Drop metric lines of epochs that the checkpoint being resumed did not finish."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] < before_epoch]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,8 @@ from .pruning import apply_masks, global_magnitude_masks
 from .recipes import COMPILE_MODES, TrainConfig, lr_factor, run_dir_for, validate_settings
 from .results import sha256_file, write_json_atomic
 from .runs import (CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, INIT_WEIGHTS, METRICS, WARNINGS, atomic_write_text,
-                   read_warnings, recorded_sha256, replace_folder, save_weights)
+                   complete_checkpoints, git_sha, latest_checkpoint, read_metrics, read_warnings, replace_folder,
+                   run_versions, save_weights, truncate_metrics, unreadable_checkpoint_errors, weights_intact)
 
 if TYPE_CHECKING:
     from .models import RFPoolSizeError
@@ -46,12 +46,6 @@ NOT_LEARNING_ACCURACY = 1.5
 NOT_LEARNING_LOSS_DROP = 0.05
 
 
-def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
-    """The run's ``metrics.jsonl``, one dict per finished epoch (empty if there is none yet)."""
-    path = run_dir / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def not_learning(metrics: List[Dict[str, Any]], num_classes: int) -> Optional[Dict[str, Any]]:
     """The evidence that a run is not learning (see `NOT_LEARNING_EPOCHS`), or None if it is learning or too young."""
     if len(metrics) < NOT_LEARNING_EPOCHS or num_classes < 2:
@@ -65,32 +59,6 @@ def not_learning(metrics: List[Dict[str, Any]], num_classes: int) -> Optional[Di
 
 
 # -------------------------------------------------------------------------------------- helpers
-
-def _versions() -> Dict[str, Optional[str]]:
-    """The versions a run was made with, read from the installed metadata (no import: ``datasets`` is only
-    needed for Hub and parquet data, and a GPU image may lack it)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import rf_bench
-
-    def installed(name: str) -> Optional[str]:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    return dict(rf_bench=rf_bench.__version__, torch=torch.__version__, timm=installed("timm"),
-                accelerate=installed("accelerate"), datasets=installed("datasets"), python=sys.version.split()[0])
-
-
-def _git_sha() -> Optional[str]:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
 
 def _save_weights(model: nn.Module, path: Path, metadata: Dict[str, str]) -> None:
     save_weights(model.state_dict(), path, metadata)
@@ -110,7 +78,7 @@ class _write_errors_explained:
 
         if error is None or not isinstance(error, (SafetensorError, OSError)):
             return False
-        last = _latest_checkpoint(self.run_dir)
+        last = latest_checkpoint(self.run_dir)
         raise OSError(f"could not write {self.what} ({type(error).__name__}: {error}); free space on that disk, "
                       f"then rerun the same command: it resumes from {last.name if last else 'the start'}") from None
 
@@ -138,50 +106,6 @@ def check_writable(run_dir: Path, need_bytes: int) -> None:
 def _param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
     """Weight decay on every parameter, as in the paper's plain SGD (and PyTorch's default)."""
     return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-
-
-def _complete_checkpoints(run_dir: Path) -> List[Path]:
-    """Checkpoints whose writing finished, oldest first (a corrupt one may still be among them)."""
-    ckpts = sorted((run_dir / CHECKPOINTS).glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-    return [p for p in ckpts if (p / "trainer_state.json").is_file()]
-
-
-def _latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    complete = _complete_checkpoints(run_dir)
-    return complete[-1] if complete else None
-
-
-def _unreadable_checkpoint_errors() -> Tuple[type, ...]:
-    import pickle
-
-    from safetensors import SafetensorError
-
-    return (SafetensorError, RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError)
-
-
-def _weights_intact(run_dir: Path) -> bool:
-    """``model.safetensors`` matches the sha256 in ``done`` (older runs: it loads)."""
-    path = run_dir / FINAL_WEIGHTS
-    if not path.is_file():
-        return False
-    recorded = recorded_sha256(run_dir)
-    if recorded:
-        return sha256_file(path) == recorded
-    from safetensors.torch import load_file
-
-    try:
-        load_file(str(path))
-    except _unreadable_checkpoint_errors():
-        return False
-    return True
-
-
-def _truncate_metrics(path: Path, before_epoch: int) -> None:
-    """Drop metric lines of epochs that the checkpoint being resumed did not finish."""
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] < before_epoch]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 class deterministic_mode:
@@ -391,7 +315,7 @@ class Trainer:
 
     def fit(self) -> Path:
         """Train to the last epoch, resuming from the newest checkpoint; returns the run directory."""
-        if self.finished and _weights_intact(self.run_dir):
+        if self.finished and weights_intact(self.run_dir):
             self.accelerator.print(f"{self.run_dir} is already finished; nothing to do")
             return self.run_dir
         if self.finished:
@@ -515,7 +439,7 @@ class Trainer:
             config=cfg.identity(), run_id=self.run_dir.name, model_kwargs=self.model_kwargs, num_processes=self.world,
             data=dict(name=cfg.dataset, classes=train_set.classes, mean=train_set.mean, std=train_set.std,
                       input_size=train_set.input_size, train_size=len(train_set), test_size=len(test_set)),
-            versions=_versions(), git_sha=_git_sha(), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            versions=run_versions(), git_sha=git_sha(), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
         ))
 
     def resume(self) -> Tuple[int, int, Dict[str, float]]:
@@ -523,13 +447,13 @@ class Trainer:
         accel = self.accelerator
         start_epoch, start_step, partial = 0, 0, {}
         unreadable = []
-        for ckpt in reversed(_complete_checkpoints(self.run_dir)):
+        for ckpt in reversed(complete_checkpoints(self.run_dir)):
             try:
                 accel.load_state(str(ckpt))
                 state = json.loads((ckpt / "trainer_state.json").read_text())
                 start_epoch, start_step = state["epoch"], state["step_in_epoch"]
                 partial = state["partial_epoch"][accel.process_index]
-            except _unreadable_checkpoint_errors() as e:
+            except unreadable_checkpoint_errors() as e:
                 unreadable.append(ckpt)
                 accel.print(f"warning: checkpoint {ckpt} is unreadable ({type(e).__name__}: {str(e)[:120]}); "
                           "moving it aside and trying the one before it")
@@ -543,7 +467,7 @@ class Trainer:
                                  f"delete {self.run_dir} to train the run from the start")
         self._move_aside(unreadable)
         if accel.is_main_process:
-            _truncate_metrics(self.run_dir / METRICS, start_epoch)
+            truncate_metrics(self.run_dir / METRICS, start_epoch)
         if self.log_with:
             accel.init_trackers(self.run_dir.name, config={k: str(v) for k, v in self.cfg.identity().items()})
         return start_epoch, start_step, partial
@@ -615,7 +539,7 @@ class Trainer:
         bad = first_bad[first_bad >= 0]
         if bad.numel():
             step = int(bad.min())
-            last = _latest_checkpoint(self.run_dir)
+            last = latest_checkpoint(self.run_dir)
             kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint had been written yet"
             spe = self.steps_per_epoch
             raise NonFiniteLossError(

@@ -79,21 +79,21 @@ class RfPoolResNet(nn.Module):
         self.feature_info = [dict(num_chs=stem_chs, reduction=1, module="act1")]
 
         channels = tuple(_scaled(c, width_mult) for c in (64, 128, 256, 512))
-        stages, stage_info = make_blocks(
-            (block,) * 4, channels, layers, stem_chs,
-            output_stride=32, drop_path_rate=drop_path_rate,
-            act_layer=act_layer, norm_layer=norm_layer, **block_args,
-        )
-        for name, stage in stages:
-            self.add_module(name, stage)
-        # make_blocks assumes timm's /4 stem; ours reduces by rf_pool before layer1
-        for i, info in enumerate(stage_info):
-            info["reduction"] = rf_pool * 2 ** i
-        self.feature_info.extend(stage_info)
-
+        self._add_stages(block, channels, layers, stem_chs, drop_path_rate=drop_path_rate, act_layer=act_layer,
+                         norm_layer=norm_layer, **block_args)
         self.num_features = self.head_hidden_size = channels[-1] * block.expansion
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
         self.init_weights(zero_init_last=zero_init_last)
+
+    def _add_stages(self, block: Type[nn.Module], channels: Tuple[int, ...], layers: Tuple[int, ...], stem_chs: int,
+                    **block_args: Any) -> None:
+        """``layer1``..``layer4`` through timm's ``make_blocks``, with their feature info."""
+        stages, stage_info = make_blocks((block,) * 4, channels, layers, stem_chs, output_stride=32, **block_args)
+        for name, stage in stages:
+            self.add_module(name, stage)
+        for i, info in enumerate(stage_info):  # make_blocks assumes timm's /4 stem; ours reduces by rf_pool
+            info["reduction"] = self.rf_pool * 2 ** i
+        self.feature_info.extend(stage_info)
 
     # stride-2 convs (pad 1) never empty a map, so any non-empty pooled map is enough
     min_size_after_pool: int = 1

@@ -71,15 +71,24 @@ class RfPoolVGG(nn.Module):
         norm_layer = get_norm_layer(norm_layer)
 
         self.min_size_after_pool = 2 ** sum(v == MAXPOOL for v in cfg)
-        layers: List[nn.Module] = []
         self.feature_info = []
         self.feature_ends = []  # index into self.features of each feature_info tap
+        self.features, self.num_features = self._make_features(cfg, in_chans, width_mult, act_layer, norm_layer,
+                                                               model_name or type(self).__name__)
+        self.head_hidden_size = self.num_features
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.init_weights()
+
+    def _make_features(self, cfg: Sequence[Union[int, str]], in_chans: int, width_mult: float, act_layer,
+                       norm_layer, model_name: str) -> Tuple[nn.Sequential, int]:
+        """The conv, pool and rfpool layers of ``cfg`` with their feature taps, and the last conv's width."""
+        layers: List[nn.Module] = []
         prev_chs, reduction, num_convs = in_chans, 1, 0
         for v in cfg:
             if v == RFPOOL:
                 self._add_tap(prev_chs, reduction, len(layers) - 1)  # the stem, before the intervention
-                layers.append(create_rfpool(rf_pool, self.min_size_after_pool, model_name or type(self).__name__))
-                reduction *= rf_pool
+                layers.append(create_rfpool(self.rf_pool, self.min_size_after_pool, model_name))
+                reduction *= self.rf_pool
             elif v == MAXPOOL:
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
                 reduction *= 2
@@ -91,11 +100,7 @@ class RfPoolVGG(nn.Module):
                 if num_convs in _BLOCK_ENDS:
                     self._add_tap(prev_chs, reduction, len(layers) - 1)
         self._add_tap(prev_chs, reduction, len(layers) - 1)
-        self.features = nn.Sequential(*layers)
-
-        self.num_features = self.head_hidden_size = prev_chs
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-        self.init_weights()
+        return nn.Sequential(*layers), prev_chs
 
     def _add_tap(self, num_chs: int, reduction: int, index: int) -> None:
         self.feature_info.append(dict(num_chs=num_chs, reduction=reduction, module=f"features.{index}"))
