@@ -400,7 +400,8 @@ def markdown(summary: Dict[str, Any], checks: List[Dict[str, Any]], meta: Dict[s
     s = summary
     pct = 100 * s["analytic"] / max(s["cnns"], 1)
     scope = ", ".join(f"{n} {why}" for why, n in sorted(s["out_of_scope_by_rule"].items(), key=lambda i: -i[1]))
-    lines = [f"# RF coverage of timm's CNNs (timm {meta['timm']}, {meta['seconds']} s with {meta['jobs']} workers)", "",
+    workers = f"{meta['jobs']} worker{'s' if meta['jobs'] != 1 else ''}"
+    lines = [f"# RF coverage of timm's CNNs (timm {meta['timm']}, {meta['seconds']} s with {workers})", "",
              f"- {s['models']} models listed; {s['out_of_scope']} out of scope, not CNNs by the rule in the script's "
              f"docstring ({scope}); {s['not_built']} not built without weights; **{s['cnns']} CNNs**.",
              f"- **rf-bench's analytic RF: {s['analytic']} of {s['cnns']} CNNs ({pct:.1f}%)**; the rest refused in one "

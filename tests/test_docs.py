@@ -18,6 +18,7 @@ import render  # noqa: E402
 
 # Pages the code writes (reports, the Hessian-modes page): they are results files themselves.
 GENERATED = {"demo/REPORT.md", "study/REPORT.md", "study-fashion/REPORT.md", "study-width/REPORT.md",
+             "study-width/bn-protocols/REPORT.md",
              "study/hessian-modes.md"}
 # A number followed by a unit of time, size, rate, ratio or share: a measurement.
 MEASUREMENT = re.compile(
