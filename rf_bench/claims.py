@@ -297,7 +297,8 @@ def evaluate_claims(results_dir: str | Path, claims: Sequence[Claim], log: Optio
     verdicts: List[Verdict] = []
     for (family, dataset) in _families(records):
         rfpool = [r for r in records if r["dataset"] == dataset and record_family(r) == family]
-        for variant, members in variant_groups(rfpool):
+        beside = [r for r in records if r["dataset"] == dataset and record_family(r)]  # labels say the width
+        for variant, members in variant_groups(rfpool, context=beside):
             for claim in claims:
                 verdicts += _claim_verdicts(claim, family, dataset, variant, members)
     order = {claim.id: i for i, claim in enumerate(claims)}

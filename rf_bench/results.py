@@ -43,10 +43,11 @@ def settings_groups(records: List[Dict[str, Any]], read_together: Sequence[str] 
     return _labelled_groups(records, setting)
 
 
-def _labelled_groups(records: List[Dict[str, Any]], describe
+def _labelled_groups(records: List[Dict[str, Any]], describe, context: Optional[List[Dict[str, Any]]] = None
                      ) -> List[Tuple[str, Dict[str, Any], List[Dict[str, Any]]]]:
     """``records`` split by ``describe(record)`` (a dict), each group as (label, description, records); the label
-    lists the keys whose values differ between groups ("" for a single group), as `_recipe_aware` shortens it."""
+    lists the keys whose values differ between the groups of ``context`` (default: ``records``; "" where there is
+    one), as `_recipe_aware` shortens it."""
     groups: Dict[str, List[Dict[str, Any]]] = {}
     described: Dict[str, Dict[str, Any]] = {}
     for record in records:
@@ -54,12 +55,14 @@ def _labelled_groups(records: List[Dict[str, Any]], describe
         key = json.dumps(description, sort_keys=True, default=str)
         groups.setdefault(key, []).append(record)
         described[key] = description
-    if len(groups) <= 1:
+    every = {json.dumps(d, sort_keys=True, default=str): d for d in map(describe, context or [])}
+    every.update(described)
+    if len(every) <= 1:
         return [("", description, groups[key]) for key, description in described.items()]
-    names = dict.fromkeys(name for description in described.values() for name in description)
+    names = dict.fromkeys(name for description in every.values() for name in description)
     differ = [name for name in names
-              if len({json.dumps(d.get(name), default=str) for d in described.values()}) > 1]
-    differ = _recipe_aware(names, differ, list(described.values()))
+              if len({json.dumps(d.get(name), default=str) for d in every.values()}) > 1]
+    differ = _recipe_aware(names, differ, list(every.values()))
     return [(", ".join(f"{name}={_setting_value(described[key].get(name))}" for name in differ), described[key],
              group) for key, group in groups.items()]
 
@@ -114,12 +117,15 @@ def record_variant(record: Dict[str, Any]) -> Dict[str, Any]:
     return variant
 
 
-def variant_groups(records: List[Dict[str, Any]]) -> List[Tuple[str, List[Dict[str, Any]]]]:
-    """Results split by `record_variant`, each labelled by what sets it apart (e.g. ``width_mult=0.25``).
+def variant_groups(records: List[Dict[str, Any]], context: Optional[List[Dict[str, Any]]] = None
+                   ) -> List[Tuple[str, List[Dict[str, Any]]]]:
+    """Results split by `record_variant`, each labelled by what sets it apart (e.g. ``width_mult=0.25``) among the
+    results of ``context`` (default: ``records``): a family trained at one width, beside one trained at several,
+    still says its width.
 
     Runs trained differently are never pooled, as if they were seeds; one variant gives one group, label "".
     """
-    labelled = [(label, group) for label, _, group in _labelled_groups(records, record_variant)]
+    labelled = [(label, group) for label, _, group in _labelled_groups(records, record_variant, context)]
     return sorted(labelled, key=lambda item: _variant_order(item[0]))
 
 

@@ -458,3 +458,14 @@ def test_a_claim_whose_metric_raises_is_one_not_measured_row_and_the_rest_stand(
     assert row.verdict == "not measured" and row.reason == "its metric raised KeyError: 'final'"
     assert any(v.claim == "dense_accuracy" and v.verdict == "supported" for v in verdicts)
     assert "| sharp |" in claims_markdown(verdicts)
+
+
+def test_a_family_at_one_width_beside_one_at_several_still_says_its_width(tmp_path):
+    """The width study's ResNet50 at 1/8 only, beside VGG19 at three widths: its claims rows name the width."""
+    vgg = [_at_width(r, w) for w in (0.0625, 0.125)
+           for r in _dense_grid("vgg19_rfpool", lambda k, s: 0.9 - 0.05 * k + 0.002 * s, 3)]
+    resnet = [_at_width(r, 0.125) for r in _dense_grid("resnet50_rfpool", lambda k, s: 0.9 - 0.05 * k + 0.002 * s, 3)]
+    verdicts = _verdicts(_store(tmp_path, vgg + resnet), "dense_accuracy")
+    assert {(v.family, v.variant) for v in verdicts} == {
+        ("vgg19_rfpool", "width_mult=0.0625"), ("vgg19_rfpool", "width_mult=0.125"),
+        ("resnet50_rfpool", "width_mult=0.125")}
