@@ -408,7 +408,7 @@ def _why(verdict: Verdict) -> str:
         return f"{verdict.direction} with k, as the paper says ({points})"
     if verdict.verdict == "contradicted":
         return f"the paper: {verdict.direction} with k ({points})"
-    caveat, stats = verdict.reason.split("; rho = ", 1) if "; rho = " in verdict.reason else ("", "")
+    caveat = verdict.reason.split("; rho = ", 1)[0] if "; rho = " in verdict.reason else ""
     if caveat:
         return f"{caveat} ({points})"
     fewest = verdict.reason.partition("; ")[2]
