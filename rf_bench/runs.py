@@ -66,10 +66,14 @@ def recorded_sha256(run_dir: str | os.PathLike) -> str | None:
     return found[0] if found else None
 
 
-def read_warnings(run_dir: str | os.PathLike) -> list:
-    """What the trainer warned about while training a run (``warnings.jsonl``, one object a line; [] if none)."""
-    path = Path(run_dir) / WARNINGS
+def _json_lines(path: Path) -> List[Dict[str, Any]]:
+    """One dict per non-empty line of a JSON-lines file ([] if it does not exist yet)."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def read_warnings(run_dir: str | os.PathLike) -> List[Dict[str, Any]]:
+    """What the trainer warned about while training a run (``warnings.jsonl``, one object a line; [] if none)."""
+    return _json_lines(Path(run_dir) / WARNINGS)
 
 
 # ------------------------------------------------------------------------------ reading a run
@@ -156,9 +160,8 @@ class Run:
 
     def final_metrics(self) -> Dict[str, Any]:
         """The last epoch's line of ``metrics.jsonl`` (epoch, losses and accuracies; ``{}`` if there is none)."""
-        path = self.path / METRICS
-        lines = path.read_text().splitlines() if path.is_file() else []
-        last = json.loads(lines[-1]) if lines else {}
+        epochs = read_metrics(self.path)
+        last = epochs[-1] if epochs else {}
         return {k: last[k] for k in ("epoch", "test_acc", "test_loss", "train_acc", "train_loss") if k in last}
 
     def create_model(self, stage: str = "final") -> nn.Module:
@@ -234,10 +237,9 @@ def group_runs(runs: Iterable[Run]) -> Dict[str, List[Run]]:
 
 # ------------------------------------------------------------- what training writes and resumes from
 
-def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
+def read_metrics(run_dir: str | os.PathLike) -> List[Dict[str, Any]]:
     """The run's ``metrics.jsonl``, one dict per finished epoch (empty if there is none yet)."""
-    path = run_dir / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return _json_lines(Path(run_dir) / METRICS)
 
 
 def run_versions() -> Dict[str, Optional[str]]:

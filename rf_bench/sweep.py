@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .results import load_run, write_json_atomic
-from .runs import DONE, METRICS
+from .runs import DONE, read_metrics
 from .recipes import DEFAULT_RECIPE, validate_settings
 from .train import TrainConfig, resolve_config, run_dir_for
 
@@ -687,7 +687,7 @@ def sweep_status(sweep: Sweep) -> List[Dict[str, Any]]:
             status = "failed"
         else:
             status = "pending"  # never started, or its job was killed: the next sweep resumes it
-        epochs = len((run_dir / METRICS).read_text().splitlines()) if (run_dir / METRICS).is_file() else 0
+        epochs = len(read_metrics(run_dir))
         rows.append(dict(model=cfg.model, dataset=cfg.dataset, seed=cfg.seed, run=run_dir.name, status=status,
                          model_kwargs=_kwargs_label(cfg.model_kwargs),
                          epochs=f"{epochs}/{cfg.epochs}", error=recorded.get("error", "") if status == "failed" else ""))
