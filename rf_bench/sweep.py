@@ -567,7 +567,7 @@ def _release_device_memory() -> None:
 def _init_worker(slots, threads: int, runs_per_gpu: int = 1) -> None:
     """A pool worker takes one GPU (or its share of the CPU cores) for every job it will run; packed workers
     are told their share of that GPU's memory (the Hessian probe sizes its basis by it)."""
-    from .probes.hessian import GPU_SHARE_ENV
+    from .spectral import GPU_SHARE_ENV
 
     gpu = slots.get()
     if gpu is not None:
