@@ -7,7 +7,7 @@ The README, which GitHub shows as written, keeps the rendered text between the m
 ``<!-- /rendered -->``; ``python docs/render.py README.md`` refreshes it and a test checks it is fresh.
 
 Names: ``benchmark:<file>``, ``file:<repo path>``, ``verdicts``, ``claims:<study folder>``,
-``study:<study folder>``, ``width:<study folder>``.
+``study:<study folder>``, ``width:<study folder>``, ``headline:<study folder>``, ``finetune:<study folder>``.
 """
 from __future__ import annotations
 
@@ -173,22 +173,23 @@ def render_width(study: str) -> str:
     with path.open() as f:
         rows = [row for row in csv.DictReader(f) if float(row["rate"]) in (0.0, 0.9)]
     ks = sorted({int(row["k"]) for row in rows})
-    cells: Dict[Tuple[str, float, str], Dict[int, str]] = defaultdict(dict)
+    cells: Dict[Tuple[str, float, str], Dict[int, Tuple[float, float]]] = defaultdict(dict)
     for row in rows:
         bn = row.get("bn") or "stored"  # width.csv from before the BatchNorm protocols: the stored statistics
         if row["metric"] == "dense" and bn != "stored":
             continue  # dense accuracy does not depend on the protocol: one row
         label = "dense" if row["metric"] == "dense" else f"pruned 0.9, one-shot, BN {bn}"
-        cells[(row["family"], float(row["width_mult"]), label)][int(row["k"])] = \
-            f"{100 * float(row['mean']):.1f} ± {100 * float(row['std'] or 0):.1f}"
+        cells[(row["family"], float(row["width_mult"]), label)][int(row["k"])] = (
+            100 * float(row["mean"]), 100 * float(row["std"] or 0))
     lines = ["| family | width | accuracy (%) | " + " | ".join(f"k={k}" for k in ks) + " | k=3-4 minus k=1 |",
              "|---" * (len(ks) + 4) + "|"]
     for (family, width, label), per_k in sorted(cells.items()):
-        means = {k: float(v.split(" ")[0]) for k, v in per_k.items()}
-        gain = (f"{(means[3] + means[4]) / 2 - means[1]:+.1f} points"
-                if all(k in means for k in (1, 3, 4)) else "-")
+        # from the unrounded means, as in the table of gains below
+        gain = (f"{(per_k[3][0] + per_k[4][0]) / 2 - per_k[1][0]:+.1f} points"
+                if all(k in per_k for k in (1, 3, 4)) else "-")
         lines.append(f"| {FAMILY_LABELS.get(family, family)} | {width:g} | {label} | "
-                     + " | ".join(per_k.get(k, "-") for k in ks) + f" | {gain} |")
+                     + " | ".join(f"{per_k[k][0]:.1f} ± {per_k[k][1]:.1f}" if k in per_k else "-" for k in ks)
+                     + f" | {gain} |")
     return ("\n".join(lines) + "\n\n" + _width_gains(path)
             + f"\n\nMean ± std over seeds, from `docs/{study}/width.csv` ({report_date(study)}).")
 
@@ -247,9 +248,43 @@ def render_headline(study: str) -> str:
     return ("\n".join(lines) + f"\n\nMean ± std over seeds, from `docs/{study}/prune.csv` ({report_date(study)}).")
 
 
+def _prune_tables(study: str) -> List[Tuple[str, Path]]:
+    """A study's pruning CSVs with the width each holds: ``prune.csv``, or one ``prune-width_mult=W/prune.csv`` per
+    width."""
+    found = [("-", path) for path in [DOCS / study / "prune.csv"] if path.exists()]
+    found += [(path.parent.name.partition("=")[2], path) for path in sorted((DOCS / study).glob("prune-*/prune.csv"))]
+    return sorted(found, key=lambda item: float(item[0]) if item[0] != "-" else 0.0)
+
+
+def render_finetune(study: str) -> str:
+    """At each fine-tuned rate: the recalibrated one-shot accuracy beside the fine-tuned accuracy under both
+    BatchNorm protocols, per family, width and k, from the pruning CSVs: how much of what the fine-tune recovers
+    re-estimated statistics alone recover."""
+    means: Dict[Tuple[str, str, float, int], Dict[str, float]] = defaultdict(dict)
+    for width, path in _prune_tables(study):
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                means[(row["family"], width, float(row["rate"]), int(row["k"]))][
+                    f"{row['metric']} {row.get('bn') or 'stored'}"] = 100 * float(row["mean"])
+    columns = ("pruned recalibrate", "finetuned stored", "finetuned recalibrate")
+    rows = [(key, cells) for key, cells in sorted(means.items()) if all(c in cells for c in columns)]
+    if not rows:
+        return "not measured"
+    lines = ["| family | width | rate | k | one-shot, BN recalibrate | fine-tuned, BN stored | "
+             "fine-tuned, BN recalibrate |", "|---" * 7 + "|"]
+    for (family, width, rate, k), cells in rows:
+        lines.append(f"| {FAMILY_LABELS.get(family, family)} | {width} | {rate:g} | {k} | "
+                     + " | ".join(f"{cells[c]:.1f}" for c in columns) + " |")
+    gap = {c: max(abs(cells[c] - cells["pruned recalibrate"]) for _, cells in rows) for c in columns[1:]}
+    return ("\n".join(lines) + "\n\nLargest difference from the recalibrated one-shot accuracy: "
+            f"{gap['finetuned stored']:.1f} points fine-tuned with the statistics the fine-tune left, "
+            f"{gap['finetuned recalibrate']:.1f} points fine-tuned and recalibrated. Test accuracy (%), mean over "
+            f"seeds, from the pruning CSVs of `docs/{study}/` ({report_date(study)}).")
+
+
 RENDERERS: Dict[str, Callable[..., str]] = {
     "verdicts": render_verdicts, "claims": render_claims, "study": render_study, "benchmark": render_benchmark,
-    "file": render_file, "width": render_width, "headline": render_headline,
+    "file": render_file, "width": render_width, "headline": render_headline, "finetune": render_finetune,
 }
 
 

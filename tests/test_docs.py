@@ -18,7 +18,6 @@ import render  # noqa: E402
 
 # Pages the code writes (reports, the Hessian-modes page): they are results files themselves.
 GENERATED = {"demo/REPORT.md", "study/REPORT.md", "study-fashion/REPORT.md", "study-width/REPORT.md",
-             "study-width/bn-protocols/REPORT.md",
              "study/hessian-modes.md"}
 # A number followed by a unit of time, size, rate, ratio or share: a measurement.
 MEASUREMENT = re.compile(
@@ -206,6 +205,49 @@ def test_a_study_table_says_which_runs_its_times_cover(monkeypatch):
         render.render_study("x")
     facts["invocations"] = [{"runs_done_before": 0, "wall_s": 500.0}, {"runs_done_before": 12, "wall_s": 100.0}]
     assert "| wall time, first run to report | 600 s (10.0 min) |" in render.render_study("x")  # every run timed
+
+
+PRUNE_CSV_HEAD = "family,dataset,bn,k,rf_analytic,rf_paper,rate,metric,mean,std,n\n"
+
+
+def _prune_csv(path: Path, rows) -> None:
+    """A pruning CSV as the report writes it: rows of (bn, k, rate, metric, mean)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(PRUNE_CSV_HEAD + "".join(f"vgg19_rfpool,digits,{bn},{k},180,181,{rate},{metric},{mean},0.01,2\n"
+                                             for bn, k, rate, metric, mean in rows))
+
+
+def test_the_finetune_table_sets_fine_tuned_beside_recalibrated_one_shot(tmp_path, monkeypatch):
+    """One row per (family, width, rate, k) that has all three numbers, and the largest gaps over the rows."""
+    monkeypatch.setattr(render, "DOCS", tmp_path)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "REPORT.md").write_text("From `results`, 2026-01-01 00:00.\n")
+    assert render.render_finetune("s") == "not measured"
+    for width, shift in (("0.125", 0.0), ("0.25", 0.02)):
+        _prune_csv(tmp_path / "s" / f"prune-width_mult={width}" / "prune.csv", [
+            ("stored", 1, 0.9, "pruned", 0.10), ("stored", 1, 0.9, "finetuned", 0.50 + shift),
+            ("recalibrate", 1, 0.9, "pruned", 0.55), ("recalibrate", 1, 0.9, "finetuned", 0.56 - shift),
+            ("recalibrate", 2, 0.9, "pruned", 0.60)])  # k = 2 was not fine-tuned: no row
+    text = render.render_finetune("s")
+    assert "| VGG19 | 0.125 | 0.9 | 1 | 55.0 | 50.0 | 56.0 |" in text
+    assert "| VGG19 | 0.25 | 0.9 | 1 | 55.0 | 52.0 | 54.0 |" in text and "| 2 |" not in text
+    assert "5.0 points fine-tuned with the statistics the fine-tune left, 1.0 points fine-tuned and recalibrated" \
+        in text
+
+
+def test_the_width_table_gains_come_from_unrounded_means(tmp_path, monkeypatch):
+    """The per-row gain and the table of gains below it agree: both from the means, not the rounded cells."""
+    monkeypatch.setattr(render, "DOCS", tmp_path)
+    study = tmp_path / "w"
+    study.mkdir()
+    (study / "REPORT.md").write_text("From `results`, 2026-01-01 00:00.\n")
+    rows = [(1, 0.1004), (3, 0.2008), (4, 0.2008)]  # cells 10.0 / 20.1 / 20.1: 10.1 apart, the means 10.04
+    (study / "width.csv").write_text("family,width_mult,bn,k,rate,metric,mean,std,n\n" + "".join(
+        f"vgg19_rfpool,0.25,stored,{k},0.9,pruned,{mean},0.0,2\n" for k, mean in rows))
+    text = render.render_width("w")
+    row = "| VGG19 | 0.25 | pruned 0.9, one-shot, BN stored | 10.0 ± 0.0 | 20.1 ± 0.0 | 20.1 ± 0.0 | +10.0 points |"
+    assert row in text
+    assert "| VGG19 | 0.25 | stored | +10.0 |" in text
 
 
 def test_no_code_block_line_is_over_100_characters():
