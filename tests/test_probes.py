@@ -254,7 +254,6 @@ def test_grouping_is_by_model_dataset_and_recipe(tiny_runs):
         assert [r.seed for r in members] == [0, 1] and len({r.model_name for r in members}) == 1
 
 
-@pytest.mark.slow
 def _table_rows(section: str):
     """``{k: {column: cell}}`` of the first table in a report section."""
     lines = [line for line in section.splitlines() if line.startswith("|")]
@@ -263,6 +262,7 @@ def _table_rows(section: str):
             ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
 
 
+@pytest.mark.slow
 def test_end_to_end_prune_report_numbers_equal_stored_results(tmp_path, tiny_runs):
     from rf_bench.probes.prune import row_accuracy
 
@@ -404,7 +404,7 @@ def test_ctrl_c_in_the_hessian_step_is_one_line_and_the_rerun_resumes(tmp_path, 
 
 def test_finetune_rates_fine_tune_only_those_and_older_results_keep_their_hash(tmp_path, tiny_runs):
     from rf_bench.probes.base import ProbeContext, _config_dict
-    from rf_bench.probes.prune import PruneConfig, PruneProbe
+    from rf_bench.probes.prune import PruneConfig, PruneProbe, prune_sections
 
     assert "finetune_rates" not in _config_dict(PruneConfig())  # a result stored before the setting is still found
     config = PruneConfig(rates=(0.5, 0.9), finetune_epochs=1, finetune_rates=(0.9,))
@@ -413,6 +413,16 @@ def test_finetune_rates_fine_tune_only_those_and_older_results_keep_their_hash(t
     for bn in ("stored", "recalibrate"):
         assert "finetuned_acc" not in by_rate[0.5]["bn"][bn] and 0 <= by_rate[0.9]["bn"][bn]["finetuned_acc"] <= 1
     assert by_rate[0.9]["finetuned_sparsity"] >= 0.9 - 1e-5
+    # the report has a fine-tuned column only at the rate that was fine-tuned, under both protocols
+    record = dict(values=out.values, config=_config_dict(config), family="vgg19_rfpool", dataset="digits", k=2,
+                  run_dirs=[tiny_runs[0]])
+    sections = prune_sections([record], tmp_path)
+    tables = [sec.markdown for sec in sections if sec.title.startswith("Pruning: vgg19_rfpool on digits (BN")]
+    assert len(tables) == 2
+    for table in tables:
+        columns = [c.strip() for c in table.split("\n\n")[1].splitlines()[0].strip("|").split("|")]
+        assert [c for c in columns if c.startswith(("pruned", "fine-tuned"))] == ["pruned 0.5", "pruned 0.9",
+                                                                                   "fine-tuned 0.9"]
 
 
 def test_damaged_weights_are_refused_in_one_line_and_nothing_is_written(tmp_path, tiny_runs):

@@ -331,9 +331,10 @@ def prune_sections(records: List[Dict[str, Any]], out_dir: Path) -> List[ReportS
 def _prune_table(family, dataset, recs, rates, bn, csv_rows):
     """One protocol's table lines and curves; its rows appended to ``csv_rows``."""
     paper_beside = bn == "stored"  # the paper evaluated with the dense net's statistics
+    tuned_rates = [rate for rate in rates if _accuracies(recs, bn, rate, "finetuned_acc")]  # a column where measured
     header = ["k", "RF (analytic)", "RF (paper)", "seeds", "dense"]
     for rate in rates:
-        header += [f"pruned {rate:g}", f"fine-tuned {rate:g}"]
+        header += [f"pruned {rate:g}"] + ([f"fine-tuned {rate:g}"] if rate in tuned_rates else [])
     header += ["paper dense", "paper pruned 0.9"] if paper_beside else []
     headline = _headline_rate(rates)
     diagnosed = any(row.get("kept") for r in recs for row in r["values"]["rates"])  # not in results before prune.bn
@@ -348,7 +349,7 @@ def _prune_table(family, dataset, recs, rates, bn, csv_rows):
         pruned_curve, tuned_curve = [], []
         for rate in rates:
             pruned, tuned = _accuracies(krecs, bn, rate, "pruned_acc"), _accuracies(krecs, bn, rate, "finetuned_acc")
-            cells += [fmt_pct(pruned), fmt_pct(tuned)]
+            cells += [fmt_pct(pruned)] + ([fmt_pct(tuned)] if rate in tuned_rates else [])
             pruned_curve.append(statistics.fmean(pruned) if pruned else math.nan)
             tuned_curve.append(statistics.fmean(tuned) if tuned else math.nan)
             for metric, vals in (("pruned", pruned), ("finetuned", tuned)):
