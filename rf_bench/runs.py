@@ -24,7 +24,7 @@ from .files import atomic_write, atomic_write_json, atomic_write_text, replace_f
 
 __all__ = ["CONFIG", "INIT_WEIGHTS", "FINAL_WEIGHTS", "CHECKPOINTS", "METRICS", "DONE", "WARNINGS",
            "atomic_write", "atomic_write_text", "atomic_write_json", "temporary_path", "replace_folder",
-           "canonical_safetensors", "save_weights", "recorded_sha256", "read_warnings", "stable_hash",
+           "canonical_safetensors", "save_weights", "recorded_sha256", "recorded_finish_time", "read_warnings", "stable_hash",
            "Run", "load_run", "find_runs", "group_runs", "read_metrics", "run_versions", "git_sha",
            "complete_checkpoints", "latest_checkpoint", "unreadable_checkpoint_errors", "weights_intact",
            "truncate_metrics"]
@@ -64,6 +64,13 @@ def recorded_sha256(run_dir: str | os.PathLike) -> str | None:
     lines = path.read_text().splitlines() if path.is_file() else []
     found = [line.split()[-1] for line in lines if line.startswith("sha256")]
     return found[0] if found else None
+
+
+def recorded_finish_time(run_dir: str | os.PathLike) -> str | None:
+    """When training finished, as ``done`` records it (``2026-01-01T12:00:00``, local time; None if it does not)."""
+    path = Path(run_dir) / DONE
+    first = path.read_text().split("\n", 1)[0].strip() if path.is_file() else ""
+    return first if re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", first) else None
 
 
 def _json_lines(path: Path) -> List[Dict[str, Any]]:

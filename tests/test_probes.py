@@ -486,3 +486,30 @@ def test_identical_tensors_are_written_byte_for_byte_alike_in_any_process(tmp_pa
     assert len({p.read_bytes() for p in paths}) == 1
     loaded = load_file(str(paths[0]))
     assert torch.equal(loaded["a"], torch.arange(4.0)) and torch.equal(loaded["b"], torch.ones(3))
+
+
+def test_a_result_that_records_no_weights_is_kept_unless_its_run_was_trained_after_it(tmp_path, tiny_runs):
+    """Results from before weights were recorded: kept when measured after training finished, recomputed when a
+    run's ``done`` says it finished training later (a run trained again beside an old result)."""
+    import shutil
+
+    from rf_bench.probes.base import run_suite
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_runs[0], run_dir)
+    probes = resolve_suite("prune")
+    configs = apply_overrides(probes, ["prune.rates=[0.5]", "prune.finetune_epochs=0", "prune.bn_images=64"])
+    (path,) = run_suite(probes, [load_run(run_dir)], tmp_path / "results", configs, progress=False)
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k != "weights_sha256"}
+    sha = (run_dir / "done").read_text().split("\n", 1)[1]
+    logged = []
+    for created, finished, recomputed in (("2026-01-02T00:00:00", "2026-01-01T00:00:00", False),
+                                          ("2026-01-01T00:00:00", "2026-01-02T00:00:00", True),
+                                          ("2026-01-01T00:00:00", "an older run's marker", False)):
+        path.write_text(json.dumps(dict(old, created=created)))
+        (run_dir / "done").write_text(f"{finished}\n{sha}")
+        logged.clear()
+        run_suite(probes, [load_run(run_dir)], tmp_path / "results", configs, progress=False, log=logged.append)
+        assert bool(logged) == recomputed, (created, finished, logged)
+        assert all("finished training after it was measured" in line for line in logged)
+        assert ("weights_sha256" in json.loads(path.read_text())) == recomputed

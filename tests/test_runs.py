@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save
 
 from rf_bench.runs import (CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, METRICS, WARNINGS, canonical_safetensors,
                            complete_checkpoints, find_runs, group_runs, latest_checkpoint, load_run, read_metrics,
-                           read_warnings, save_weights, truncate_metrics, weights_intact)
+                           read_warnings, recorded_finish_time, save_weights, truncate_metrics, weights_intact)
 
 
 def _reordered_metadata(data: bytes) -> bytes:
@@ -148,3 +148,11 @@ def test_load_run_names_what_is_wrong(tmp_path):
     (damaged / CONFIG).write_text('{"config": {"model": ')
     with pytest.raises(ValueError, match="is damaged"):
         load_run(damaged)
+
+
+def test_recorded_finish_time_reads_the_done_marker(tmp_path):
+    run = _make_run(tmp_path)
+    assert recorded_finish_time(run) == "2026-01-01T00:00:00"
+    (run / DONE).write_text("finished\n")  # an older marker without a time
+    assert recorded_finish_time(run) is None
+    assert recorded_finish_time(_make_run(tmp_path, "unfinished", done=False)) is None

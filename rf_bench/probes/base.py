@@ -34,6 +34,7 @@ from rf_bench.evaluation import evaluation_sums, loss_and_accuracy
 from rf_bench.hints import nearest_hint  # re-exported: sweeps and plugins name choices the same way
 from rf_bench.reporting import ReportSection  # re-exported: a plugin's report() returns these
 from rf_bench.results import ResultStore, Run, group_runs, stable_hash
+from rf_bench.runs import recorded_finish_time
 
 __all__ = ["Probe", "ProbeOutput", "ProbeContext", "ReportSection", "available_probes", "resolve_suite",
            "apply_overrides", "nearest_hint", "load_settings", "settings_from_table", "describe_settings", "run_suite", "evaluate"]
@@ -326,14 +327,23 @@ def _tasks(probes, runs: Sequence[Run], configs) -> List[Tuple[Type[Probe], str,
 
 def _stale(existing: Dict[str, Any], probe, members: Sequence[Run], weights: List[Optional[str]]) -> Optional[str]:
     """Why a stored result no longer describes its runs (None if it still does): another probe version, other runs
-    in its group, or other weights (a run trained again); results from before weights were recorded are kept."""
+    in its group, or other weights (a run trained again). A result from before weights were recorded is kept unless
+    one of its runs finished training after it was measured."""
     if existing.get("runs") != [r.run_id for r in members]:
         return "its group has other runs now"
     if existing.get("version") != probe.version:
         return f"stored by version {existing.get('version')}, now {probe.version}"
     if existing.get("weights_sha256") not in (None, weights):
         return "the run's weights changed since (trained again)"
+    if existing.get("weights_sha256") is None and _trained_after(members, existing.get("created")):
+        return "it records no weights and a run finished training after it was measured (trained again)"
     return None
+
+
+def _trained_after(members: Sequence[Run], created: Optional[str]) -> bool:
+    """Whether a run finished training after ``created`` (both as ``done`` writes them; unknown times: False)."""
+    finished = [recorded_finish_time(r.path) for r in members]
+    return bool(created) and any(t is not None and t > created for t in finished)
 
 
 def _record(probe, cfg: Any, key: str, members: Sequence[Run], out: ProbeOutput, seconds: float) -> Dict[str, Any]:
