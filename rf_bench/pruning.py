@@ -5,17 +5,18 @@ Every conv and linear weight (not BN, not biases) is ranked in one global list b
 All rates come from one partial sort. The trainer (masked fine-tunes) and the prune probe both use
 this module, which depends on neither. Two measures of why a pruned net fails live here too: each layer's
 kept fraction (layer collapse: a layer with nothing kept) and each layer's output standard deviation
-(signal collapse: the signal dies out with depth, arXiv 2502.15790).
+(signal collapse: the signal dies out with depth, arXiv 2502.15790); and how far a fine-tune moved the weights.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
 __all__ = ["prunable_parameters", "global_magnitude_masks", "apply_masks", "sparsity", "kept_fractions",
-           "layer_output_stds"]
+           "layer_output_stds", "relative_weight_change"]
 
 
 def prunable_parameters(model: nn.Module) -> List[Tuple[str, nn.Parameter]]:
@@ -138,3 +139,12 @@ def layer_output_stds(model: nn.Module, images: torch.Tensor) -> Dict[str, float
         mean = total / n
         stds[name] = max(squares / n - mean * mean, 0.0) ** 0.5 * (n / max(n - 1, 1)) ** 0.5
     return {name: stds[name] for name, _ in prunable_parameters(model) if name in stds}
+
+
+def relative_weight_change(before: nn.Module, after: nn.Module) -> float:
+    """How far a fine-tune moved the prunable weights: ``||after - before|| / ||before||`` over all of them at once.
+    Near 0, what the fine-tune changed that matters is its BatchNorm statistics, not its weights."""
+    moved = sum(float((a.detach().double() - b.detach().double()).pow(2).sum())
+                for (_, b), (_, a) in zip(prunable_parameters(before), prunable_parameters(after)))
+    norm = sum(float(b.detach().double().pow(2).sum()) for _, b in prunable_parameters(before))
+    return math.sqrt(moved / norm) if norm else 0.0

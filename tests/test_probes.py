@@ -413,6 +413,16 @@ def test_finetune_rates_fine_tune_only_those_and_older_results_keep_their_hash(t
     for bn in ("stored", "recalibrate"):
         assert "finetuned_acc" not in by_rate[0.5]["bn"][bn] and 0 <= by_rate[0.9]["bn"][bn]["finetuned_acc"] <= 1
     assert by_rate[0.9]["finetuned_sparsity"] >= 0.9 - 1e-5
+    # how far the fine-tune moved the weights, against the files: the dense weights masked at 0.9, the fine-tune's own
+    model = load_run(tiny_runs[0]).create_model()
+    mask = global_magnitude_masks(model, [0.9])[0.9]
+    tuned = load_file(str(tmp_path / load_run(tiny_runs[0]).run_id / "prune-finetune" / by_rate[0.9]["finetune_run"]
+                          / "model.safetensors"))
+    pruned = {name: (w.detach() * mask[name]).double().numpy() for name, w in prunable_parameters(model)}
+    moved = sum(((tuned[name].double().numpy() - w) ** 2).sum() for name, w in pruned.items())
+    expected = np.sqrt(moved / sum((w ** 2).sum() for w in pruned.values()))
+    assert 0 < expected and by_rate[0.9]["finetune_weight_change"] == pytest.approx(expected, rel=1e-9)
+    assert "finetune_weight_change" not in by_rate[0.5]
     # the report has a fine-tuned column only at the rate that was fine-tuned, under both protocols
     record = dict(values=out.values, config=_config_dict(config), family="vgg19_rfpool", dataset="digits", k=2,
                   run_dirs=[tiny_runs[0]])
@@ -423,6 +433,8 @@ def test_finetune_rates_fine_tune_only_those_and_older_results_keep_their_hash(t
         columns = [c.strip() for c in table.split("\n\n")[1].splitlines()[0].strip("|").split("|")]
         assert [c for c in columns if c.startswith(("pruned", "fine-tuned"))] == ["pruned 0.5", "pruned 0.9",
                                                                                    "fine-tuned 0.9"]
+        moved = 100 * by_rate[0.9]["finetune_weight_change"]
+        assert f"at 0.9 by {moved:.3g}% on average (largest {moved:.3g}%)" in table
 
 
 def test_damaged_weights_are_refused_in_one_line_and_nothing_is_written(tmp_path, tiny_runs):

@@ -23,7 +23,7 @@ from rf_bench.batchnorm import recalibrate_batchnorm, training_subset
 from rf_bench.claims import Claim, NotMeasured, at_chance, chance_level
 from rf_bench.paper import MEASURED_RF, PRUNE_09
 from rf_bench.pruning import (apply_masks, global_magnitude_masks, kept_fractions, layer_output_stds,
-                              prunable_parameters, sparsity)
+                              prunable_parameters, relative_weight_change, sparsity)
 from rf_bench.reporting import (ReportSection, by_family, by_k, fmt_pct, integer_ticks, line_colors, markdown_table,
                                 mean_std, paper_cell, pyplot, record_rf, savefig, write_csv)
 from rf_bench.runs import FINAL_WEIGHTS
@@ -233,7 +233,8 @@ class PruneProbe:
                 tuned, ft_dir, check = self._finetune(run, config, ctx, pruned_model, masks[rate], rate)
                 for bn, measured in under_protocols(tuned, "finetuned_acc").items():
                     row["bn"][bn].update(measured)
-                row.update(finetuned_sparsity=check["zero_fraction"], finetune_run=ft_dir.name)
+                row.update(finetuned_sparsity=check["zero_fraction"], finetune_run=ft_dir.name,
+                           finetune_weight_change=relative_weight_change(pruned_model, tuned))
             rows.append(row)
         layers = [name for name, _ in prunable_parameters(model)]
         return ProbeOutput(values=dict(dense_acc=dense, k=run.k, family=run.family, rates=rows,
@@ -277,6 +278,19 @@ class PruneProbe:
 
 # -------------------------------------------------------------------------------------------- report
 
+def _weight_change_line(records) -> str:
+    """One sentence on how far the fine-tunes moved the weights, per fine-tuned rate ("" where not recorded)."""
+    by_rate: Dict[float, List[float]] = {}
+    for rec in records:
+        for row in rec["values"]["rates"]:
+            if row.get("finetune_weight_change") is not None:
+                by_rate.setdefault(row["rate"], []).append(row["finetune_weight_change"])
+    parts = [f"at {rate:g} by {100 * statistics.fmean(v):.3g}% on average (largest {100 * max(v):.3g}%)"
+             for rate, v in sorted(by_rate.items())]
+    return (" The fine-tune moved the prunable weights, relative to their norm, " + "; ".join(parts) + "."
+            if parts else "")
+
+
 def _protocols(records) -> List[str]:
     found = {bn for rec in records for bn in record_protocols(rec)}
     return [bn for bn in PRUNE_BN if bn in found]
@@ -317,7 +331,8 @@ def prune_sections(records: List[Dict[str, Any]], out_dir: Path) -> List[ReportS
                    f"{SIGNAL_COLLAPSE:g} of the dense net's (signal collapse), or neither."
                    if "why" in lines[0] else "")
             md = (f"Test accuracy (%) of the dense net, after one-shot global magnitude pruning, and after a masked "
-                  f"fine-tune, with {_BN_WORDS[bn]}; mean ± std over seeds.{why}\n\n" + "\n".join(lines)
+                  f"fine-tune, with {_BN_WORDS[bn]}; mean ± std over seeds.{why}{_weight_change_line(recs)}\n\n"
+                  + "\n".join(lines)
                   + f"\n\n![{family} {dataset} BN {bn}]({figure.name})\n")
             sections.append(ReportSection(title=f"Pruning: {family} on {dataset} (BN {bn})", markdown=md,
                                           order=10 + PRUNE_BN.index(bn)))  # the paper's protocol first
