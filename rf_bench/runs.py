@@ -24,8 +24,8 @@ from .files import atomic_write, atomic_write_json, atomic_write_text, replace_f
 
 __all__ = ["CONFIG", "INIT_WEIGHTS", "FINAL_WEIGHTS", "CHECKPOINTS", "METRICS", "DONE", "WARNINGS",
            "atomic_write", "atomic_write_text", "atomic_write_json", "temporary_path", "replace_folder",
-           "canonical_safetensors", "save_weights", "recorded_sha256", "recorded_finish_time", "read_warnings", "stable_hash",
-           "Run", "load_run", "find_runs", "group_runs", "read_metrics", "run_versions", "git_sha",
+           "canonical_safetensors", "save_weights", "recorded_sha256", "recorded_finish_time", "read_warnings",
+           "stable_hash", "Run", "load_run", "find_runs", "group_runs", "read_metrics", "run_versions", "git_sha",
            "complete_checkpoints", "latest_checkpoint", "unreadable_checkpoint_errors", "weights_intact",
            "truncate_metrics"]
 
