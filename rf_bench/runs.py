@@ -58,18 +58,21 @@ def save_weights(state: Dict[str, Any], path: str | os.PathLike, metadata: Dict[
     return atomic_write(path, lambda f: f.write(data), binary=True)
 
 
+def _done_lines(run_dir: str | os.PathLike) -> List[str]:
+    """The lines of ``done``: when training finished, then ``sha256 <hex>`` of the final weights ([] if unfinished)."""
+    path = Path(run_dir) / DONE
+    return path.read_text().splitlines() if path.is_file() else []
+
+
 def recorded_sha256(run_dir: str | os.PathLike) -> str | None:
     """The sha256 of ``model.safetensors`` recorded in ``done`` when training finished (None for older runs)."""
-    path = Path(run_dir) / DONE
-    lines = path.read_text().splitlines() if path.is_file() else []
-    found = [line.split()[-1] for line in lines if line.startswith("sha256")]
+    found = [line.split()[-1] for line in _done_lines(run_dir) if line.startswith("sha256")]
     return found[0] if found else None
 
 
 def recorded_finish_time(run_dir: str | os.PathLike) -> str | None:
     """When training finished, as ``done`` records it (``2026-01-01T12:00:00``, local time; None if it does not)."""
-    path = Path(run_dir) / DONE
-    first = path.read_text().split("\n", 1)[0].strip() if path.is_file() else ""
+    first = (_done_lines(run_dir) or [""])[0].strip()
     return first if re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", first) else None
 
 
