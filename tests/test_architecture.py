@@ -140,7 +140,8 @@ def test_old_import_paths_keep_working():
 # Layers, bottom up (DESIGN.md): these modules sit below the probes and must never import one, at module level or
 # inside a function; a probe renders its own report through rf_bench.reporting, never through rf_bench.report.
 BELOW_THE_PROBES = ("rf_bench.report", "rf_bench.claims", "rf_bench.results", "rf_bench.reporting", "rf_bench.runs",
-                    "rf_bench.files", "rf_bench.evaluation", "rf_bench.batchnorm", "rf_bench.pruning", "rf_bench.spectral", "rf_bench._numerics")
+                    "rf_bench.files", "rf_bench.evaluation", "rf_bench.batchnorm", "rf_bench.pruning",
+                    "rf_bench.spectral", "rf_bench._numerics")
 
 
 def upward_imports(graph: Dict[str, Set[str]]) -> List[str]:
