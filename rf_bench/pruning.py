@@ -6,17 +6,23 @@ All rates come from one partial sort. The trainer (masked fine-tunes) and the pr
 this module, which depends on neither. Two measures of why a pruned net fails live here too: each layer's
 kept fraction (layer collapse: a layer with nothing kept) and each layer's output standard deviation
 (signal collapse: the signal dies out with depth, arXiv 2502.15790); and how far a fine-tune moved the weights.
+
+A rate can be counted over two bases: ``"all"`` conv and linear weights (the paper's), or only the ``"live"`` ones,
+those that see the image at the run's input size (``rf_bench.rf.live_weights``): the rate is then the share of live
+weights removed, and every dead weight (one that only multiplies zero padding) is removed as well.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 __all__ = ["prunable_parameters", "global_magnitude_masks", "apply_masks", "sparsity", "kept_fractions",
-           "layer_output_stds", "relative_weight_change"]
+           "layer_output_stds", "relative_weight_change", "PRUNE_BASES", "live_sparsity", "dead_kept"]
+
+PRUNE_BASES = ("all", "live")  # what a pruning rate counts: every conv and linear weight, or the live ones
 
 
 def prunable_parameters(model: nn.Module) -> List[Tuple[str, nn.Parameter]]:
@@ -49,9 +55,12 @@ def _kth_smallest(mags: torch.Tensor, ks: Sequence[int]) -> Dict[int, float]:
     return out
 
 
-def global_magnitude_masks(model: nn.Module, rates: Sequence[float]) -> Dict[float, Dict[str, torch.Tensor]]:
+def global_magnitude_masks(model: nn.Module, rates: Sequence[float],
+                           live: Optional[Dict[str, torch.Tensor]] = None) -> Dict[float, Dict[str, torch.Tensor]]:
     """``{rate: {param_name: keep mask}}``: for each rate, the ``round(rate * n)`` smallest |w| are dropped.
 
+    With ``live`` (a bool mask per weight name, `rf_bench.rf.live_weights`), the rate is counted over the live
+    weights only: ``round(rate * n_live)`` of them are dropped by magnitude, and every dead weight with them.
     Every rate's threshold comes from one radix select; only weights tied with a threshold are
     resolved by position (lowest index pruned first), so each rate prunes exactly its count, and the
     masks equal a stable global sort's (tested against numpy).
@@ -63,6 +72,9 @@ def global_magnitude_masks(model: nn.Module, rates: Sequence[float]) -> Dict[flo
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"pruning rate {rate} outside [0, 1)")
     mags = torch.cat([p.detach().abs().reshape(-1).float().cpu() for _, p in params])
+    ranked = _flat_live(live, params) if live is not None else None
+    if ranked is not None:
+        mags = mags[ranked]
     n = mags.numel()
     counts = {rate: int(round(rate * n)) for rate in rates}
     thresholds = _kth_smallest(mags, [k for k in counts.values() if k > 0])
@@ -77,8 +89,30 @@ def global_magnitude_masks(model: nn.Module, rates: Sequence[float]) -> Dict[flo
             if surplus:
                 tied = torch.nonzero(mags == threshold).flatten()
                 keep[tied[len(tied) - surplus:]] = True
+        if ranked is not None:  # back to every weight: the dead ones are all dropped
+            keep = torch.zeros(ranked.numel(), dtype=torch.bool).masked_scatter_(ranked, keep)
         masks[rate] = _split(keep, params)
     return masks
+
+
+def _flat_live(live: Dict[str, torch.Tensor], params: List[Tuple[str, nn.Parameter]]) -> torch.Tensor:
+    """The live masks of ``params``, flattened in their order (a weight ``live`` does not name is live)."""
+    return torch.cat([live[n].reshape(-1).cpu().bool() if n in live else torch.ones(p.numel(), dtype=torch.bool)
+                      for n, p in params])
+
+
+def live_sparsity(masks: Dict[str, torch.Tensor], live: Dict[str, torch.Tensor]) -> float:
+    """The share of live weights that ``masks`` remove (1.0 where no weight is live)."""
+    removed = sum(int((~m.cpu() & live[n].cpu()).sum()) for n, m in masks.items() if n in live)
+    total = sum(int(live[n].sum()) for n in masks if n in live)
+    return removed / total if total else 1.0
+
+
+def dead_kept(masks: Dict[str, torch.Tensor], live: Dict[str, torch.Tensor]) -> Optional[float]:
+    """The share of dead weights that ``masks`` keep (None where every weight is live)."""
+    kept = sum(int((m.cpu() & ~live[n].cpu()).sum()) for n, m in masks.items() if n in live)
+    total = sum(int((~live[n]).sum()) for n in masks if n in live)
+    return kept / total if total else None
 
 
 def _split(flat: torch.Tensor, params: List[Tuple[str, nn.Parameter]]) -> Dict[str, torch.Tensor]:

@@ -36,7 +36,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
 __all__ = ["RF", "LayerRF", "MeasuredRF", "receptive_field", "layer_receptive_fields", "block_receptive_fields",
-           "gradient_rf", "gradient_support",
+           "live_weights", "dead_weight_share", "border_layer", "gradient_rf", "gradient_support",
            "measure_rf", "silenced_parameters"]
 
 
@@ -86,12 +86,24 @@ class LayerRF:
         op: the module's class (``Conv2d``) or the function (``add``).
         shape: the output's shape without the batch (C, H, W).
         rf: the RF of the output's units.
+        in_shape: conv and pooling layers: the input map's (H, W); None for other rows.
+        live_mask: conv and pooling layers: per kernel tap (kh rows of kw), whether it reads an input pixel (not
+            padding) at one or more output positions. A weight of a tap that is not live multiplies only zero
+            padding: it receives no gradient but weight decay's and changes no output.
+        live_share: conv layers: the share of the layer's weights whose tap is live (pooling layers: None).
+        padding_exposure: conv and pooling layers: the share of (tap, output position) pairs that read padding.
+        weight: conv layers: the weight parameter's name in ``model.named_parameters()``.
     """
 
     name: str
     op: str
     shape: Tuple[int, ...]
     rf: RF
+    in_shape: Optional[Tuple[int, int]] = None
+    live_mask: Optional[Tuple[Tuple[bool, ...], ...]] = None
+    live_share: Optional[float] = None
+    padding_exposure: Optional[float] = None
+    weight: Optional[str] = None
 
 
 _GLOBAL = "global"  # marker: every output unit sees the whole input (after global pooling / flattening)
@@ -490,6 +502,235 @@ def _generic_rf(node: fx.Node, inputs: List[fx.Node], rfs: Dict[fx.Node, Any], a
                             "follows convolutions, pools and ops that keep the size, not this one")
 
 
+# ------------------------------------------------------------------------------ live taps: weights that see the image
+#
+# A tap of a sliding window is live if, at some output position, it reads a value that is not zero padding. The trace
+# tracks, per tensor and axis, the interval of indices that are not padding: a conv or pool output is taken as
+# not padding everywhere (a window over padding alone still holds a bias, which a later tap multiplies), a zero pad
+# shifts the interval in, and an op that keeps the size keeps the hull of its inputs' intervals. A padding mode that
+# copies pixels (reflect, replicate, circular) or a non-zero constant counts as reading the image.
+
+_Interval = Tuple[int, int]  # first and last index that is not zero padding
+_EVERYWHERE: _Interval = (-(1 << 30), 1 << 30)  # what a window that pads with pixels reads
+
+
+@dataclass(frozen=True)
+class _Window:
+    """A sliding window's geometry along height and width: kernel, stride, top/left padding, dilation."""
+
+    kernel: Tuple[int, int]
+    stride: Tuple[int, int]
+    padding: Tuple[int, int]
+    dilation: Tuple[int, int]
+    pads_with_pixels: bool = False  # a padding mode that copies pixels: every tap reads the image
+
+
+@dataclass(frozen=True)
+class _Taps:
+    """One window's live taps: per axis, how many output positions each tap reads the image at."""
+
+    in_hw: Tuple[int, int]
+    out_hw: Tuple[int, int]
+    reads: Tuple[Tuple[int, ...], Tuple[int, ...]]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        rows, cols = (torch.tensor(r) > 0 for r in self.reads)
+        return rows[:, None] & cols[None, :]
+
+    @property
+    def exposure(self) -> float:
+        pairs = len(self.reads[0]) * len(self.reads[1]) * self.out_hw[0] * self.out_hw[1]
+        return 1.0 - sum(self.reads[0]) * sum(self.reads[1]) / pairs if pairs else 0.0
+
+
+def _pair(v: Any) -> Tuple[int, int]:
+    return (int(v[0]), int(v[-1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _reads_along(out_size: int, kernel: int, stride: int, padding: int, dilation: int, image: _Interval) -> Tuple[int, ...]:
+    """Per tap, the number of output positions ``o`` whose read index ``o * stride - padding + tap * dilation`` lies
+    in ``image`` (closed form: an arithmetic progression cut by an interval)."""
+    lo, hi = image
+    counts = []
+    for tap in range(kernel):
+        first = tap * dilation - padding  # index that output 0 reads
+        start = max(0, -((first - lo) // stride))  # ceil((lo - first) / stride)
+        stop = min(out_size - 1, (hi - first) // stride)
+        counts.append(max(0, stop - start + 1))
+    return tuple(counts)
+
+
+def _window_of(m: nn.Module, in_hw: Tuple[int, int]) -> _Window:
+    """The geometry of a conv or pool module at an input of ``in_hw``."""
+    kernel, dilation = _pair(m.kernel_size), _pair(getattr(m, "dilation", 1))
+    stride = _pair(m.stride or m.kernel_size)
+    if _dynamic_same(m):
+        padding = tuple(_same_padding(in_hw[a], kernel[a], stride[a], dilation[a]) for a in range(2))
+    elif m.padding == "same":
+        padding = tuple(dilation[a] * (kernel[a] - 1) // 2 for a in range(2))
+    elif m.padding == "valid":
+        padding = (0, 0)
+    else:
+        padding = _pair(m.padding)
+    return _Window(kernel, stride, padding, dilation, pads_with_pixels=getattr(m, "padding_mode", "zeros") != "zeros")
+
+
+def _function_window(node: fx.Node) -> Optional[_Window]:
+    """The geometry of a functional conv or pool call (None for other calls)."""
+    args, kw = list(node.args), node.kwargs
+    get = lambda i, name, default: args[i] if len(args) > i else kw.get(name, default)  # noqa: E731
+    if node.target in (F.conv2d, torch.conv2d):
+        shape = args[1].meta["tensor_meta"].shape
+        padding = get(4, "padding", 0)
+        kernel, dilation = (int(shape[-2]), int(shape[-1])), _pair(get(5, "dilation", 1))
+        if padding == "same":
+            padding = tuple(dilation[a] * (kernel[a] - 1) // 2 for a in range(2))
+        return _Window(kernel, _pair(get(3, "stride", 1)), (0, 0) if padding == "valid" else _pair(padding), dilation)
+    if node.target in (F.max_pool2d, torch.max_pool2d, F.avg_pool2d, torch._C._nn.avg_pool2d):
+        kernel = _pair(get(1, "kernel_size", None))
+        stride = get(2, "stride", None)
+        dilation = _pair(get(4, "dilation", 1)) if node.target in (F.max_pool2d, torch.max_pool2d) else (1, 1)
+        return _Window(kernel, kernel if stride in (None, [], ()) else _pair(stride), _pair(get(3, "padding", 0)),
+                       dilation)
+    return None
+
+
+def _whole(hw: Sequence[int]) -> Tuple[_Interval, _Interval]:
+    """Every index of a map of ``hw``: nothing in it is padding."""
+    return (0, int(hw[0]) - 1), (0, int(hw[1]) - 1)
+
+
+def _padded_interval(image: Tuple[_Interval, _Interval], out_hw: Sequence[int], pads: Sequence[int],
+                     zero: bool) -> Tuple[_Interval, _Interval]:
+    """The image's intervals after F.pad-style ``pads`` (last axis first): shifted in by the top and left pads
+    where the padding is zeros, the whole padded map where it holds pixels or a non-zero constant."""
+    if not zero:
+        return _whole(out_hw)
+    left = int(pads[0]) if len(pads) >= 2 else 0
+    top = int(pads[2]) if len(pads) >= 4 else 0
+    (h0, h1), (w0, w1) = image
+    return (h0 + top, h1 + top), (w0 + left, w1 + left)
+
+
+def _pad_of(node: fx.Node, modules: Dict[str, nn.Module]) -> Optional[Tuple[Sequence[int], bool]]:
+    """``(pads, zero)`` of a padding op (None for other ops): F.pad's pads, and whether it pads with zeros."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, (nn.ZeroPad2d, nn.ConstantPad2d)):
+            pads = m.padding if isinstance(m.padding, (tuple, list)) else (m.padding,) * 4
+            return pads, float(getattr(m, "value", 0.0)) == 0.0
+        if isinstance(m, (nn.ReflectionPad2d, nn.ReplicationPad2d)):
+            return m.padding, False
+        return None
+    if node.op == "call_function" and node.target in (F.pad, torch.constant_pad_nd):
+        pads = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", 0.0)
+        return pads, node.target is torch.constant_pad_nd and not value or mode == "constant" and not value
+    return None
+
+
+def _live_taps(gm: fx.GraphModule) -> Dict[fx.Node, _Taps]:
+    """The live taps of every conv and pooling node of a traced model whose height and width are in place."""
+    modules = dict(gm.named_modules())
+    image: Dict[fx.Node, Tuple[_Interval, _Interval]] = {}
+    taps: Dict[fx.Node, _Taps] = {}
+    for node in gm.graph.nodes:
+        hw = _spatial(node)
+        if node.op == "placeholder" or not hw or len(hw) != 2 or node.meta.get("rf_axes", _NCHW) != _NCHW:
+            if hw and len(hw) == 2:
+                image[node] = _whole(hw)
+            continue
+        inputs = [n for n in _tensor_inputs(node, image)]
+        source = inputs[0] if inputs else None
+        window = None
+        if source is not None and _spatial(source) and len(_spatial(source)) == 2:
+            if node.op == "call_module" and (_conv_like(modules[node.target]) or
+                                             isinstance(modules[node.target], (nn.MaxPool2d, nn.AvgPool2d))):
+                window = _window_of(modules[node.target], _spatial(source))
+            elif node.op == "call_function":
+                window = _function_window(node)
+        pad = _pad_of(node, modules) if source is not None else None
+        if window is not None:
+            seen = (_EVERYWHERE, _EVERYWHERE) if window.pads_with_pixels else image[source]
+            reads = tuple(_reads_along(hw[a], window.kernel[a], window.stride[a], window.padding[a],
+                                       window.dilation[a], seen[a]) for a in range(2))
+            taps[node] = _Taps(in_hw=tuple(_spatial(source)), out_hw=tuple(hw), reads=reads)
+            image[node] = _whole(hw)
+        elif pad is not None:
+            image[node] = _padded_interval(image[source], hw, *pad)
+        else:
+            same = [image[n] for n in inputs if _spatial(n) == hw]
+            image[node] = (tuple(_hull(i[a] for i in same) for a in range(2)) if same  # type: ignore[assignment]
+                           else _whole(hw))
+    return taps
+
+
+def _hull(intervals: Any) -> _Interval:
+    intervals = list(intervals)
+    return min(i[0] for i in intervals), max(i[1] for i in intervals)
+
+
+def _weight_name(node: fx.Node, gm: fx.GraphModule) -> Optional[str]:
+    """The weight parameter a conv node multiplies, by its name in the user's model (None for pools)."""
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        if _conv_like(m) and isinstance(getattr(m, "weight", None), nn.Parameter):
+            return f"{node.target}.weight".removeprefix("model.")
+        return None
+    weight = node.args[1] if node.target in (F.conv2d, torch.conv2d) and len(node.args) > 1 else None
+    return str(weight.target).removeprefix("model.") if isinstance(weight, fx.Node) and weight.op == "get_attr" else None
+
+
+def _tap_mask_for(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A weight-shaped mask from a (kh, kw) tap mask: a conv weight's last two axes are its taps (CondConv's
+    flattened experts too, once viewed as (-1, kh, kw))."""
+    kh, kw = mask.shape
+    return mask.expand(weight.numel() // (kh * kw), kh, kw).reshape(weight.shape).clone()
+
+
+def live_weights(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> Dict[str, torch.Tensor]:
+    """A bool mask per weight parameter (``named_parameters`` names ending in ``weight``, each of the weight's shape):
+    True where the weight reads an input pixel at ``input_size`` ``(C, H, W)`` at some output position.
+
+    A conv weight's tap that only ever multiplies zero padding is False; every other weight (norms, linear layers,
+    convs after global pooling) is all True. Zeroing the False weights changes no output.
+    """
+    input_size = tuple(input_size or _default_input_size(model))
+    gm = _trace(model, input_size)
+    _propagate(gm)
+    masks = {name: torch.ones(p.shape, dtype=torch.bool) for name, p in model.named_parameters()
+             if name.rsplit(".", 1)[-1] == "weight"}
+    params = dict(model.named_parameters())
+    seen: Dict[str, torch.Tensor] = {}
+    for node, found in _live_taps(gm).items():
+        name = _weight_name(node, gm)
+        if name in params:  # a weight used by several calls is live where any call reads the image
+            mask = _tap_mask_for(params[name], found.mask)
+            seen[name] = seen[name] | mask if name in seen else mask
+    masks.update(seen)
+    return masks
+
+
+def dead_weight_share(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> float:
+    """The share of the model's conv weights that never see the image at ``input_size`` (linear layers, which all
+    see it, are left out so that the share says what the geometry does to the convs)."""
+    wanted = [name for name, m in model.named_modules() if _conv_like(m) and isinstance(getattr(m, "weight", None),
+                                                                                        nn.Parameter)]
+    live = live_weights(model, input_size)
+    masks = [live[f"{name}.weight" if name else "weight"] for name in wanted if f"{name}.weight" in live]
+    total = sum(m.numel() for m in masks)
+    return sum(int((~m).sum()) for m in masks) / total if total else 0.0
+
+
+def border_layer(rows: Sequence[LayerRF], input_size: Sequence[int]) -> Optional[str]:
+    """The border layer (Richter et al., "Receptive Field Analysis", 2021): the first conv or pooling layer whose
+    RF exceeds the input's height, after which layers add no new image to what a unit sees; None if none does."""
+    height = int(input_size[-2])
+    return next((row.name for row in rows if row.in_shape is not None and row.rf.size > height), None)
+
+
 def _node_for_layer(gm: fx.GraphModule, layer: str) -> fx.Node:
     """The last node executed inside module ``layer`` (its output)."""
     qualname = f"model.{layer}"
@@ -596,6 +837,8 @@ def layer_receptive_fields(model: nn.Module, input_size: Optional[Sequence[int]]
     input_size = tuple(input_size or _default_input_size(model))
     gm = _trace(model, input_size)
     rfs = _propagate(gm)
+    taps = _live_taps(gm)
+    params = dict(model.named_parameters())
     rows = []
     for node, rf in rfs.items():
         if node.op == "placeholder" or rf == _GLOBAL:
@@ -606,8 +849,20 @@ def layer_receptive_fields(model: nn.Module, input_size: Optional[Sequence[int]]
             name, op = node.name, getattr(node.target, "__name__", str(node.target))
         else:
             continue
-        rows.append(LayerRF(name=name, op=op, shape=tuple(node.meta["tensor_meta"].shape), rf=rf))
+        row = LayerRF(name=name, op=op, shape=tuple(node.meta["tensor_meta"].shape), rf=rf)
+        rows.append(_with_taps(row, taps.get(node), _weight_name(node, gm), params))
     return rows
+
+
+def _with_taps(row: LayerRF, taps: Optional[_Taps], weight: Optional[str], params: Dict[str, nn.Parameter]) -> LayerRF:
+    """``row`` with its window's input size, live taps and padding exposure (and, for a conv, its live share)."""
+    if taps is None:
+        return row
+    mask = taps.mask
+    weight = weight if weight in params else None
+    share = float(_tap_mask_for(params[weight], mask).double().mean()) if weight else None
+    return dataclasses.replace(row, in_shape=taps.in_hw, live_mask=tuple(tuple(bool(v) for v in r) for r in mask.tolist()),
+                               live_share=share, padding_exposure=taps.exposure, weight=weight)
 
 
 def _layer_output(model: nn.Module, x: torch.Tensor, layer: Optional[str]) -> torch.Tensor:

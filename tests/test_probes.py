@@ -264,7 +264,7 @@ def _table_rows(section: str):
 
 @pytest.mark.slow
 def test_end_to_end_prune_report_numbers_equal_stored_results(tmp_path, tiny_runs):
-    from rf_bench.probes.prune import row_accuracy
+    from rf_bench.probes.prune import row_accuracy, rows_of
 
     results, report = tmp_path / "results", tmp_path / "report"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -295,7 +295,7 @@ def test_end_to_end_prune_report_numbers_equal_stored_results(tmp_path, tiny_run
             assert row["RF (analytic)"] == str(178 * k + 2) and row["seeds"] == "2"
             assert row["dense"] == expected([r["values"]["dense_acc"] for r in recs])
             for rate in RATES:
-                by_rate = [x for r in recs for x in r["values"]["rates"] if x["rate"] == rate]
+                by_rate = [x for r in recs for x in rows_of(r, "all") if x["rate"] == rate]
                 assert row[f"pruned {rate:g}"] == expected([row_accuracy(x, bn, "pruned_acc") for x in by_rate])
                 assert row[f"fine-tuned {rate:g}"] == expected([row_accuracy(x, bn, "finetuned_acc") for x in by_rate])
                 assert all(x["finetuned_sparsity"] >= rate - 1e-5 for x in by_rate)  # round(rate * n) / n
@@ -409,7 +409,7 @@ def test_finetune_rates_fine_tune_only_those_and_older_results_keep_their_hash(t
     assert "finetune_rates" not in _config_dict(PruneConfig())  # a result stored before the setting is still found
     config = PruneConfig(rates=(0.5, 0.9), finetune_epochs=1, finetune_rates=(0.9,))
     out = PruneProbe().run(load_run(tiny_runs[0]), config, ProbeContext(results_dir=tmp_path))
-    by_rate = {row["rate"]: row for row in out.values["rates"]}
+    by_rate = {row["rate"]: row for row in out.values["rates"] if row["basis"] == "all"}
     for bn in ("stored", "recalibrate"):
         assert "finetuned_acc" not in by_rate[0.5]["bn"][bn] and 0 <= by_rate[0.9]["bn"][bn]["finetuned_acc"] <= 1
     assert by_rate[0.9]["finetuned_sparsity"] >= 0.9 - 1e-5

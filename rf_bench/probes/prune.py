@@ -7,6 +7,13 @@ Every pruned and fine-tuned accuracy is stored, tabulated and judged per protoco
 records why a net may fail: each layer's kept fraction (layer collapse) and each layer's output standard deviation
 relative to the dense net's (signal collapse).
 
+``prune.basis`` names what a rate counts, both by default: ``all`` conv and linear weights (the paper's) or the
+``live`` ones, those that see the image at the run's input size (``rf_bench.rf.live_weights``; the dead ones, which
+only multiply zero padding, are removed as well and change no output). Every rate records its live sparsity (the
+share of live weights removed) and the share of dead weights kept, and each (basis, protocol) gets a critical live
+sparsity: where accuracy has fallen halfway from dense to chance. Masks that two bases share (a net with no dead
+weight) are evaluated once.
+
 The masks live in :mod:`rf_bench.pruning`, below both this probe and the trainer; their names are
 re-exported here so ``from rf_bench.probes.prune import global_magnitude_masks`` keeps working.
 """
@@ -19,17 +26,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
+import torch
+
 from rf_bench.batchnorm import recalibrate_batchnorm, training_subset
 from rf_bench.claims import Claim, NotMeasured, at_chance, chance_level
 from rf_bench.paper import MEASURED_RF, PRUNE_09
-from rf_bench.pruning import (apply_masks, global_magnitude_masks, kept_fractions, layer_output_stds,
-                              prunable_parameters, relative_weight_change, sparsity)
+from rf_bench.pruning import (PRUNE_BASES, apply_masks, dead_kept, global_magnitude_masks, kept_fractions,
+                              layer_output_stds, live_sparsity, prunable_parameters, relative_weight_change, sparsity)
+from rf_bench.rf import live_weights
 from rf_bench.reporting import (ReportSection, by_family, by_k, fmt_pct, integer_ticks, line_colors, markdown_table,
                                 mean_std, paper_cell, pyplot, record_rf, savefig, write_csv)
 from rf_bench.runs import FINAL_WEIGHTS
 
 __all__ = ["prunable_parameters", "global_magnitude_masks", "apply_masks", "sparsity", "PruneConfig", "PruneProbe",
-           "PRUNE_BN", "SIGNAL_COLLAPSE", "record_protocols", "row_accuracy", "failure_cause"]
+           "PRUNE_BN", "PRUNE_BASES", "SIGNAL_COLLAPSE", "record_protocols", "record_bases", "row_accuracy",
+           "rows_of", "failure_cause", "critical_sparsity"]
 
 PRUNE_BN = ("stored", "recalibrate")
 # a layer whose output std falls below this share of the dense net's has lost its signal (signal collapse)
@@ -54,9 +65,12 @@ class PruneConfig:
         bn_images: training images (a fixed, seeded, unaugmented subset, one batch) the statistics are re-estimated on.
         bn_seed: seed of that subset.
         signal_images: the first images of that subset on which each layer's output std is compared with the dense net's.
+        basis: what a rate counts: "all" conv and linear weights (the paper's) and/or "live" ones (those that see the
+            image at the run's input size; every dead weight is removed too).
+        finetune_bases: the bases whose pruned nets are fine-tuned (default: "all" only, the paper's).
     """
 
-    rates: Tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+    rates: Tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.93, 0.97, 0.98)
     finetune_epochs: int = 10
     finetune_recipe: str = "finetune"  # lr 1e-4, weight decay 5e-4, momentum 0.9, clip 0.1 (PAPER.md)
     eval_batch_size: int = 500
@@ -65,6 +79,8 @@ class PruneConfig:
     bn_images: int = 2048
     bn_seed: int = 0
     signal_images: int = 256
+    basis: Tuple[str, ...] = PRUNE_BASES
+    finetune_bases: Tuple[str, ...] = ("all",)
     # added later: left out of the stored config (and its hash) at their default, so earlier results stay found
     LATER_FIELDS: ClassVar[Tuple[str, ...]] = ("finetune_rates",)
 
@@ -77,6 +93,15 @@ class PruneConfig:
         if unknown or not self.bn:
             raise ValueError(f"prune.bn {list(self.bn)} must list one or more of {', '.join(PRUNE_BN)}, "
                              'e.g. --set \'prune.bn=["stored", "recalibrate"]\'')
+        self.basis = (self.basis,) if isinstance(self.basis, str) else tuple(self.basis)
+        self.finetune_bases = (self.finetune_bases,) if isinstance(self.finetune_bases, str) else tuple(self.finetune_bases)
+        unknown = [b for b in self.basis if b not in PRUNE_BASES]
+        if unknown or not self.basis:
+            raise ValueError(f"prune.basis {list(self.basis)} must list one or more of {', '.join(PRUNE_BASES)}, "
+                             "e.g. --set 'prune.basis=[\"all\", \"live\"]'")
+        if any(b != "all" for b in self.finetune_bases):  # the trainer's masked fine-tune builds the paper's masks
+            raise ValueError(f"prune.finetune_bases {list(self.finetune_bases)}: only \"all\" can be fine-tuned "
+                             "(or [] for none); the live basis is measured one-shot")
         if self.bn_images < 1 or self.signal_images < 1:
             raise ValueError(f"prune.bn_images {self.bn_images} / signal_images {self.signal_images}: give counts >= 1")
 
@@ -86,6 +111,34 @@ class PruneConfig:
 def record_protocols(record: Dict[str, Any]) -> List[str]:
     """The BatchNorm protocols a prune result holds; results from before ``prune.bn`` all used the stored ones."""
     return list(record["values"].get("bn") or ["stored"])
+
+
+def record_bases(record: Dict[str, Any]) -> List[str]:
+    """The bases a prune result holds; results from before ``prune.basis`` counted every weight."""
+    return list(record["values"].get("basis") or ["all"])
+
+
+def rows_of(record: Dict[str, Any], basis: str = "all") -> List[Dict[str, Any]]:
+    """The rate rows of one basis (rows from before ``prune.basis`` are the "all" basis's)."""
+    return [row for row in record["values"]["rates"] if row.get("basis", "all") == basis]
+
+
+def critical_sparsity(values: Dict[str, Any], basis: str, bn: str) -> Optional[float]:
+    """The live sparsity at which one-shot accuracy has fallen halfway from dense to chance, linearly interpolated
+    between the rates measured (dense at live sparsity 0); None if no measured rate falls that far."""
+    chance = 1.0 / values["num_classes"]
+    halfway = (values["dense_acc"] + chance) / 2
+    points = sorted((row["live_sparsity"], row_accuracy(row, bn, "pruned_acc"))
+                    for row in values["rates"] if row.get("basis", "all") == basis and "live_sparsity" in row)
+    points = [(0.0, values["dense_acc"])] + [(x, y) for x, y in points if y is not None]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if y1 <= halfway < y0:
+            return x0 + (y0 - halfway) / (y0 - y1) * (x1 - x0)
+    return None
+
+
+def _same_masks(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(bool(torch.equal(a[n], b[n])) for n in a)
 
 
 def row_accuracy(row: Dict[str, Any], bn: str, key: str) -> Optional[float]:
@@ -116,8 +169,9 @@ def failure_cause(row: Dict[str, Any], bn: str, chance: Optional[float]) -> str:
 _STAGES = (("one-shot", "pruned_acc"), ("fine-tuned", "finetuned_acc"))
 
 
-def _drop_metric(rate: float, stage: str, bn: str, share: bool = False) -> str:
-    return f"{'share of ' if share else ''}accuracy lost at {rate:g}, {stage}, BN {bn}"
+def _drop_metric(rate: float, stage: str, bn: str, share: bool = False, basis: str = "all") -> str:
+    counted = "" if basis == "all" else " of live weights"  # the paper's basis keeps the names it always had
+    return f"{'share of ' if share else ''}accuracy lost at {rate:g}{counted}, {stage}, BN {bn}"
 
 
 def _dense_accuracy(record):
@@ -133,12 +187,27 @@ def _accuracy_lost(record):
     lost = {}
     for bn in record_protocols(record):
         for row in values["rates"]:
+            basis = row.get("basis", "all")
             for stage, key in _STAGES:
                 acc = row_accuracy(row, bn, key)
-                lost[_drop_metric(row["rate"], stage, bn)] = [dense - acc] if acc is not None else []
-                lost[_drop_metric(row["rate"], stage, bn, share=True)] = (
+                if stage == "fine-tuned" and basis not in (record.get("config") or {}).get("finetune_bases", ["all"]):
+                    continue  # a basis that is never fine-tuned has no fine-tuned row to judge
+                lost[_drop_metric(row["rate"], stage, bn, basis=basis)] = [dense - acc] if acc is not None else []
+                lost[_drop_metric(row["rate"], stage, bn, share=True, basis=basis)] = (
                     [(dense - acc) / dense] if acc is not None and dense else [])
     return lost
+
+
+def _critical(record):
+    """The critical live sparsity per basis and protocol (the live sparsity where accuracy has fallen halfway from
+    dense to chance); a net that never fell that far at the rates measured gives no value."""
+    critical = record["values"].get("critical") or {}
+    return {_critical_metric(basis, bn): [value] if value is not None else []
+            for basis, by_bn in critical.items() for bn, value in by_bn.items()}
+
+
+def _critical_metric(basis: str, bn: str) -> str:
+    return f"critical live sparsity, {'rate over all weights' if basis == 'all' else 'rate over live weights'}, BN {bn}"
 
 
 def _accuracies_behind(metric: str, records):
@@ -146,12 +215,13 @@ def _accuracies_behind(metric: str, records):
     found: Dict[int, List[float]] = {}
     for rec in records:
         values = rec["values"]
-        if metric == "dense test accuracy":
+        if metric == "dense test accuracy" or metric.startswith("critical"):
             accs = [values["dense_acc"]]
         else:
             accs = [row_accuracy(row, bn, key) for bn in record_protocols(rec) for row in values["rates"]
                     for stage, key in _STAGES
-                    if metric in (_drop_metric(row["rate"], stage, bn), _drop_metric(row["rate"], stage, bn, True))]
+                    if metric in (_drop_metric(row["rate"], stage, bn, basis=row.get("basis", "all")),
+                                  _drop_metric(row["rate"], stage, bn, True, row.get("basis", "all")))]
         found.setdefault(values["k"], []).extend(a for a in accs if a is not None)
     return found
 
@@ -166,8 +236,8 @@ def _at_chance(metric: str, records):
     return None
 
 
-# settings that change no pruned accuracy's meaning, or that the metric names spell out (rate, stage, bn)
-_READ_TOGETHER = ("rates", "eval_batch_size", "finetune_rates", "bn", "signal_images")
+# settings that change no pruned accuracy's meaning, or that the metric names spell out (rate, stage, bn, basis)
+_READ_TOGETHER = ("rates", "eval_batch_size", "finetune_rates", "bn", "signal_images", "basis", "finetune_bases")
 
 PRUNE_CLAIMS = (
     Claim("dense_accuracy", "dense test accuracy falls as the RF grows (Table 1)", "falls", "prune",
@@ -178,6 +248,11 @@ PRUNE_CLAIMS = (
           "protocol", "falls", "prune", _accuracy_lost, caveat=_at_chance,
           missing="no fine-tune in these results (prune.finetune_epochs = 0)", order=2, unit="%",
           read_together=_READ_TOGETHER),
+    Claim("critical_live_sparsity", "the critical live sparsity (share of the weights that see the image removed "
+          "when one-shot accuracy has fallen halfway to chance) rises as the RF grows, per basis and BatchNorm "
+          "protocol", "rises", "prune", _critical, order=2, unit="",
+          missing="no live sparsity in these results (prune results from before prune.basis)",
+          read_together=_READ_TOGETHER + ("finetune_epochs", "finetune_recipe")),
 )
 
 
@@ -192,14 +267,15 @@ class PruneProbe:
 
     name = "prune"
     # 2: BatchNorm protocols (``bn``), kept fractions and relative output stds per layer
-    version = 2
+    # 3: bases (``basis``): rates over all or live weights, live sparsity, dead weights kept, critical live sparsity
+    version = 3
     scope = "run"
     min_runs = 1
     Config = PruneConfig
     claims = PRUNE_CLAIMS
 
     def run(self, run, config: PruneConfig, ctx):
-        """Dense accuracy; at each rate, one-shot pruned and fine-tuned accuracy under each protocol."""
+        """Dense accuracy; at each basis and rate, one-shot pruned and fine-tuned accuracy under each protocol."""
         from rf_bench.probes.base import ProbeOutput, evaluate
 
         model = run.create_model("final")
@@ -209,6 +285,9 @@ class PruneProbe:
                                     config.bn_seed, ctx.device)
         calibration, signal_batch = subset[:config.bn_images], subset[:config.signal_images]
         dense_stds = layer_output_stds(model, signal_batch)
+        input_size = tuple(test.images.shape[1:])
+        layers = [name for name, _ in prunable_parameters(model)]
+        live = {name: mask for name, mask in live_weights(model, input_size).items() if name in layers}
 
         def accuracy_and_signal(net):
             _, acc = evaluate(net, test, ctx.device, config.eval_batch_size)
@@ -222,28 +301,48 @@ class PruneProbe:
                 out[bn] = {key: acc, ("signal" if key == "pruned_acc" else "finetuned_signal"): signal}
             return out
 
-        masks = global_magnitude_masks(model, config.rates)
+        measured: Dict[Tuple[str, float], Dict[str, Any]] = {}  # one evaluation per distinct mask
         rows = []
-        for rate in config.rates:
-            pruned_model = copy.deepcopy(model)
-            apply_masks(pruned_model, masks[rate])
-            row = dict(rate=rate, pruned_sparsity=sparsity(pruned_model, masks[rate])["zero_fraction"],
-                       kept=list(kept_fractions(masks[rate]).values()), bn=under_protocols(pruned_model, "pruned_acc"))
-            if config.finetune_epochs > 0 and (config.finetune_rates is None or rate in config.finetune_rates):
-                tuned, ft_dir, check = self._finetune(run, config, ctx, pruned_model, masks[rate], rate)
-                for bn, measured in under_protocols(tuned, "finetuned_acc").items():
-                    row["bn"][bn].update(measured)
-                row.update(finetuned_sparsity=check["zero_fraction"], finetune_run=ft_dir.name,
-                           finetune_weight_change=relative_weight_change(pruned_model, tuned))
-            rows.append(row)
-        layers = [name for name, _ in prunable_parameters(model)]
-        return ProbeOutput(values=dict(dense_acc=dense, k=run.k, family=run.family, rates=rows,
-                                       num_classes=len(test.classes), bn=list(config.bn), layers=layers,
-                                       layer_sizes=[p.numel() for _, p in prunable_parameters(model)],
-                                       dense_signal_std=list(dense_stds.values())))
+        for basis in config.basis:
+            masks = global_magnitude_masks(model, config.rates, live if basis == "live" else None)
+            for rate in config.rates:
+                row = dict(basis=basis, rate=rate, live_sparsity=live_sparsity(masks[rate], live),
+                           dead_kept=dead_kept(masks[rate], live))
+                same = next((r for (b, other), r in measured.items() if _same_masks(r["_masks"], masks[rate])), None)
+                if same is not None:
+                    row.update({k: copy.deepcopy(v) for k, v in same.items()
+                                if k not in row and not k.startswith("_") and not k.startswith("finetune")})
+                    row["same_as"] = dict(basis=same["basis"], rate=same["rate"])
+                else:
+                    pruned_model = copy.deepcopy(model)
+                    apply_masks(pruned_model, masks[rate])
+                    row.update(pruned_sparsity=sparsity(pruned_model, masks[rate])["zero_fraction"],
+                               kept=list(kept_fractions(masks[rate]).values()),
+                               bn=under_protocols(pruned_model, "pruned_acc"))
+                    if basis in config.finetune_bases and self._fine_tunes(config, rate):
+                        tuned, ft_dir, check = self._finetune(run, config, ctx, pruned_model, masks[rate], rate,
+                                                              basis)
+                        for bn, result in under_protocols(tuned, "finetuned_acc").items():
+                            row["bn"][bn].update(result)
+                        row.update(finetuned_sparsity=check["zero_fraction"], finetune_run=ft_dir.name,
+                                   finetune_weight_change=relative_weight_change(pruned_model, tuned))
+                measured[(basis, rate)] = dict(row, _masks=masks[rate])
+                rows.append(row)
+        values = dict(dense_acc=dense, k=run.k, family=run.family, rates=rows, num_classes=len(test.classes),
+                      bn=list(config.bn), basis=list(config.basis), layers=layers,
+                      layer_sizes=[p.numel() for _, p in prunable_parameters(model)],
+                      layer_live=[int(live[name].sum()) for name in layers], input_size=list(input_size),
+                      dense_signal_std=list(dense_stds.values()))
+        values["critical"] = {basis: {bn: critical_sparsity(values, basis, bn) for bn in config.bn}
+                              for basis in config.basis}
+        return ProbeOutput(values=values)
 
     @staticmethod
-    def _finetune(run, config: PruneConfig, ctx, pruned_model, masks, rate: float):
+    def _fine_tunes(config: PruneConfig, rate: float) -> bool:
+        return config.finetune_epochs > 0 and (config.finetune_rates is None or rate in config.finetune_rates)
+
+    @staticmethod
+    def _finetune(run, config: PruneConfig, ctx, pruned_model, masks, rate: float, basis: str = "all"):
         """The masked fine-tune at one rate (a training run of its own under the results): the tuned model, its
         run directory and its sparsity check."""
         from rf_bench.results import load_weights
@@ -316,31 +415,156 @@ def _causes(records, bn: str, rate: float) -> str:
 
 
 def prune_sections(records: List[Dict[str, Any]], out_dir: Path) -> List[ReportSection]:
-    """Tables 1-2 of the paper per (architecture, data set) and BatchNorm protocol, accuracy-vs-rate plots, and the
-    layer and signal collapse at the headline rate."""
+    """Tables 1-2 of the paper per (architecture, data set), basis and BatchNorm protocol, accuracy-vs-rate plots,
+    accuracy against live sparsity with the critical live sparsity, and the layer and signal collapse at the
+    headline rate."""
     sections, csv_rows = [], []
     for (family, dataset), recs in by_family(records).items():
-        rates = sorted({row["rate"] for rec in recs for row in rec["values"]["rates"]})
-        for bn in _protocols(recs):
-            lines, curves = _prune_table(family, dataset, recs, rates, bn, csv_rows)
-            stem = f"prune_{family}_{dataset}" + ("" if bn == "stored" else f"_{bn}")
-            figure = out_dir / f"{stem}.png"
-            _plot_prune(curves, f"{family}{{k}} on {dataset}, BN {bn}", figure)
-            why = (f" The last column names, for seeds at chance after one-shot pruning at {_headline_rate(rates):g}, "
-                   f"why: a layer with nothing kept (layer collapse), a layer whose output std fell under "
-                   f"{SIGNAL_COLLAPSE:g} of the dense net's (signal collapse), or neither."
-                   if "why" in lines[0] else "")
-            md = (f"Test accuracy (%) of the dense net, after one-shot global magnitude pruning, and after a masked "
-                  f"fine-tune, with {_BN_WORDS[bn]}; mean ± std over seeds.{why}{_weight_change_line(recs)}\n\n"
-                  + "\n".join(lines)
-                  + f"\n\n![{family} {dataset} BN {bn}]({figure.name})\n")
-            sections.append(ReportSection(title=f"Pruning: {family} on {dataset} (BN {bn})", markdown=md,
-                                          order=10 + PRUNE_BN.index(bn)))  # the paper's protocol first
-        collapse = _collapse_section(family, dataset, recs, rates, out_dir)
+        for basis in _bases(recs):
+            view = _basis_view(recs, basis)
+            sections += _basis_sections(family, dataset, view, basis, out_dir, csv_rows)
+        live = _live_section(family, dataset, recs, out_dir)
+        if live:
+            sections.append(live)
+        collapse = _collapse_section(family, dataset, _basis_view(recs, "all"),
+                                     sorted({row["rate"] for rec in recs for row in rows_of(rec, "all")}), out_dir)
         if collapse:
             sections.append(collapse)
     write_csv(out_dir / "prune.csv", csv_rows)
     return sections
+
+
+def _bases(records) -> List[str]:
+    found = {basis for rec in records for basis in record_bases(rec)}
+    return [basis for basis in PRUNE_BASES if basis in found]
+
+
+def _basis_view(records, basis: str):
+    """The records with only one basis's rate rows: every table and figure helper reads one basis at a time."""
+    return [dict(rec, values=dict(rec["values"], rates=rows_of(rec, basis))) for rec in records]
+
+
+_BASIS_WORDS = {"all": "", "live": (" Rates count only the live weights, those that see the image at the run's input "
+                                    "size; every dead weight (one that only multiplies zero padding) is removed too.")}
+
+
+def _basis_sections(family, dataset, recs, basis: str, out_dir: Path, csv_rows) -> List[ReportSection]:
+    """One basis's tables and figures, one per BatchNorm protocol; their rows appended to ``csv_rows``."""
+    sections = []
+    rates = sorted({row["rate"] for rec in recs for row in rec["values"]["rates"]})
+    for bn in _protocols(recs):
+        start = len(csv_rows)
+        lines, curves = _prune_table(family, dataset, recs, rates, bn, csv_rows)
+        for row in csv_rows[start:]:
+            row["basis"] = basis
+        suffix = ("" if bn == "stored" else f"_{bn}") + ("" if basis == "all" else f"_{basis}")
+        figure = out_dir / f"prune_{family}_{dataset}{suffix}.png"
+        counted = "" if basis == "all" else ", rates over live weights"
+        _plot_prune(curves, f"{family}{{k}} on {dataset}, BN {bn}{counted}", figure)
+        why = (f" The last column names, for seeds at chance after one-shot pruning at {_headline_rate(rates):g}, "
+               f"why: a layer with nothing kept (layer collapse), a layer whose output std fell under "
+               f"{SIGNAL_COLLAPSE:g} of the dense net's (signal collapse), or neither."
+               if "why" in lines[0] else "")
+        md = (f"Test accuracy (%) of the dense net, after one-shot global magnitude pruning, and after a masked "
+              f"fine-tune, with {_BN_WORDS[bn]}; mean ± std over seeds.{_BASIS_WORDS[basis]}{why}"
+              f"{_weight_change_line(recs)}\n\n" + "\n".join(lines)
+              + f"\n\n![{family} {dataset} BN {bn}{counted}]({figure.name})\n")
+        sections.append(ReportSection(title=f"Pruning: {family} on {dataset} (BN {bn}{counted})", markdown=md,
+                                      order=10 + PRUNE_BN.index(bn)))  # the paper's protocol first
+    return sections
+
+
+def _live_section(family, dataset, recs, out_dir: Path) -> Optional[ReportSection]:
+    """One-shot accuracy against live sparsity (a panel per basis and protocol, a line per k), the dead share of each
+    k's weights, how many of the weights pruned at the headline rate were dead, and the critical live sparsity;
+    None for results from before live weights were recorded."""
+    with_live = [r for r in recs if r["values"].get("layer_live")]
+    if not with_live:
+        return None
+    panels = [(basis, bn) for basis in _bases(with_live) for bn in _protocols(with_live)]
+    curves: Dict[Tuple[str, str], Dict[int, List[Tuple[float, float]]]] = {}
+    rows = []
+    for k, krecs in by_k(with_live).items():
+        for panel in panels:
+            points: Dict[float, List[Tuple[float, float]]] = {}
+            for rec in krecs:
+                for row in rows_of(rec, panel[0]):
+                    acc = row_accuracy(row, panel[1], "pruned_acc")
+                    if acc is not None and "live_sparsity" in row:
+                        points.setdefault(row["rate"], []).append((row["live_sparsity"], acc))
+            curves.setdefault(panel, {})[k] = [(0.0, statistics.fmean(r["values"]["dense_acc"] for r in krecs))] + [
+                (statistics.fmean(x for x, _ in pts), statistics.fmean(y for _, y in pts))
+                for _, pts in sorted(points.items())]
+        rows.append([str(k), _dead_share_cell(krecs), _dead_pruned_cell(krecs)]
+                    + [_critical_cell(krecs, basis, bn) for basis, bn in panels])
+    figure = out_dir / f"prune_live_{family}_{dataset}.png"
+    _plot_live(curves, panels, f"{family}{{k}} on {dataset}: one-shot accuracy against live sparsity", figure)
+    header = ["k", "dead share of weights", f"of those pruned at {HEADLINE_RATE:g} (all), dead"] + [
+        f"critical live sparsity, rate over {basis} weights, BN {bn}" for basis, bn in panels]
+    size = "x".join(str(v) for v in with_live[0]["values"].get("input_size", []))
+    md = (f"A weight is live if it reads an input pixel (not zero padding) at some output position at the run's input "
+          f"size ({size or 'as trained'}); a dead one receives no gradient but weight decay's and changes no output. "
+          "Live sparsity is the share of live weights a mask removes. The critical live sparsity is where one-shot "
+          "accuracy has fallen halfway from dense to chance, linearly interpolated between the rates measured "
+          "(mean ± std over seeds; \"> x\" where some seed never fell that far, x the largest live sparsity "
+          "measured).\n\n" + "\n".join(markdown_table(header, rows)) + f"\n\n![{family} live sparsity]({figure.name})\n")
+    return ReportSection(title=f"Pruning: weights that never see the image, {family} on {dataset}", markdown=md,
+                         order=12)
+
+
+def _dead_share_cell(krecs) -> str:
+    shares = [1 - sum(r["values"]["layer_live"]) / sum(r["values"]["layer_sizes"]) for r in krecs]
+    return f"{100 * statistics.fmean(shares):.1f}%"
+
+
+def _dead_pruned_cell(krecs) -> str:
+    """The share of the weights pruned at the headline rate (rate over all weights) that were dead."""
+    shares = []
+    for rec in krecs:
+        values = rec["values"]
+        dead = sum(values["layer_sizes"]) - sum(values["layer_live"])
+        for row in rows_of(rec, "all"):
+            if row["rate"] == HEADLINE_RATE and row.get("dead_kept") is not None:
+                pruned = row["rate"] * sum(values["layer_sizes"])
+                shares.append(dead * (1 - row["dead_kept"]) / pruned)
+    if not shares:
+        return "-"
+    return f"{100 * statistics.fmean(shares):.1f}%"
+
+
+def _critical_cell(krecs, basis: str, bn: str) -> str:
+    values = [(r["values"].get("critical") or {}).get(basis, {}).get(bn) for r in krecs]
+    if any(v is None for v in values):
+        largest = max((row["live_sparsity"] for r in krecs for row in rows_of(r, basis) if "live_sparsity" in row),
+                      default=None)
+        return f"> {100 * largest:.1f}%" if largest is not None else "-"
+    mean, std = mean_std(values)
+    return f"{100 * mean:.1f}%" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def _plot_live(curves, panels, title: str, path: Path) -> None:
+    plt = pyplot()
+    cols = min(2, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.4 * cols, 3.4 * nrows), squeeze=False, sharey=True,
+                             layout="constrained")
+    flat = [ax for row in axes for ax in row]
+    for ax, panel in zip(flat, panels):
+        by_k_curve = curves.get(panel, {})
+        for color, (k, points) in zip(line_colors(len(by_k_curve)), sorted(by_k_curve.items())):
+            ax.plot([100 * x for x, _ in points], [100 * y for _, y in points], "o-", ms=3, color=color, label=f"k={k}")
+        basis, bn = panel
+        ax.set_title(f"rate over {basis} weights, BN {bn}", fontsize=9)
+        ax.set_xlabel("live sparsity (% of live weights removed)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in flat[len(panels):]:
+        ax.axis("off")
+    for row in axes:
+        row[0].set_ylabel("test accuracy (%)")
+    fig.suptitle(title, fontsize=10)
+    savefig(fig, path)
+    plt.close(fig)
 
 
 def _prune_table(family, dataset, recs, rates, bn, csv_rows):
@@ -495,12 +719,12 @@ def width_sections(records: List[Dict[str, Any]], out_dir: Path) -> List[ReportS
 def _width_view(family, dataset, recs, widths, bn, figure: Path, csv_rows) -> str:
     from rf_bench.results import record_k
 
-    rates = sorted({row["rate"] for r in recs for row in r["values"]["rates"]})
+    rates = sorted({row["rate"] for r in recs for row in rows_of(r, "all")})  # the paper's basis
     curves: Dict[Tuple[float, Any], Dict[int, List[float]]] = {}  # (width, rate or "dense") -> {k: [accuracies]}
     for r in recs:
         k, width = record_k(r), _width(r)
         curves.setdefault((width, "dense"), {}).setdefault(k, []).append(r["values"]["dense_acc"])
-        for row in r["values"]["rates"]:
+        for row in rows_of(r, "all"):
             acc = row_accuracy(row, bn, "pruned_acc")
             if acc is not None:
                 curves.setdefault((width, row["rate"]), {}).setdefault(k, []).append(acc)
