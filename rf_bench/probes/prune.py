@@ -33,7 +33,7 @@ from rf_bench.claims import Claim, NotMeasured, at_chance, chance_level
 from rf_bench.paper import MEASURED_RF, PRUNE_09
 from rf_bench.pruning import (PRUNE_BASES, apply_masks, dead_kept, global_magnitude_masks, kept_fractions,
                               layer_output_stds, live_sparsity, prunable_parameters, relative_weight_change, sparsity)
-from rf_bench.rf import live_weights
+from rf_bench.rf import live_weights, receptive_field
 from rf_bench.reporting import (ReportSection, by_family, by_k, fmt_pct, integer_ticks, line_colors, markdown_table,
                                 mean_std, paper_cell, pyplot, record_rf, savefig, write_csv)
 from rf_bench.runs import FINAL_WEIGHTS
@@ -135,6 +135,14 @@ def critical_sparsity(values: Dict[str, Any], basis: str, bn: str) -> Optional[f
         if y1 <= halfway < y0:
             return x0 + (y0 - halfway) / (y0 - y1) * (x1 - x0)
     return None
+
+
+def _analytic_rf(model, input_size) -> Optional[int]:
+    """The exact RF of the model's features at its input size, recorded so that reports need not build the model."""
+    try:
+        return receptive_field(model, input_size).size
+    except (NotImplementedError, ValueError):  # a model the RF tool cannot follow is still pruned
+        return None
 
 
 def _same_masks(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
@@ -332,6 +340,7 @@ class PruneProbe:
                       bn=list(config.bn), basis=list(config.basis), layers=layers,
                       layer_sizes=[p.numel() for _, p in prunable_parameters(model)],
                       layer_live=[int(live[name].sum()) for name in layers], input_size=list(input_size),
+                      rf=_analytic_rf(model, input_size),
                       dense_signal_std=list(dense_stds.values()))
         values["critical"] = {basis: {bn: critical_sparsity(values, basis, bn) for bn in config.bn}
                               for basis in config.basis}
