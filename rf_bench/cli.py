@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -17,7 +17,8 @@ from rich.table import Table
 from . import __version__
 from .models import RFPOOL_KS, unknown_model_hint
 from .paper import MEASURED_RF
-from .rf import block_receptive_fields, gradient_rf, layer_receptive_fields, receptive_field
+from .rf import (block_receptive_fields, border_layer, dead_weight_share, gradient_rf, layer_receptive_fields,
+                 receptive_field)
 from .hub import HubError
 from .train import HelpFormatter, NonFiniteLossError, add_train_args
 
@@ -77,19 +78,40 @@ def _cmd_rf(args: argparse.Namespace) -> None:
     if summary:
         rows = block_receptive_fields(model, input_size)
     what = "at the end of each block (--all-layers: every layer)" if summary else "per layer"
-    table = Table(title=f"{args.model}: receptive field {what}, input {input_size or 'default'}")
-    for col in ("layer", "op", "output shape", "RF size", "jump", "offset", "global context"):
+    size = input_size or tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+    border = border_layer(layer_receptive_fields(model, size) if summary else rows, size)
+    table = Table(title=f"{args.model}: receptive field {what}, input {'x'.join(map(str, size))}")
+    for col in ("layer", "op", "output", "RF", "jump", "offset", "global", "input map", "live", "exposure"):
         table.add_column(col, justify="right" if col not in ("layer", "op") else "left",
-                         no_wrap=col == "layer", overflow="fold")  # layer names stay whole: users copy them
+                         no_wrap=True, overflow="ellipsis" if col == "op" else "fold")  # names stay whole: users copy them
     for row in rows:
-        table.add_row(row.name, row.op, "x".join(map(str, row.shape[1:])), str(row.rf.size), str(row.rf.stride),
-                      f"{row.rf.offset:g}", "yes" if row.rf.global_context else "-")
+        marked = f"{row.name} [bold](border)[/]" if row.name == border else row.name
+        table.add_row(marked, row.op, "x".join(map(str, row.shape[1:])), str(row.rf.size), str(row.rf.stride),
+                      f"{row.rf.offset:g}", "yes" if row.rf.global_context else "-", *_live_cells(row))
     console.print(table)
     final = receptive_field(model, input_size, layer=args.layer)
     gated = ("; each unit is also rescaled by a summary of its whole input (global-context gates)"
              if final.global_context else "")
     console.print(f"[bold]{args.layer or 'forward_features'}[/]: RF {final.size} px, jump {final.stride}, "
                   f"offset {final.offset:g}{gated}")
+    console.print(_dead_line(model, size, border))
+
+
+def _live_cells(row) -> Tuple[str, str, str]:
+    """A window's input map, live share of weights and padding exposure (blank for other rows)."""
+    if row.in_shape is None:
+        return "", "", ""
+    live = f"{100 * row.live_share:.0f}%" if row.live_share is not None else "-"
+    return "x".join(map(str, row.in_shape)), live, f"{100 * row.padding_exposure:.0f}%"
+
+
+def _dead_line(model: torch.nn.Module, size: Sequence[int], border: Optional[str]) -> str:
+    """One line: how much of the net's conv weights never see the image at this input size, and its border layer."""
+    dead = dead_weight_share(model, size)
+    where = (f"; the border layer (the first whose RF exceeds the {size[-2]} px input) is {border}" if border
+             else f"; no layer's RF exceeds the {size[-2]} px input")
+    return (f"{100 * dead:.1f}% of the conv weights never see the image at {'x'.join(map(str, size))} "
+            f"(they only multiply zero padding){where}")
 
 
 _SUMMARY_ROWS = 80  # more layers than this: one row per block

@@ -9,7 +9,7 @@ import rf_bench  # noqa: F401
 from rf_bench.batchnorm import recalibrate_batchnorm, training_subset
 from rf_bench.data import normalize
 from rf_bench.probes.base import ProbeContext, available_probes
-from rf_bench.probes.prune import PruneConfig, PruneProbe, failure_cause, row_accuracy
+from rf_bench.probes.prune import PruneConfig, PruneProbe, critical_sparsity, failure_cause, row_accuracy
 from rf_bench.pruning import apply_masks, global_magnitude_masks, layer_output_stds, prunable_parameters
 from rf_bench.results import ResultStore, load_run, sha256_file
 
@@ -129,3 +129,79 @@ def test_claims_keep_the_protocols_apart_and_old_results_read_as_stored(tmp_path
     stored = [v for v in verdicts if v.metric == "accuracy lost at 0.9, one-shot, BN stored"]
     assert stored and all("pruned accuracy at chance for every k" in v.reason for v in stored)
     assert any("version=1" in v.setting for v in stored)  # the old results: their own rows, labelled as stored
+
+
+# ------------------------------------------------------------------------------------------ bases: all and live
+
+def test_a_net_without_dead_weights_evaluates_each_mask_once(probed):
+    _, _, values = probed  # vgg19_rfpool1 at 32 px: every weight sees the image, so both bases prune alike
+    assert values["basis"] == ["all", "live"] and sum(values["layer_live"]) == sum(values["layer_sizes"])
+    by_basis = {(row["basis"], row["rate"]): row for row in values["rates"]}
+    for rate in (0.5, 0.9):
+        paper, live = by_basis[("all", rate)], by_basis[("live", rate)]
+        assert live["same_as"] == dict(basis="all", rate=rate) and "same_as" not in paper
+        assert live["bn"] == paper["bn"] and live["dead_kept"] is None
+        n = sum(values["layer_sizes"])
+        assert live["live_sparsity"] == pytest.approx(round(rate * n) / n, abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def dead_run(tmp_path_factory):
+    """A vgg19_rfpool3 run: at 32 px most of its deep conv weights never see the image."""
+    from rf_bench.train import resolve_config, train
+
+    cfg = resolve_config("fast", model="vgg19_rfpool3", dataset="digits", seed=0, epochs=1, lr=0.02, batch_size=32,
+                         model_kwargs=dict(width_mult=0.125))
+    run = load_run(train(cfg, output=tmp_path_factory.mktemp("runs"), progress=False))
+    config = PruneConfig(rates=(0.5, 0.9), finetune_epochs=0, bn_images=128, signal_images=32)
+    out = PruneProbe().run(run, config, ProbeContext(results_dir=tmp_path_factory.mktemp("results")))
+    return run, config, out.values
+
+
+def test_the_live_basis_prunes_live_weights_by_magnitude_and_every_dead_one(dead_run):
+    from rf_bench.rf import live_weights
+
+    run, config, values = dead_run
+    model, test = run.create_model("final"), run.load_data("test")
+    live = {n: m for n, m in live_weights(model, (3, 32, 32)).items() if n in values["layers"]}
+    assert values["layer_live"] == [int(live[n].sum()) for n in values["layers"]]
+    assert 0.7 < 1 - sum(values["layer_live"]) / sum(values["layer_sizes"]) < 0.8
+    for row in values["rates"]:
+        masks = global_magnitude_masks(model, [row["rate"]], live if row["basis"] == "live" else None)[row["rate"]]
+        removed_live = sum(int((~masks[n] & live[n]).sum()) for n in live)
+        dead = sum(int((~live[n]).sum()) for n in live)
+        assert row["live_sparsity"] == pytest.approx(removed_live / sum(values["layer_live"]))
+        assert row["dead_kept"] == pytest.approx(sum(int((masks[n] & ~live[n]).sum()) for n in live) / dead)
+        if row["basis"] == "live":
+            assert row["dead_kept"] == 0.0 and "same_as" not in row
+        pruned = run.create_model("final")
+        apply_masks(pruned, masks)
+        assert row_accuracy(row, "stored", "pruned_acc") == pytest.approx(_accuracy(pruned, test), abs=1e-12)
+    # at one rate the paper's basis removes fewer live weights: the dead ones count towards its rate
+    by_basis = {(row["basis"], row["rate"]): row for row in values["rates"]}
+    assert by_basis[("all", 0.9)]["live_sparsity"] < by_basis[("live", 0.9)]["live_sparsity"] == pytest.approx(0.9, abs=1e-4)
+    assert values["rf"] == 3 * 178 + 2 and values["input_size"] == [3, 32, 32]
+
+
+def test_critical_sparsity_interpolates_where_accuracy_falls_halfway_to_chance():
+    def row(basis, x, acc):
+        return dict(basis=basis, rate=x, live_sparsity=x, bn=dict(stored=dict(pruned_acc=acc)))
+
+    values = dict(dense_acc=0.9, num_classes=10, rates=[row("all", 0.5, 0.8), row("all", 0.8, 0.3),
+                                                        row("live", 0.5, 0.85), row("live", 0.9, 0.6)])
+    # halfway between 0.9 and chance (0.1) is 0.5: crossed between (0.5, 0.8) and (0.8, 0.3)
+    assert critical_sparsity(values, "all", "stored") == pytest.approx(0.5 + 0.3 * (0.8 - 0.5) / (0.8 - 0.3))
+    assert critical_sparsity(values, "live", "stored") is None  # never fell that far
+
+
+def test_the_report_shows_both_bases_and_accuracy_against_live_sparsity(dead_run, probed, tmp_path):
+    from rf_bench.probes.prune import prune_sections
+
+    records = [dict(probe="prune", dataset="digits", config={}, models=[f"vgg19_rfpool{v['k']}"], values=v)
+               for v in (probed[2], dead_run[2])]
+    sections = {s.title: s.markdown for s in prune_sections(records, tmp_path)}
+    assert "Pruning: vgg19_rfpool on digits (BN stored, rates over live weights)" in sections
+    live = sections["Pruning: weights that never see the image, vgg19_rfpool on digits"]
+    dead_share = 1 - sum(dead_run[2]["layer_live"]) / sum(dead_run[2]["layer_sizes"])
+    assert f"| 3 | {100 * dead_share:.1f}% |" in live and "| 1 | 0.0% |" in live
+    assert (tmp_path / "prune_live_vgg19_rfpool_digits.png").stat().st_size > 10_000
