@@ -26,6 +26,7 @@ FAMILY_LABELS = {"resnet50_rfpool": "ResNet50", "vgg19_rfpool": "VGG19"}
 CLAIM_LABELS = {
     "dense_accuracy": "1. dense accuracy falls (Table 1)",
     "prune_robustness": "2. accuracy lost to pruning shrinks (Tables 1-2)",
+    "critical_live_sparsity": "2b. critical live sparsity rises (not in the paper)",
     "hessian_width": "3. the Hessian at init gets wider (Figs 1-2)",
     "cka_divergence": "4. the deeper half's cross-seed CKA falls (Fig 3)",
     "rfmap_maxima": "5. RF-map maxima at init fall (Tables 3-4)",
@@ -76,16 +77,25 @@ def _verdict_cell(rows: List[Dict[str, str]]) -> str:
 
 
 def _protocol(row: Dict[str, str]) -> str:
-    """The BatchNorm protocol a pruning row's metric names (rows from before the protocols: the stored one)."""
-    return "recalibrate" if row["metric"].endswith("BN recalibrate") else "stored"
+    """The BatchNorm protocol and basis a pruning row's metric names (rows from before the protocols: the stored
+    one; from before the bases: all weights)."""
+    bn = "recalibrate" if row["metric"].endswith("BN recalibrate") else "stored"
+    live = "of live weights" in row["metric"] or "rate over live weights" in row["metric"]
+    return f"{bn}, {'live' if live else 'all'}"
+
+
+_PRUNE_ROWS = (("stored, all", "BN stored"), ("recalibrate, all", "BN recalibrated"),
+               ("stored, live", "BN stored, rate over live weights"),
+               ("recalibrate, live", "BN recalibrated, rate over live weights"))
 
 
 def _verdict_rows() -> List[Tuple[str, str, Optional[str]]]:
-    """(claim, label, BatchNorm protocol or None): the pruning claim gets a row per protocol, never pooled."""
+    """(claim, label, BatchNorm protocol and basis, or None): the pruning claims get a row per protocol and basis,
+    never pooled."""
     out: List[Tuple[str, str, Optional[str]]] = []
     for claim, label in CLAIM_LABELS.items():
-        if claim == "prune_robustness":
-            out += [(claim, f"{label}, BN stored", "stored"), (claim, f"{label}, BN recalibrated", "recalibrate")]
+        if claim in ("prune_robustness", "critical_live_sparsity"):
+            out += [(claim, f"{label}, {words}", protocol) for protocol, words in _PRUNE_ROWS]
         else:
             out.append((claim, label, None))
     return out
