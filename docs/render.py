@@ -7,7 +7,8 @@ The README, which GitHub shows as written, keeps the rendered text between the m
 ``<!-- /rendered -->``; ``python docs/render.py README.md`` refreshes it and a test checks it is fresh.
 
 Names: ``benchmark:<file>``, ``file:<repo path>``, ``verdicts``, ``claims:<study folder>``,
-``study:<study folder>``, ``width:<study folder>``, ``headline:<study folder>``, ``finetune:<study folder>``.
+``study:<study folder>``, ``width:<study folder>``, ``headline:<study folder>``, ``finetune:<study folder>``,
+``live:<study folder>``.
 """
 from __future__ import annotations
 
@@ -232,7 +233,7 @@ def render_headline(study: str) -> str:
     if not path.exists():
         return "not measured"
     with path.open() as f:
-        rows = list(csv.DictReader(f))
+        rows = [row for row in csv.DictReader(f) if row.get("basis", "all") in ("all", "")]  # the paper's basis
     rate = max(float(r["rate"]) for r in rows if 0 < float(r["rate"]) <= 0.9)
     cells: Dict[Tuple[str, str, str], Dict[int, Tuple[float, float]]] = defaultdict(dict)
     for row in rows:
@@ -274,6 +275,8 @@ def render_finetune(study: str) -> str:
     for width, path in _prune_tables(study):
         with path.open() as f:
             for row in csv.DictReader(f):
+                if row.get("basis", "all") not in ("all", ""):  # the fine-tune runs on the paper's basis
+                    continue
                 means[(row["family"], width, float(row["rate"]), int(row["k"]))][
                     f"{row['metric']} {row.get('bn') or 'stored'}"] = 100 * float(row["mean"])
     columns = ("pruned recalibrate", "finetuned stored", "finetuned recalibrate")
@@ -292,9 +295,52 @@ def render_finetune(study: str) -> str:
             f"seeds, from the pruning CSVs of `docs/{study}/` ({report_date(study)}).")
 
 
+def render_live(study: str) -> str:
+    """Rate 0.9 over all weights and over live ones: one-shot accuracy per k and protocol, how many points k = 3-4
+    keep above k = 1, and the critical live sparsity, from ``prune.csv`` and ``prune_live.csv``."""
+    path, live_path = DOCS / study / "prune.csv", DOCS / study / "prune_live.csv"
+    if not path.exists() or not live_path.exists():
+        return "not measured"
+    with path.open() as f:
+        rows = [r for r in csv.DictReader(f) if r["metric"] == "pruned" and float(r["rate"]) == 0.9]
+    with live_path.open() as f:
+        critical = {(r["family"], r["basis"], r["bn"], int(r["k"])): r for r in csv.DictReader(f)}
+    cells: Dict[Tuple[str, str, str], Dict[int, Tuple[float, float]]] = defaultdict(dict)
+    for row in rows:
+        cells[(row["family"], row.get("basis") or "all", row["bn"])][int(row["k"])] = (
+            100 * float(row["mean"]), 100 * float(row["std"] or 0))
+    ks = sorted({k for per_k in cells.values() for k in per_k})
+    lines = ["| family | rate over | BN | " + " | ".join(f"k={k}" for k in ks) + " | k=3-4 minus k=1 | "
+             + " | ".join(f"critical, k={k}" for k in ks) + " |", "|---" * (2 * len(ks) + 4) + "|"]
+    for (family, basis, bn), per_k in sorted(cells.items()):
+        gain = (f"{(per_k[3][0] + per_k[4][0]) / 2 - per_k[1][0]:+.1f} points"
+                if all(k in per_k for k in (1, 3, 4)) else "-")
+        lines.append(f"| {FAMILY_LABELS.get(family, family)} | {basis} weights | {bn} | "
+                     + " | ".join(f"{per_k[k][0]:.1f} ± {per_k[k][1]:.1f}" if k in per_k else "-" for k in ks)
+                     + f" | {gain} | " + " | ".join(_critical_cell(critical.get((family, basis, bn, k))) for k in ks)
+                     + " |")
+    dead = {(r["family"], int(r["k"])): r for r in critical.values()}
+    share = "; ".join(f"{FAMILY_LABELS.get(f, f)} k={k}: {100 * float(r['dead_share']):.1f}% of the weights dead, "
+                      f"{100 * float(r['dead_of_pruned'] or 0):.1f}% of those pruned at 0.9 (all) dead"
+                      for (f, k), r in sorted(dead.items()) if float(r["dead_share"]) > 0)
+    return ("\n".join(lines) + f"\n\nOne-shot test accuracy (%) at rate 0.9, mean ± std over seeds; critical live "
+            "sparsity (%) where accuracy has fallen halfway from dense to chance (\"n/m never fell\": seeds still above "
+            f"halfway at every rate). {share}. From `docs/{study}/prune.csv` and `prune_live.csv` "
+            f"({report_date(study)}).")
+
+
+def _critical_cell(row: Optional[Dict[str, str]]) -> str:
+    if row is None or not row["critical_mean"]:
+        return "-" if row is None else f"{row['never_fell']}/{row['never_fell']} never fell"
+    cell = f"{100 * float(row['critical_mean']):.1f}"
+    cell += f" ± {100 * float(row['critical_std']):.1f}" if row["critical_std"] else ""
+    return cell + (f" ({row['never_fell']} never fell)" if int(row["never_fell"]) else "")
+
+
 RENDERERS: Dict[str, Callable[..., str]] = {
     "verdicts": render_verdicts, "claims": render_claims, "study": render_study, "benchmark": render_benchmark,
     "file": render_file, "width": render_width, "headline": render_headline, "finetune": render_finetune,
+    "live": render_live,
 }
 
 

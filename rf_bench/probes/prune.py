@@ -434,12 +434,12 @@ def prune_sections(records: List[Dict[str, Any]], out_dir: Path) -> List[ReportS
     """Tables 1-2 of the paper per (architecture, data set), basis and BatchNorm protocol, accuracy-vs-rate plots,
     accuracy against live sparsity with the critical live sparsity, and the layer and signal collapse at the
     headline rate."""
-    sections, csv_rows = [], []
+    sections, csv_rows, live_rows = [], [], []
     for (family, dataset), recs in by_family(records).items():
         for basis in _bases(recs):
             view = _basis_view(recs, basis)
             sections += _basis_sections(family, dataset, view, basis, out_dir, csv_rows)
-        live = _live_section(family, dataset, recs, out_dir)
+        live = _live_section(family, dataset, recs, out_dir, live_rows)
         if live:
             sections.append(live)
         collapse = _collapse_section(family, dataset, _basis_view(recs, "all"),
@@ -447,6 +447,7 @@ def prune_sections(records: List[Dict[str, Any]], out_dir: Path) -> List[ReportS
         if collapse:
             sections.append(collapse)
     write_csv(out_dir / "prune.csv", csv_rows)
+    write_csv(out_dir / "prune_live.csv", live_rows)
     return sections
 
 
@@ -490,7 +491,7 @@ def _basis_sections(family, dataset, recs, basis: str, out_dir: Path, csv_rows) 
     return sections
 
 
-def _live_section(family, dataset, recs, out_dir: Path) -> Optional[ReportSection]:
+def _live_section(family, dataset, recs, out_dir: Path, csv_rows) -> Optional[ReportSection]:
     """One-shot accuracy against live sparsity (a panel per basis and protocol, a line per k), the dead share of each
     k's weights, how many of the weights pruned at the headline rate were dead, and the critical live sparsity;
     None for results from before live weights were recorded."""
@@ -513,6 +514,13 @@ def _live_section(family, dataset, recs, out_dir: Path) -> Optional[ReportSectio
                 for _, pts in sorted(points.items())]
         rows.append([str(k), _dead_share_cell(krecs), _dead_pruned_cell(krecs)]
                     + [_critical_cell(krecs, basis, bn) for basis, bn in panels])
+        for basis, bn in panels:
+            values = [(r["values"].get("critical") or {}).get(basis, {}).get(bn) for r in krecs]
+            found = [v for v in values if v is not None]
+            m, sd = mean_std(found) if found else (None, None)
+            csv_rows.append(dict(family=family, dataset=dataset, k=k, basis=basis, bn=bn, critical_mean=m,
+                                 critical_std=sd, n=len(found), never_fell=len(values) - len(found),
+                                 dead_share=_dead_share(krecs), dead_of_pruned=_dead_of_pruned(krecs)))
     figure = out_dir / f"prune_live_{family}_{dataset}.png"
     _plot_live(curves, panels, f"{family}{{k}} on {dataset}: one-shot accuracy against live sparsity", figure)
     header = ["k", "dead share of weights", f"of those pruned at {HEADLINE_RATE:g} (all), dead"] + [
@@ -528,13 +536,17 @@ def _live_section(family, dataset, recs, out_dir: Path) -> Optional[ReportSectio
                          order=12)
 
 
+def _dead_share(krecs) -> float:
+    """The mean share of the prunable weights that are dead."""
+    return statistics.fmean(1 - sum(r["values"]["layer_live"]) / sum(r["values"]["layer_sizes"]) for r in krecs)
+
+
 def _dead_share_cell(krecs) -> str:
-    shares = [1 - sum(r["values"]["layer_live"]) / sum(r["values"]["layer_sizes"]) for r in krecs]
-    return f"{100 * statistics.fmean(shares):.1f}%"
+    return f"{100 * _dead_share(krecs):.1f}%"
 
 
-def _dead_pruned_cell(krecs) -> str:
-    """The share of the weights pruned at the headline rate (rate over all weights) that were dead."""
+def _dead_of_pruned(krecs) -> Optional[float]:
+    """The mean share of the weights pruned at the headline rate (rate over all weights) that were dead."""
     shares = []
     for rec in krecs:
         values = rec["values"]
@@ -543,9 +555,14 @@ def _dead_pruned_cell(krecs) -> str:
             if row["rate"] == HEADLINE_RATE and row.get("dead_kept") is not None:
                 pruned = row["rate"] * sum(values["layer_sizes"])
                 shares.append(dead * (1 - row["dead_kept"]) / pruned)
-    if not shares:
-        return "-"
-    return f"{100 * statistics.fmean(shares):.1f}%"
+            elif row["rate"] == HEADLINE_RATE and "dead_kept" in row:  # no dead weight at all
+                shares.append(0.0)
+    return statistics.fmean(shares) if shares else None
+
+
+def _dead_pruned_cell(krecs) -> str:
+    share = _dead_of_pruned(krecs)
+    return "-" if share is None else f"{100 * share:.1f}%"
 
 
 def _critical_cell(krecs, basis: str, bn: str) -> str:
