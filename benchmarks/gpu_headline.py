@@ -2,7 +2,8 @@
 
 The fashion-cpu study's data and training settings (Fashion-MNIST, 1,000 training images per class, batch 64, the
 ``fast`` recipe for 12 epochs) at **full width**, both families at k = 1 and 4, then the prune probe at 0.5-0.9
-with the stored and the recalibrated statistics (no fine-tune: the GPU time goes to the dense nets). Everything
+with the stored and the recalibrated statistics, each rate counted over all weights and over the live ones (no
+fine-tune: the GPU time goes to the dense nets). Everything
 goes through ``rf-bench``'s own sweep, probe and report code; the GPU is named in the result.
 
 The number of seeds is sized to the time left: from the trainer's measured images/s (``--images-per-s``, e.g. from
@@ -45,7 +46,7 @@ def sweep_text(quick: bool, seeds: List[int], epochs: int, data_dir: Optional[Pa
     data = '"digits"' if quick else '"fashion_mnist"'
     per_class = "" if quick else "train_per_class = 1000\n"
     width = "model_kwargs = { width_mult = 0.0625 }\n" if quick else ""
-    rates = "[0.5, 0.9]" if quick else "[0.5, 0.6, 0.7, 0.8, 0.9]"
+    rates = "[0.5, 0.9]" if quick else "[0.5, 0.6, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97, 0.98]"
     bn_images = 64 if quick else 2048
     where = "" if quick or data_dir is None else f"data_dir = {json.dumps(str(data_dir.resolve()))}\n"
     return f"""[sweep]
@@ -71,6 +72,7 @@ suite = "prune"
 rates = {rates}
 finetune_epochs = 0
 bn = ["stored", "recalibrate"]
+basis = ["all", "live"]
 bn_images = {bn_images}
 """
 
@@ -141,7 +143,8 @@ def run(args, sizing: Dict[str, Any], epochs: int, device_name: str, work: Path)
     verdicts = evaluate_claims(sweep.results, collect_claims(available_probes()))
     return dict(device=device_name, quick=args.quick, epochs=epochs, sizing=sizing, wall_s=round(wall, 1),
                 runs=len(sweep.runs), failed=len(outcome["failed"]), torch=torch.__version__,
-                verdicts=[v.as_dict() for v in verdicts if v.claim in ("dense_accuracy", "prune_robustness")])
+                verdicts=[v.as_dict() for v in verdicts
+                          if v.claim in ("dense_accuracy", "prune_robustness", "critical_live_sparsity")])
 
 
 if __name__ == "__main__":
