@@ -56,13 +56,18 @@ class TrainConfig:
     train_per_class: Optional[int] = None  # train on a seeded, stratified subset of n images per class
     subset_seed: int = 0  # which subset (fixed across run seeds by default, so seeds vary only init and order)
     clip_mode: str = "norm"  # what clip_grad bounds: "norm" (the global gradient norm) or "value" (each entry)
+    image_size: Optional[int] = None  # train and test at N x N (resized once, antialiased); None: the data set's own
 
-    _LATER_FIELDS = ("compile_mode", "cuda_graphs", "deterministic", "train_per_class", "subset_seed", "clip_mode")
+    _LATER_FIELDS = ("compile_mode", "cuda_graphs", "deterministic", "train_per_class", "subset_seed", "clip_mode",
+                     "image_size")
 
     def identity(self) -> Dict[str, Any]:
         """The fields that make two runs the same run: all of them (paths and logging are not fields), less the
-        later fields still at their defaults, so a run id from an older rf-bench still names the same run."""
+        later fields still at their defaults, so a run id from an older rf-bench still names the same run. An image
+        size equal to the data set's own (32 for Fashion-MNIST) is its default too: it names the same run."""
         values = dataclasses.asdict(self)
+        if values["image_size"] is not None and values["image_size"] == _native_side(self.dataset):
+            values["image_size"] = None
         for name in self._LATER_FIELDS:
             if values[name] == getattr(TrainConfig, name):
                 del values[name]
@@ -100,7 +105,15 @@ def resolve_config(recipe: str = "paper", **overrides: Any) -> TrainConfig:
     values.update({k: v for k, v in overrides.items() if v is not None})
     if values.get("clip_grad") == 0:
         values["clip_grad"] = None
+    if values.get("image_size") is not None and values["image_size"] == _native_side(values.get("dataset")):
+        values["image_size"] = None  # the data set's own size: the same run as without the setting
     return TrainConfig(**values)
+
+
+def _native_side(dataset: Optional[str]) -> Optional[int]:
+    from .data.sources import native_side  # below this module in the layers; data imports no config
+
+    return native_side(dataset) if dataset else None
 
 
 def config_hash(cfg: TrainConfig) -> str:
@@ -152,6 +165,9 @@ def _validate_numbers(cfg: TrainConfig) -> None:
         raise ValueError(f"--clip-mode {cfg.clip_mode!r} is invalid; use one of {', '.join(CLIP_MODES)}")
     if cfg.train_per_class is not None and not cfg.train_per_class >= 1:
         raise ValueError(f"--train-per-class {cfg.train_per_class} is invalid; give the number of images per class, >= 1")
+    if cfg.image_size is not None and (isinstance(cfg.image_size, bool) or not isinstance(cfg.image_size, int)
+                                       or cfg.image_size < 8):
+        raise ValueError(f"--image-size {cfg.image_size!r} is invalid; give the side in pixels, an integer >= 8")
     if cfg.prune_rate is not None and not 0 <= cfg.prune_rate < 1:
         raise ValueError(f"--prune-rate {cfg.prune_rate} is invalid; it is the pruned fraction, in [0, 1)")
 

@@ -113,7 +113,8 @@ def record_variant(record: Dict[str, Any]) -> Dict[str, Any]:
         train = json.loads(path.read_text())["config"] if path and path.is_file() else {}
     variant = {f"{key}": value for key, value in sorted((train.get("model_kwargs") or {}).items())}
     variant.update((key, value) for key, value in sorted(train.items())
-                   if key not in _NOT_A_VARIANT and key != "model_kwargs")
+                   if key not in _NOT_A_VARIANT and key != "model_kwargs"
+                   and not (key == "image_size" and value is None))  # the data set's own size, as before the field
     return variant
 
 

@@ -185,10 +185,11 @@ class Run:
         return model.eval()
 
     def load_data(self, split: str, data_dir: Optional[str] = None):
-        """The split as the run saw it: its training subset (``train_per_class``) for ``train``, the whole test."""
+        """The split as the run saw it, at its image size: its training subset (``train_per_class``) for ``train``,
+        the whole test."""
         from rf_bench import data as rf_data
 
-        data = rf_data.load(self.dataset, split, data_dir=data_dir)
+        data = rf_data.load(self.dataset, split, data_dir=data_dir).resized(self.config.get("image_size"))
         per_class = self.config.get("train_per_class")
         if per_class and split == "train":
             data = data.per_class(per_class, self.config.get("subset_seed", 0))

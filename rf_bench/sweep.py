@@ -106,7 +106,7 @@ class Sweep:
 
 _SECTIONS = ("sweep", "grid", "train", "probes", "slurm")
 _SWEEP_KEYS = {"name", "output", "results", "report", "data_dir", "runs_per_gpu", "eval_every"}
-_GRID_KEYS = {"models", "families", "ks", "datasets", "seeds", "model_kwargs"}
+_GRID_KEYS = {"models", "families", "ks", "datasets", "seeds", "model_kwargs", "image_sizes"}
 _GRID_ONLY = {"model": "models", "dataset": "datasets", "seed": "seeds"}  # [train] keys that belong to [grid]
 
 
@@ -136,7 +136,8 @@ def _check_list(value: Any, kind: type, where: str) -> List[Any]:
 
 def _check_grid(grid: Dict[str, Any], where: str) -> None:
     _check_keys(grid, _GRID_KEYS, f"{where}: [grid]")
-    for key, kind in (("models", str), ("families", str), ("datasets", str), ("ks", int), ("seeds", int)):
+    for key, kind in (("models", str), ("families", str), ("datasets", str), ("ks", int), ("seeds", int),
+                      ("image_sizes", int)):
         if key in grid:
             _check_list(grid[key], kind, f"{where}: [grid] {key}")
     axes = grid.get("model_kwargs", {})
@@ -270,9 +271,12 @@ def load_sweep(path: str | os.PathLike | None = None, *, text: Optional[str] = N
         variants = _kwargs_grid(axes, model)
         if variants != [{}]:
             _check_model_kwargs([model], dict(base_kwargs, **variants[0]), where)
+    if "image_sizes" in grid and "image_size" in train_spec:
+        raise ValueError(f"{where}: give the image size in [grid] image_sizes or in [train] image_size, not both")
+    sizes = grid.get("image_sizes", [train_spec.pop("image_size", None)])  # an axis, or [train]'s one size
     runs = [resolve_config(recipe, model=model, dataset=dataset, seed=seed, model_kwargs=dict(base_kwargs, **extra),
-                           **train_spec)
-            for dataset in grid.get("datasets", ["cifar10"]) for model in models
+                           image_size=size, **train_spec)
+            for size in sizes for dataset in grid.get("datasets", ["cifar10"]) for model in models
             for extra in _kwargs_grid(axes, model) for seed in grid.get("seeds", [0])]
     _check_runs(runs, where)
     suite, settings = settings_from_table(spec.get("probes", {}))

@@ -80,6 +80,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-per-class", type=int, metavar="N",
                    help="train on a seeded, stratified subset of N images per class (the test split stays whole)")
     p.add_argument("--subset-seed", type=int, help="which subset --train-per-class draws (default 0)")
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="train and test at N x N: both splits resized once, antialiased (default: the data set's "
+                        "own, 32 for all but Tiny ImageNet's 64)")
     for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("momentum", float),
                       ("weight-decay", float), ("clip-grad", float), ("warmup-epochs", float),
                       ("label-smoothing", float), ("schedule", str)):
@@ -155,6 +158,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         sync_bn=args.sync_bn, init_from=args.init_from, prune_rate=args.prune_rate, compile_mode=args.compile_mode,
         cuda_graphs=args.cuda_graphs, deterministic=args.deterministic, train_per_class=args.train_per_class,
         subset_seed=args.subset_seed, clip_mode=getattr(args, "clip_mode", None),
+        image_size=getattr(args, "image_size", None),
     )
 
 

@@ -377,8 +377,8 @@ class Trainer:
 
         # the main process decodes/caches first, the others then read the cache
         with self.accelerator.main_process_first():
-            self.train_set = rf_data.load(self.cfg.dataset, "train", data_dir=self.data_dir)
-            self.test_set = rf_data.load(self.cfg.dataset, "test", data_dir=self.data_dir)
+            self.train_set = rf_data.load(self.cfg.dataset, "train", data_dir=self.data_dir).resized(self.cfg.image_size)
+            self.test_set = rf_data.load(self.cfg.dataset, "test", data_dir=self.data_dir).resized(self.cfg.image_size)
         if self.cfg.train_per_class:  # the mean and std stay the whole train split's
             self.train_set = self.train_set.per_class(self.cfg.train_per_class, self.cfg.subset_seed)
 

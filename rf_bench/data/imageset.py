@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+from torch.nn import functional as F
 
 __all__ = ["ImageSet"]
 
@@ -47,6 +48,18 @@ class ImageSet:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return ImageSet(self.images[idx], self.labels[idx], self.classes, self.mean, self.std,
                         self.name, self.split, self.source)
+
+    def resized(self, size: Optional[int]) -> "ImageSet":
+        """The images at ``size`` x ``size``: bilinear, antialiased (a downscale averages, it does not alias),
+        rounded back to uint8, in chunks; the same split at its own size (or ``None``) unchanged. The normalisation
+        statistics stay the native train split's, so every size of a data set is normalised alike."""
+        if size is None or tuple(self.images.shape[-2:]) == (size, size):
+            return self
+        chunks = [F.interpolate(chunk.double(), size=(size, size), mode="bilinear", antialias=True,
+                                align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+                  for chunk in self.images.split(2048)]
+        images = torch.cat(chunks) if chunks else self.images.new_zeros((0, self.images.shape[1], size, size))
+        return ImageSet(images, self.labels, self.classes, self.mean, self.std, self.name, self.split, self.source)
 
     def per_class(self, n: int, seed: int = 0) -> "ImageSet":
         """A seeded, stratified subset: ``n`` images of every class, drawn without replacement, in split order."""

@@ -28,7 +28,7 @@ from .hub import HubSpec, hub_sources, load_from_hub
 from .idx import idx_source
 from .tiny import TINY_MEAN, TINY_STD, TINY_SOURCES
 
-__all__ = ["load", "dataset_key", "DATASETS", "DATA_DIR_ENV", "DEBIAN_FASHION_MNIST", "CIFAR10_CLASSES",
+__all__ = ["load", "dataset_key", "native_side", "DATASETS", "DATA_DIR_ENV", "DEBIAN_FASHION_MNIST", "CIFAR10_CLASSES",
            "CIFAR10_MEAN", "CIFAR10_STD", "TINY_MEAN", "TINY_STD", "FASHION_MNIST_CLASSES", "folder_names"]
 
 DATA_DIR_ENV = "RF_BENCH_DATA_DIR"
@@ -81,6 +81,15 @@ _SPLITS = {"train": "train", "test": "test", "valid": "test", "val": "test", "va
 
 
 # ------------------------------------------------------------------------------------------- load
+
+def native_side(name: str) -> Optional[int]:
+    """The side a data set is prepared at before any ``image_size`` (None for generated data of any size, or an
+    unknown name)."""
+    try:
+        return DATASETS[dataset_key(name)].side
+    except ValueError:
+        return None
+
 
 def dataset_key(name: str) -> str:
     """The registered name ``name`` means (case and ``_``/``-`` do not matter); a one-line error otherwise."""
