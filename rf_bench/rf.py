@@ -36,7 +36,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
 __all__ = ["RF", "LayerRF", "MeasuredRF", "receptive_field", "layer_receptive_fields", "block_receptive_fields",
-           "live_weights", "dead_weight_share", "border_layer", "gradient_rf", "gradient_support",
+           "receptive_fields_at", "live_weights", "dead_weight_share", "border_layer", "gradient_rf", "gradient_support",
            "measure_rf", "silenced_parameters"]
 
 
@@ -775,6 +775,21 @@ def receptive_field(model: nn.Module, input_size: Optional[Sequence[int]] = None
         raise ValueError(f"layer {layer or 'forward_features'!r} has no spatial map (global pooling or flattening); "
                          "pick a conv layer before it")
     return rf
+
+
+def receptive_fields_at(model: nn.Module, input_size: Sequence[int], layers: Sequence[str]) -> Dict[str, Optional[RF]]:
+    """The analytic RF of each of ``layers``' outputs from one trace (None for a layer after global pooling, or one
+    the trace does not reach, such as the classifier)."""
+    gm = _trace(model, tuple(input_size))
+    rfs = _propagate(gm)
+    found: Dict[str, Optional[RF]] = {}
+    for layer in layers:
+        try:
+            rf = rfs.get(_node_for_layer(gm, layer))
+        except ValueError:  # not in forward_features
+            rf = None
+        found[layer] = rf if isinstance(rf, RF) else None
+    return found
 
 
 def _block_name(qualname: str, is_leaf: Callable[[str], bool] = lambda path: False) -> str:
