@@ -40,6 +40,7 @@ BENCHMARKS: Sequence[Benchmark] = (
     Benchmark("trainer_throughput.py", timeout_s=420),
     Benchmark("prune_masks.py", timeout_s=240),
     Benchmark("live_weights.py", timeout_s=300),
+    Benchmark("prune_cost.py", timeout_s=1800),
     Benchmark("rfmap_full_width.py", timeout_s=300),
     Benchmark("hessian_memory.py", ("--k", "90", "--ncv", "135"), timeout_s=900, long=True),  # the top-90 setting
     Benchmark("hessian_full_width.py", timeout_s=2400, long=True),  # a converged top-90: 27 min here

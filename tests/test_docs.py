@@ -79,8 +79,8 @@ def test_the_verdict_table_counts_the_report_rows():
             column = f"{label}: {render.FAMILY_LABELS[family]}"
             header = table.splitlines()[0].split(" | ")
             index = [h.strip(" |") for h in header].index(column)
-            cells = [line.split(" | ")[index] for line in table.splitlines() if line.startswith("| 2.")]
-            assert len(cells) == 2  # one row per BatchNorm protocol
+            cells = [line.split(" | ")[index] for line in table.splitlines() if line.startswith("| 2. ")]
+            assert len(cells) == 4  # one row per BatchNorm protocol and basis
             assert sum(int(x) for cell in cells for x in re.findall(r"(\d+) \w+", cell)) == n
 
 
