@@ -537,7 +537,8 @@ def _add_study_commands(sub) -> None:
                  "rf-bench study fashion-cpu --out study_fashion")
     p.add_argument("name", help="digits: scikit-learn's digits, 48 runs, sized for a 2-core CPU; fashion-cpu: "
                                 "Fashion-MNIST photos, 32 runs, sized for a 2-core CPU; fashion-width: fashion-cpu at "
-                                "three widths, 60 runs; fashion: Fashion-MNIST at full width on the whole "
+                                "three widths, 60 runs; fashion-resolution: fashion-cpu at 32 and 64 px, 48 runs; "
+                                "fashion: Fashion-MNIST at full width on the whole "
                                 "training split, for GPUs")
     p.add_argument("--out", help="folder for runs/, results/ and report/ (default: study_<name>)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at once (worker processes)")

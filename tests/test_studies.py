@@ -84,3 +84,14 @@ def test_cpu_seconds_counts_finished_worker_processes():
     assert child.returncode == 0
     spent = cpu_seconds() - before
     assert spent >= 0.5, spent  # the child's busy half second, and its start-up, counted
+
+
+def test_fashion_resolution_is_fashion_cpu_at_32_and_64_px_with_its_32_px_runs(tmp_path):
+    from rf_bench.recipes import config_hash
+
+    resolution = load_sweep(text=study_text("fashion-resolution"), output=tmp_path)
+    cpu = load_sweep(text=study_text("fashion-cpu"), output=tmp_path)
+    assert {c.image_size for c in resolution.runs} == {None, 64} and len(resolution.runs) == 2 * 4 * 3 * 2
+    ids = {config_hash(c) for c in cpu.runs if c.seed < 3}
+    assert {config_hash(c) for c in resolution.runs if c.image_size is None} == ids
+    assert "saturation" in resolution.suite and resolution.probe_settings["prune"] == cpu.probe_settings["prune"]
