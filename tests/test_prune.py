@@ -81,7 +81,7 @@ def test_a_net_with_a_layer_pruned_away_is_reported_as_layer_collapse(tiny_runs,
     weights[victim] = weights[victim] * 1e-8
     save_file(weights, str(run_dir / "model.safetensors"))
     (run_dir / "done").write_text(f"rewritten\nsha256 {sha256_file(run_dir / 'model.safetensors')}\n")
-    config = PruneConfig(rates=(0.5,), finetune_epochs=0, bn_images=128, signal_images=32)
+    config = PruneConfig(rates=(0.5,), finetune_epochs=0, bn_images=128, signal_images=32, basis=("all",))
     values = PruneProbe().run(load_run(run_dir), config, ProbeContext(results_dir=tmp_path / "results")).values
     (row,) = values["rates"]
     assert row["kept"][2] == 0.0 and min(row["kept"][:2] + row["kept"][3:]) > 0

@@ -137,6 +137,28 @@ def critical_sparsity(values: Dict[str, Any], basis: str, bn: str) -> Optional[f
     return None
 
 
+def _rows_per_basis(model, config: PruneConfig, live, measure) -> List[Dict[str, Any]]:
+    """One row per (basis, rate): its live sparsity and dead share kept, and ``measure(masks, basis, rate)``'s
+    accuracies; a mask another basis already measured is not measured again (a net without dead weights)."""
+    measured: List[Tuple[Dict[str, Any], Dict[str, Any]]] = []  # (masks, row)
+    rows = []
+    for basis in config.basis:
+        masks = global_magnitude_masks(model, config.rates, live if basis == "live" else None)
+        for rate in config.rates:
+            row = dict(basis=basis, rate=rate, live_sparsity=live_sparsity(masks[rate], live),
+                       dead_kept=dead_kept(masks[rate], live))
+            same = next((r for m, r in measured if _same_masks(m, masks[rate])), None)
+            if same is not None:
+                row.update({k: copy.deepcopy(v) for k, v in same.items()
+                            if k not in row and not k.startswith("finetune") and k != "same_as"})
+                row["same_as"] = dict(basis=same["basis"], rate=same["rate"])
+            else:
+                row.update(measure(masks[rate], basis, rate))
+            measured.append((masks[rate], row))
+            rows.append(row)
+    return rows
+
+
 def _analytic_rf(model, input_size) -> Optional[int]:
     """The exact RF of the model's features at its input size, recorded so that reports need not build the model."""
     try:
@@ -316,33 +338,20 @@ class PruneProbe:
                 out[bn] = {key: acc, ("signal" if key == "pruned_acc" else "finetuned_signal"): signal}
             return out
 
-        measured: Dict[Tuple[str, float], Dict[str, Any]] = {}  # one evaluation per distinct mask
-        rows = []
-        for basis in config.basis:
-            masks = global_magnitude_masks(model, config.rates, live if basis == "live" else None)
-            for rate in config.rates:
-                row = dict(basis=basis, rate=rate, live_sparsity=live_sparsity(masks[rate], live),
-                           dead_kept=dead_kept(masks[rate], live))
-                same = next((r for (b, other), r in measured.items() if _same_masks(r["_masks"], masks[rate])), None)
-                if same is not None:
-                    row.update({k: copy.deepcopy(v) for k, v in same.items()
-                                if k not in row and not k.startswith("_") and not k.startswith("finetune")})
-                    row["same_as"] = dict(basis=same["basis"], rate=same["rate"])
-                else:
-                    pruned_model = copy.deepcopy(model)
-                    apply_masks(pruned_model, masks[rate])
-                    row.update(pruned_sparsity=sparsity(pruned_model, masks[rate])["zero_fraction"],
-                               kept=list(kept_fractions(masks[rate]).values()),
-                               bn=under_protocols(pruned_model, "pruned_acc"))
-                    if basis in config.finetune_bases and self._fine_tunes(config, rate):
-                        tuned, ft_dir, check = self._finetune(run, config, ctx, pruned_model, masks[rate], rate,
-                                                              basis)
-                        for bn, result in under_protocols(tuned, "finetuned_acc").items():
-                            row["bn"][bn].update(result)
-                        row.update(finetuned_sparsity=check["zero_fraction"], finetune_run=ft_dir.name,
-                                   finetune_weight_change=relative_weight_change(pruned_model, tuned))
-                measured[(basis, rate)] = dict(row, _masks=masks[rate])
-                rows.append(row)
+        def measure(masks, basis, rate):
+            pruned_model = copy.deepcopy(model)
+            apply_masks(pruned_model, masks)
+            row = dict(pruned_sparsity=sparsity(pruned_model, masks)["zero_fraction"],
+                       kept=list(kept_fractions(masks).values()), bn=under_protocols(pruned_model, "pruned_acc"))
+            if basis in config.finetune_bases and self._fine_tunes(config, rate):
+                tuned, ft_dir, check = self._finetune(run, config, ctx, pruned_model, masks, rate, basis)
+                for bn, result in under_protocols(tuned, "finetuned_acc").items():
+                    row["bn"][bn].update(result)
+                row.update(finetuned_sparsity=check["zero_fraction"], finetune_run=ft_dir.name,
+                           finetune_weight_change=relative_weight_change(pruned_model, tuned))
+            return row
+
+        rows = _rows_per_basis(model, config, live, measure)
         values = dict(dense_acc=dense, k=run.k, family=run.family, rates=rows, num_classes=len(test.classes),
                       bn=list(config.bn), basis=list(config.basis), layers=layers,
                       layer_sizes=[p.numel() for _, p in prunable_parameters(model)],
