@@ -95,3 +95,5 @@ def test_fashion_resolution_is_fashion_cpu_at_32_and_64_px_with_its_32_px_runs(t
     ids = {config_hash(c) for c in cpu.runs if c.seed < 3}
     assert {config_hash(c) for c in resolution.runs if c.image_size is None} == ids
     assert "saturation" in resolution.suite and resolution.probe_settings["prune"] == cpu.probe_settings["prune"]
+    for probe in ("hessian", "cka"):  # the 32 px runs' results of fashion-cpu are found again
+        assert resolution.probe_settings[probe] == cpu.probe_settings[probe]
