@@ -446,9 +446,10 @@ def _add_training_commands(sub) -> None:
 def _add_result_commands(sub) -> None:
     """probe, report, claims: from runs to results to tables and verdicts."""
     p = _command(sub, "probe", "run a suite of probes over finished runs",
-                 "Measure finished runs: prune (one-shot pruning and masked fine-tune), hessian (top eigenvalues,\n"
-                 "trace, spectral density), cka (layer similarity within and across seeds), rfmap (gradient\n"
-                 "maps). Results are stored per run and settings; a rerun skips what is already measured.",
+                 "Measure finished runs: prune (one-shot pruning over all or live weights, masked fine-tune),\n"
+                 "hessian (top eigenvalues, trace, spectral density), cka (layer similarity within and across\n"
+                 "seeds), rfmap (gradient maps), saturation (channel directions each layer uses). Results are\n"
+                 "stored per run and settings; a rerun skips what is already measured.",
                  "rf-bench probe runs/ --settings demo --set hessian.k=20 --results results")
     p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run directories, globs, or folders of runs")
     p.add_argument("--suite", help="all, or probe names separated by commas (default: the --settings file's suite, "
