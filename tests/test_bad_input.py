@@ -288,7 +288,7 @@ def test_malformed_cifar_is_one_line_and_never_cached(tmp_path, mutate, needle):
 
 @pytest.mark.parametrize("setting, needles", [
     ("hessian.k=abc", ["hessian.k takes a whole number", "--set 'hessian.k=90'", "got 'abc'"]),
-    ("prune.rates=0.5,0.9", ["prune.rates takes a list of numbers", "prune.rates=[0.5, 0.6, 0.7, 0.8, 0.9]"]),
+    ("prune.rates=0.5,0.9", ["prune.rates takes a list of numbers", "prune.rates=[0.5, 0.6, 0.7, 0.8, 0.9, 0.93, 0.97, 0.98]"]),
     ("prune.rates=[0.5,1.5]", ["prune.rates [1.5] outside [0, 1)"]),
     ("prune.bn=[\"adaptive\"]", ["prune.bn ['adaptive'] must list one or more of stored, recalibrate"]),
 ])

@@ -179,7 +179,7 @@ def test_a_third_party_probe_declares_its_own_claim(tmp_path):
     assert (verdict.claim, verdict.verdict, verdict.n) == ("sharpness_rises", "supported", 12)
     builtin = {c.id for c in collect_claims(available_probes())}
     assert builtin == {"dense_accuracy", "prune_robustness", "critical_live_sparsity", "hessian_width", "cka_divergence",
-                       "rfmap_maxima"}
+                       "rfmap_maxima", "saturation_falls"}
 
 
 def test_results_of_models_without_a_k_are_left_out(tmp_path):

@@ -170,7 +170,7 @@ def test_third_party_probe_runs_in_suite_all_and_reaches_the_report_and_claims(t
     store = ResultStore(results)
     dummy = store.records("dummy")
     assert len(dummy) == 4 and len(store.records("prune")) == 4
-    assert {r["probe"] for r in store.records()} == {"dummy", "prune", "hessian", "cka", "rfmap"}
+    assert {r["probe"] for r in store.records()} == {"dummy", "prune", "hessian", "cka", "rfmap", "saturation"}
     assert store.records("hessian")[0]["config"]["k"] == 2  # the settings file was read
     expected = sum(p.numel() for p in load_run(tiny_runs[0]).create_model().parameters())
     assert dummy[0]["values"]["params"] == expected
@@ -427,8 +427,12 @@ def test_finetune_rates_fine_tune_only_those_and_older_results_keep_their_hash(t
     record = dict(values=out.values, config=_config_dict(config), family="vgg19_rfpool", dataset="digits", k=2,
                   run_dirs=[tiny_runs[0]])
     sections = prune_sections([record], tmp_path)
-    tables = [sec.markdown for sec in sections if sec.title.startswith("Pruning: vgg19_rfpool on digits (BN")]
-    assert len(tables) == 2
+    titles = [sec.title for sec in sections]
+    tables = [sec.markdown for sec in sections if sec.title.startswith("Pruning: vgg19_rfpool on digits (BN")
+              and "live" not in sec.title]
+    assert len(tables) == 2 and "Pruning: vgg19_rfpool on digits (BN stored, rates over live weights)" in titles
+    live = next(sec.markdown for sec in sections if sec.title.endswith("(BN stored, rates over live weights)"))
+    assert "fine-tuned 0.9" not in live  # the live basis is measured one-shot, even where its masks are the same
     for table in tables:
         columns = [c.strip() for c in table.split("\n\n")[1].splitlines()[0].strip("|").split("|")]
         assert [c for c in columns if c.startswith(("pruned", "fine-tuned"))] == ["pruned 0.5", "pruned 0.9",

@@ -466,8 +466,22 @@ def _bases(records) -> List[str]:
 
 
 def _basis_view(records, basis: str):
-    """The records with only one basis's rate rows: every table and figure helper reads one basis at a time."""
-    return [dict(rec, values=dict(rec["values"], rates=rows_of(rec, basis))) for rec in records]
+    """The records with only one basis's rate rows: every table and figure helper reads one basis at a time. A basis
+    that is not fine-tuned shows no fine-tuned accuracy, even where its mask equals a fine-tuned one's."""
+    view = []
+    for rec in records:
+        tuned = basis in (rec.get("config") or {}).get("finetune_bases", ["all"])
+        rows = rows_of(rec, basis) if tuned else [_one_shot(row) for row in rows_of(rec, basis)]
+        view.append(dict(rec, values=dict(rec["values"], rates=rows)))
+    return view
+
+
+def _one_shot(row: Dict[str, Any]) -> Dict[str, Any]:
+    """A rate's row without what a fine-tune measured."""
+    kept = {k: v for k, v in row.items() if not k.startswith("finetune")}
+    if "bn" in row:
+        kept["bn"] = {bn: {k: v for k, v in m.items() if not k.startswith("finetuned")} for bn, m in row["bn"].items()}
+    return kept
 
 
 _BASIS_WORDS = {"all": "", "live": (" Rates count only the live weights, those that see the image at the run's input "
