@@ -206,12 +206,13 @@ def test_demo_reports_every_table_and_figure_and_reproduces_the_committed_report
     assert facts["runs"] == 16 and facts["wall_s"] > 0 and facts["cpu_s"] > 0.5 * facts["wall_s"], facts
     assert report.index("## Does the paper hold?") < report.index("## Pruning")  # the claims come first
     assert "dense_accuracy" in out and "Does the paper hold?" in out  # and are printed on the terminal
-    for kind in ("Pruning", "Hessian", "CKA", "RF maps"):
+    for kind in ("Pruning", "Hessian", "CKA", "RF maps", "Saturation"):
         for family in ("resnet50_rfpool", "vgg19_rfpool"):
             assert f"## {kind}: {family} on digits" in report
     images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", report)
-    # prune (stored, recalibrated, collapse), Hessian top-k, Hessian density, CKA and RF maps for each family
-    assert len(images) == 14 and all((report_path.parent / png).stat().st_size > 10_000 for png in images)
+    # prune (stored, recalibrated, each over all and over live weights; collapse; live sparsity), Hessian top-k,
+    # Hessian density, CKA, RF maps and saturation for each family
+    assert len(images) == 22 and all((report_path.parent / png).stat().st_size > 10_000 for png in images)
 
     # numbers in the report equal the stored results (recomputed here from the result files)
     store = ResultStore(tmp_path / "demo" / "results")
