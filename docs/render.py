@@ -31,6 +31,7 @@ CLAIM_LABELS = {
     "hessian_width": "3. the Hessian at init gets wider (Figs 1-2)",
     "cka_divergence": "4. the deeper half's cross-seed CKA falls (Fig 3)",
     "rfmap_maxima": "5. RF-map maxima at init fall (Tables 3-4)",
+    "saturation_falls": "6. the deeper half's saturation falls (the thesis, not in the paper)",
 }
 # The studies the README's verdict table reads: (label, folder under docs/).
 VERDICT_STUDIES = (("digits", "study"), ("Fashion-MNIST", "study-fashion"))
@@ -324,8 +325,8 @@ def render_live(study: str) -> str:
                       f"{100 * float(r['dead_of_pruned'] or 0):.1f}% of those pruned at 0.9 (all) dead"
                       for (f, k), r in sorted(dead.items()) if float(r["dead_share"]) > 0)
     return ("\n".join(lines) + f"\n\nOne-shot test accuracy (%) at rate 0.9, mean ± std over seeds; critical live "
-            "sparsity (%) where accuracy has fallen halfway from dense to chance (\"n/m never fell\": seeds still above "
-            f"halfway at every rate). {share}. From `docs/{study}/prune.csv` and `prune_live.csv` "
+            "sparsity (%) where accuracy has fallen halfway from dense to chance (\"n never fell\": seeds still above "
+            f"halfway at every rate, left out of the mean). {share}. From `docs/{study}/prune.csv` and `prune_live.csv` "
             f"({report_date(study)}).")
 
 
