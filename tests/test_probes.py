@@ -264,7 +264,7 @@ def _table_rows(section: str):
 
 @pytest.mark.slow
 def test_end_to_end_prune_report_numbers_equal_stored_results(tmp_path, tiny_runs):
-    from rf_bench.probes.prune import row_accuracy, rows_of
+    from rf_bench.probes.prune import PruneConfig, row_accuracy, rows_of
 
     results, report = tmp_path / "results", tmp_path / "report"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -300,7 +300,10 @@ def test_end_to_end_prune_report_numbers_equal_stored_results(tmp_path, tiny_run
                 assert row[f"fine-tuned {rate:g}"] == expected([row_accuracy(x, bn, "finetuned_acc") for x in by_rate])
                 assert all(x["finetuned_sparsity"] >= rate - 1e-5 for x in by_rate)  # round(rate * n) / n
     csv = (report / "prune.csv").read_text().splitlines()
-    assert csv[0].startswith("family,dataset,bn,k,rf_analytic") and len(csv) == 1 + 2 * 2 * (1 + 2 * len(RATES))
+    n = len(PruneConfig().rates)  # the default rates: per (protocol, k), dense and each rate's pruned (and fine-tuned)
+    all_basis, live_basis = 2 * 2 * (1 + 2 * n), 2 * 2 * (1 + n)  # the live basis is one-shot only
+    assert csv[0].startswith("family,dataset,bn,k,rf_analytic") and csv[0].endswith(",basis")
+    assert len(csv) == 1 + all_basis + live_basis
 
 
 def test_a_failing_probe_report_is_named_and_the_rest_is_written(tmp_path, tiny_runs, monkeypatch):
