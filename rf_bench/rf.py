@@ -719,7 +719,8 @@ def dead_weight_share(model: nn.Module, input_size: Optional[Sequence[int]] = No
     wanted = [name for name, m in model.named_modules() if _conv_like(m) and isinstance(getattr(m, "weight", None),
                                                                                         nn.Parameter)]
     live = live_weights(model, input_size)
-    masks = [live[f"{name}.weight" if name else "weight"] for name in wanted if f"{name}.weight" in live]
+    keys = [f"{name}.weight" if name else "weight" for name in wanted]
+    masks = [live[key] for key in keys if key in live]
     total = sum(m.numel() for m in masks)
     return sum(int((~m).sum()) for m in masks) / total if total else 0.0
 
