@@ -538,7 +538,7 @@ def _live_section(family, dataset, recs, out_dir: Path, csv_rows) -> Optional[Re
         rows.append([str(k), _dead_share_cell(krecs), _dead_pruned_cell(krecs)]
                     + [_critical_cell(krecs, basis, bn) for basis, bn in panels])
         for basis, bn in panels:
-            values = [(r["values"].get("critical") or {}).get(basis, {}).get(bn) for r in krecs]
+            values = _criticals(krecs, basis, bn)
             found = [v for v in values if v is not None]
             m, sd = mean_std(found) if found else (None, None)
             csv_rows.append(dict(family=family, dataset=dataset, k=k, basis=basis, bn=bn, critical_mean=m,
@@ -588,8 +588,13 @@ def _dead_pruned_cell(krecs) -> str:
     return "-" if share is None else f"{100 * share:.1f}%"
 
 
+def _criticals(krecs, basis: str, bn: str) -> List[Optional[float]]:
+    """Each record's critical live sparsity under ``basis`` and ``bn`` (None: never fell halfway, or not recorded)."""
+    return [(r["values"].get("critical") or {}).get(basis, {}).get(bn) for r in krecs]
+
+
 def _critical_cell(krecs, basis: str, bn: str) -> str:
-    values = [(r["values"].get("critical") or {}).get(basis, {}).get(bn) for r in krecs]
+    values = _criticals(krecs, basis, bn)
     if any(v is None for v in values):
         largest = max((row["live_sparsity"] for r in krecs for row in rows_of(r, basis) if "live_sparsity" in row),
                       default=None)
@@ -598,13 +603,30 @@ def _critical_cell(krecs, basis: str, bn: str) -> str:
     return f"{100 * mean:.1f}%" + (f" ± {100 * std:.1f}" if std is not None else "")
 
 
-def _plot_live(curves, panels, title: str, path: Path) -> None:
+def _accuracy_panels(n: int, cols: int, size: Tuple[float, float]):
+    """A figure of ``n`` panels sharing an accuracy axis, ``cols`` to a row: the pyplot module, the figure and its
+    panels in reading order; `_finish_panels` labels and saves it."""
     plt = pyplot()
-    cols = min(2, len(panels))
-    nrows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.4 * cols, 3.4 * nrows), squeeze=False, sharey=True,
+    cols = min(cols, n)
+    nrows = -(-n // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(size[0] * cols, size[1] * nrows), squeeze=False, sharey=True,
                              layout="constrained")
-    flat = [ax for row in axes for ax in row]
+    return plt, fig, axes, [ax for row in axes for ax in row]
+
+
+def _finish_panels(plt, fig, axes, flat, used: int, title: str, path: Path) -> None:
+    """The unused panels hidden, the accuracy label on each row, the title; saved to ``path``."""
+    for ax in flat[used:]:
+        ax.axis("off")
+    for row in axes:
+        row[0].set_ylabel("test accuracy (%)")
+    fig.suptitle(title, fontsize=10)
+    savefig(fig, path)
+    plt.close(fig)
+
+
+def _plot_live(curves, panels, title: str, path: Path) -> None:
+    plt, fig, axes, flat = _accuracy_panels(len(panels), 2, (4.4, 3.4))
     for ax, panel in zip(flat, panels):
         by_k_curve = curves.get(panel, {})
         for color, (k, points) in zip(line_colors(len(by_k_curve)), sorted(by_k_curve.items())):
@@ -614,13 +636,7 @@ def _plot_live(curves, panels, title: str, path: Path) -> None:
         ax.set_xlabel("live sparsity (% of live weights removed)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in flat[len(panels):]:
-        ax.axis("off")
-    for row in axes:
-        row[0].set_ylabel("test accuracy (%)")
-    fig.suptitle(title, fontsize=10)
-    savefig(fig, path)
-    plt.close(fig)
+    _finish_panels(plt, fig, axes, flat, len(panels), title, path)
 
 
 def _prune_table(family, dataset, recs, rates, bn, csv_rows):
@@ -809,13 +825,8 @@ def _width_view(family, dataset, recs, widths, bn, figure: Path, csv_rows) -> st
 def _plot_widths(curves, widths, rates, ks, paper, title: str, path: Path) -> None:
     """One panel per rate (dense first), three to a row: accuracy against k, a line per width, the paper's CIFAR10
     beside it."""
-    plt = pyplot()
     panels = ["dense"] + rates
-    cols = min(3, len(panels))
-    nrows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 3.0 * nrows), squeeze=False, sharey=True,
-                             layout="constrained")
-    flat = [ax for row in axes for ax in row]
+    plt, fig, axes, flat = _accuracy_panels(len(panels), 3, (3.4, 3.0))
     for ax, rate in zip(flat, panels):
         for color, width in zip(line_colors(len(widths)), widths):
             per_k = curves.get((width, rate), {})
@@ -829,11 +840,5 @@ def _plot_widths(curves, widths, rates, ks, paper, title: str, path: Path) -> No
         ax.set_xlabel("k")
         integer_ticks(ax.xaxis)
         ax.grid(alpha=0.3)
-    for ax in flat[len(panels):]:
-        ax.axis("off")
-    for row in axes:
-        row[0].set_ylabel("test accuracy (%)")
     flat[0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    savefig(fig, path)
-    plt.close(fig)
+    _finish_panels(plt, fig, axes, flat, len(panels), title, path)
